@@ -1,0 +1,83 @@
+"""Atomic checkpoints and exact resume: model and optimizer states, every RNG state and the step.
+
+Checkpoints hold only tensors and plain Python values, so they load with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .results import atomic_path
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU (and CUDA) generator states as weights_only-loadable values."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_name, torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), int(np_pos),
+                  int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    py_version, py_state, py_gauss = state["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
+    """Write `state` to `path` atomically: a crash leaves the previous checkpoint, never a torn one."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return torch.load(Path(path), map_location=map_location, weights_only=True)
+
+
+def training_state(step: int, modules: Mapping[str, torch.nn.Module] = {}, optimizers: Mapping[str, Any] = {},
+                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything exact resume needs: state dicts, RNG states and the step (plus `extra` values)."""
+    return {
+        "step": int(step),
+        "modules": {k: m.state_dict() for k, m in modules.items()},
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "rng": rng_state(),
+        "extra": dict(extra or {}),
+    }
+
+
+def restore_training_state(state: Mapping[str, Any], modules: Mapping[str, torch.nn.Module] = {},
+                           optimizers: Mapping[str, Any] = {}) -> int:
+    """Load what `training_state` saved into the live objects; returns the step to continue from."""
+    for k, m in modules.items():
+        m.load_state_dict(state["modules"][k])
+    for k, o in optimizers.items():
+        o.load_state_dict(state["optimizers"][k])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def latest_checkpoint(directory: str | os.PathLike, pattern: str = "*.pt") -> Path | None:
+    """The most recently written checkpoint in `directory`, or None."""
+    d = Path(directory)
+    found = sorted(d.glob(pattern), key=lambda p: p.stat().st_mtime) if d.is_dir() else []
+    return found[-1] if found else None

@@ -1,0 +1,145 @@
+"""The shared shape of every `python -m reproduce.<work>`: a Hydra app with `scale=smoke|mini|paper`.
+
+`main(work, run)` checks the command line first (unknown scale or key, bad value: one line on stderr,
+exit 2), then hands Hydra the command line (so `--multirun hydra/launcher=submitit_slurm` submits to SLURM),
+seeds every generator, opens the tracker and a `ResultWriter` for `results/<work>/<scale>/`, and calls
+`run(ctx)`. A `UserError` raised by the work is one line and exit 2; results are committed only when `run`
+returns, so a failed run leaves the previous results in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from common.errors import EXIT_USER_ERROR, UserError, one_line
+from common.results import ResultWriter
+from common.tracking import Tracker
+
+CONF_ROOT = Path(__file__).parent / "conf"
+SCALES = ("smoke", "mini", "paper")
+
+log = logging.getLogger("reproduce")
+
+BASE_CONFIG = {
+    "seed": 0,
+    "dry_run": False,
+    "results_dir": "results",
+    "tracking": {"mode": "offline", "project": "mlsys-repro", "dir": "results/wandb"},
+}
+
+
+def _register_base() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="repro_base", node=BASE_CONFIG)
+
+
+@dataclass
+class RunContext:
+    """What a work's `run` receives."""
+
+    work: str
+    scale: str
+    cfg: Any  # the resolved omegaconf DictConfig
+    out: ResultWriter
+    tracker: Tracker
+    started: float = field(default_factory=time.time)
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(self.cfg.dry_run)
+
+
+def fail(message: str) -> None:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _user_overrides(argv: list[str]) -> list[str]:
+    return [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+
+
+def check_command_line(work: str, argv: list[str], conf_dir: Path) -> None:
+    """Compose the config once without running anything; any problem is one line and exit 2."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    overrides = _user_overrides(argv)
+    for o in overrides:
+        if o.startswith("scale="):
+            value = o.split("=", 1)[1]
+            if value not in SCALES:
+                fail(f"unknown scale {value!r} for {work}; choose one of {', '.join(SCALES)}")
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+            OmegaConf.resolve(cfg)
+    except Exception as exc:  # noqa: BLE001 - Hydra raises many types; each is a bad command line
+        fail(f"bad command line for reproduce.{work}: {one_line(exc)}")
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def execute(work: str, cfg: Any, run: Callable[[RunContext], None]) -> Path | None:
+    """Run one work on a composed config (what the Hydra task does; callable directly too)."""
+    from omegaconf import OmegaConf
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    scale = str(cfg.scale.name)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    seed_everything(int(cfg.seed))
+    out_dir = Path(cfg.results_dir) / work / scale
+    if cfg.dry_run:
+        print(f"# dry run of reproduce.{work} at scale={scale}: nothing is trained or written")
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        tracker = Tracker(mode="disabled")
+    else:
+        tracker = Tracker(project=cfg.tracking.project, group=f"{work}/{scale}", name=f"{work}-{scale}",
+                          config=resolved, mode=cfg.tracking.mode, dir=cfg.tracking.dir,
+                          tags=[work, scale])
+    with ResultWriter(out_dir, tracker=tracker) as out:
+        ctx = RunContext(work=work, scale=scale, cfg=cfg, out=out, tracker=tracker)
+        try:
+            run(ctx)
+            if cfg.dry_run:
+                return None
+            path = out.commit(resolved, title=f"reproduce.{work} at scale={scale}", work=work, scale=scale)
+            log.info("results written to %s", path)
+            return path
+        finally:
+            tracker.finish()
+
+
+def main(work: str, run: Callable[[RunContext], None], conf_dir: Path | None = None) -> None:
+    """Entry point of `python -m reproduce.<work>`."""
+    import hydra
+
+    conf_dir = Path(conf_dir or CONF_ROOT / work).resolve()
+    _register_base()
+    check_command_line(work, sys.argv[1:], conf_dir)
+
+    @hydra.main(version_base="1.3", config_path=str(conf_dir), config_name="config")
+    def _task(cfg) -> None:
+        try:
+            execute(work, cfg, run)
+        except UserError as exc:
+            fail(one_line(exc))
+
+    _task()

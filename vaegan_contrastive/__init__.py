@@ -1,0 +1,1 @@
+"""vaegan_contrastive."""
