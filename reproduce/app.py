@@ -85,10 +85,30 @@ def check_command_line(work: str, argv: list[str], conf_dir: Path) -> None:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
             OmegaConf.resolve(cfg)
+            default = compose(config_name="config", overrides=[o for o in overrides if o.startswith("scale=")])
     except Exception as exc:  # noqa: BLE001 - Hydra raises many types; each is a bad command line
         fail(f"bad command line for reproduce.{work}: {one_line(exc)}")
     finally:
         GlobalHydra.instance().clear()
+    _check_types(work, overrides, default, cfg)
+
+
+def _check_types(work: str, overrides: list[str], default: Any, cfg: Any) -> None:
+    """A value given on the command line keeps the type of the config's default (an int stays a number)."""
+    from omegaconf import OmegaConf
+
+    for o in overrides:
+        if "=" not in o or o.startswith(("+", "~")):
+            continue
+        key = o.split("=", 1)[0]
+        old, new = OmegaConf.select(default, key), OmegaConf.select(cfg, key)
+        if old is None or new is None or isinstance(old, str):
+            continue
+        ok = isinstance(new, type(old)) or (isinstance(old, float) and isinstance(new, int))
+        if isinstance(old, bool) != isinstance(new, bool):
+            ok = False
+        if not ok:
+            fail(f"bad command line for reproduce.{work}: {key} must be {type(old).__name__}, got {new!r}")
 
 
 def seed_everything(seed: int) -> None:
