@@ -156,12 +156,19 @@ class ResultWriter:
 
     def __init__(self, out_dir: str | os.PathLike, tracker: Any | None = None):
         self.out_dir = Path(out_dir)
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=self.out_dir.parent))
+        self._stage: Path | None = None
         self.tracker = tracker
         self.started = time.time()
         self._md: list[str] = []
         self.committed = False
+
+    @property
+    def stage(self) -> Path:
+        """The staging directory, created on first use (a run that writes nothing leaves nothing)."""
+        if self._stage is None:
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+            self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=self.out_dir.parent))
+        return self._stage
 
     # tables -------------------------------------------------------------------------------------------
     def table(self, name: str, df: pd.DataFrame, title: str | None = None, note: str | None = None) -> Path:
@@ -227,7 +234,8 @@ class ResultWriter:
         return self.out_dir
 
     def abort(self) -> None:
-        shutil.rmtree(self.stage, ignore_errors=True)
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
 
     def __enter__(self) -> "ResultWriter":
         return self

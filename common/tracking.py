@@ -66,3 +66,61 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def _wandb_records(path: Path):
+    """The protobuf records of an offline `.wandb` file (W&B's header, then LevelDB-log framing)."""
+    import struct
+
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            pos += left
+            continue
+        payload = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            yield payload
+        elif kind == 2:
+            buf = payload
+        elif kind == 3:
+            buf += payload
+        elif kind == 4:
+            yield buf + payload
+
+
+def read_offline_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read an offline W&B run back: its group, config, history rows and logged tables (as DataFrames)."""
+    import json
+
+    import pandas as pd
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    run_dir = Path(run_dir)
+    (run_file,) = run_dir.glob("run-*.wandb")
+    out: dict[str, Any] = {"group": None, "config": {}, "history": [], "tables": {}}
+    for raw in _wandb_records(run_file):
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out["group"] = rec.run.run_group
+            out["config"].update({i.key: json.loads(i.value_json) for i in rec.run.config.update})
+        elif kind == "config":
+            out["config"].update({i.key: json.loads(i.value_json) for i in rec.config.update})
+        elif kind == "history":
+            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                   for i in rec.history.item})
+    for f in sorted((run_dir / "files" / "media" / "table").rglob("*.table.json")):
+        name = f.name.split(".table.json")[0].rsplit("_", 2)[0]
+        t = json.loads(f.read_text())
+        out["tables"][name] = pd.DataFrame(t["data"], columns=t["columns"])
+    return out

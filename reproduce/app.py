@@ -33,7 +33,7 @@ BASE_CONFIG = {
     "seed": 0,
     "dry_run": False,
     "results_dir": "results",
-    "tracking": {"mode": "offline", "project": "mlsys-repro", "dir": "results/wandb"},
+    "tracking": {"mode": "offline", "project": "mlsys-repro", "dir": "${results_dir}/wandb"},
 }
 
 

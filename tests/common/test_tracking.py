@@ -1,0 +1,33 @@
+"""W&B offline by default: a reproduction's run reads back with its config, per-step metrics and tables."""
+
+import pandas as pd
+import pytest
+
+from common.errors import UserError
+from common.tracking import Tracker, read_offline_run
+from tests.conftest import run_cli
+
+
+@pytest.mark.timeout(180)
+def test_offline_run_reads_back_equal_to_the_csv(tmp_path):
+    proc = run_cli(["tests/fixtures/echo_work.py", "scale=smoke", f"results_dir={tmp_path}", "value=4"])
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "wandb" / "wandb").glob("offline-run-*")
+    run = read_offline_run(run_dir)
+    assert run["group"] == "echo/smoke"
+    assert run["config"]["value"] == 4 and run["config"]["scale"]["name"] == "smoke"
+    assert [h["loss"] for h in run["history"] if "loss" in h] == [1.0]
+    csv = pd.read_csv(tmp_path / "echo" / "smoke" / "echo.csv")
+    pd.testing.assert_frame_equal(run["tables"]["echo"], csv, check_dtype=False)
+
+
+def test_disabled_tracker_writes_nothing(tmp_path):
+    t = Tracker(mode="disabled", dir=tmp_path)
+    t.log({"x": 1.0}, step=0)
+    t.finish()
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_mode_is_a_user_error():
+    with pytest.raises(UserError, match="unknown tracking mode"):
+        Tracker(mode="loud")

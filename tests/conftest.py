@@ -1,0 +1,25 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return ROOT
+
+
+def run_cli(args, cwd=None, timeout=300, env=None):
+    """Run `python ARGS` in a subprocess; returns CompletedProcess with text output."""
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
