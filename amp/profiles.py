@@ -1,0 +1,161 @@
+"""Per-layer time profiles: the published ones, ones estimated from FLOPs, and ones measured here.
+
+A profile gives, for a GPU type, a tensor-parallel degree and a micro-batch size, the forward+backward time of
+every layer of a model. The released AMP profiles hold forward times at micro-batch 1 (tensor-parallel
+communication inside a node included); like the released code we take backward = 2 x forward.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from amp.specs import DATA_DIR, GPU_TYPES, PROFILE_KEY, Model
+from common.errors import UserError, require
+
+log = logging.getLogger(__name__)
+
+RELEASED_PROFILES = DATA_DIR / "released_profiles.json"
+
+
+@dataclass
+class Profiles:
+    """`times[(gpu, tp, mbs)]` = forward+backward seconds per layer. Missing micro-batch sizes are
+    interpolated (or scaled linearly from micro-batch 1); `tp_comm_included` says whether the figures for
+    tp > 1 already contain the tensor-parallel all-reduces."""
+
+    times: dict[tuple[str, int, int], np.ndarray]
+    tp_comm_included: bool = True
+    source: str = ""
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def gpus(self) -> list[str]:
+        return sorted({k[0] for k in self.times})
+
+    def check(self, model: Model) -> None:
+        for key, arr in self.times.items():
+            require(len(arr) == model.num_layers,
+                    f"profile {key} has {len(arr)} layers but model {model.name} has {model.num_layers}")
+
+    def layer_times(self, gpu: str, tp: int, mbs: int, linear: bool = True) -> np.ndarray:
+        """Seconds per layer for one micro-batch of `mbs` samples. `linear`: scale the micro-batch-1 figure
+        (the released simplification); otherwise use measured sizes, interpolating between them."""
+        have = sorted(m for (g, t, m) in self.times if g == gpu and t == tp)
+        if not have:
+            base = sorted(m for (g, t, m) in self.times if g == gpu and t == 1)
+            if not base:
+                raise UserError(f"no profile for GPU type {gpu!r}; profiled: {', '.join(self.gpus()) or 'none'}")
+            # no figure for this degree: split the tp=1 time (the cost model adds the all-reduces)
+            return self.layer_times(gpu, 1, mbs, linear) / tp
+        if mbs in have and (not linear or mbs == 1):
+            return self.times[(gpu, tp, mbs)]
+        if linear or len(have) == 1:
+            m0 = have[0]
+            return self.times[(gpu, tp, m0)] * (mbs / m0)
+        stack = np.stack([self.times[(gpu, tp, m)] for m in have])  # (M, L)
+        xs = np.asarray(have, dtype=np.float64)
+        if mbs > xs[-1]:  # extrapolate with the per-sample cost of the largest measured size
+            return stack[-1] * (mbs / xs[-1])
+        return np.array([np.interp(mbs, xs, stack[:, l]) for l in range(stack.shape[1])])
+
+    def blended(self, share: dict[str, float], tp: int, mbs: int, linear: bool = True) -> np.ndarray:
+        """One profile for a mixed cluster, weighted by each GPU type's share (the released model's
+        0.75 x V100 + 0.25 x T4)."""
+        return sum(w * self.layer_times(g, tp, mbs, linear) for g, w in share.items())
+
+
+def _released_indices(model: Model, length: int) -> list[int]:
+    """Which entries of a released profile belong to the planner's layers."""
+    if model.profile_name == "transgan":
+        d_low = _low_depth(model)
+        d_high = model.blocks - d_low
+        ids = [0, *range(3, 3 + d_low), *range(29 + d_low, 29 + d_low + d_high)]
+        require(length == 32 + model.blocks and len(ids) == model.num_layers,
+                f"the released TransGAN profile ({length} entries) does not match a TransGAN of "
+                f"{model.blocks} blocks")
+        return ids
+    require(length == model.num_layers,
+            f"the released {model.profile_name} profile has {length} layers but model {model.name} has "
+            f"{model.num_layers}")
+    return list(range(length))
+
+
+def _low_depth(model: Model) -> int:
+    return sum(1 for l in model.layers if l.kind == "transformer" and l.params == 12.0 * model.hidden ** 2)
+
+
+def released(model: Model) -> Profiles:
+    """The AMP authors' published profiles for GPT-2 or TransGAN (carried in amp/data, with the source)."""
+    data = json.loads(RELEASED_PROFILES.read_text())
+    table = data["profiles"].get(model.profile_name)
+    if table is None:
+        raise UserError(f"no released profile for model {model.name!r} (released: {', '.join(data['profiles'])})")
+    times = {}
+    back = {v: k for k, v in PROFILE_KEY.items()}
+    for key, per_tp in table.items():
+        for tp, arr in per_tp.items():
+            arr = np.asarray(arr, dtype=np.float64)
+            ids = _released_indices(model, len(arr))
+            times[(back[key], int(tp), 1)] = 3.0 * arr[ids]
+    return Profiles(times, tp_comm_included=True, source=data["source"])
+
+
+def from_flops(model: Model, gpus: Sequence[str], tps: Sequence[int] = (1, 2, 4, 8), efficiency: float = 0.4,
+               mbs: int = 1) -> Profiles:
+    """Estimated profiles from FLOPs (forward+backward = 3 x forward) at `efficiency` of each GPU's peak:
+    enough to plan on hardware nobody has profiled yet."""
+    require(0 < efficiency <= 1, f"efficiency must be in (0, 1], got {efficiency}")
+    flops = np.array([l.flops for l in model.layers], dtype=np.float64)
+    times = {}
+    for g in gpus:
+        require(g in GPU_TYPES and GPU_TYPES[g].tflops > 0, f"no peak throughput known for GPU type {g!r}")
+        per = 3.0 * flops / (GPU_TYPES[g].tflops * 1e12 * efficiency)
+        for t in tps:
+            times[(g, t, mbs)] = per * mbs / t
+    return Profiles(times, tp_comm_included=False, source=f"FLOPs at {efficiency:.0%} of peak")
+
+
+def time_fn(fn: Callable[[], None], repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall time of fn() in seconds."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def measure(layers: Sequence["torch.nn.Module"], make_input: Callable[[int], "torch.Tensor"],
+            mbs_list: Sequence[int] = (1,), gpu: str = "local", tp: int = 1, repeats: int = 5) -> Profiles:
+    """Profile `layers` on this machine: forward+backward time of each layer for each micro-batch size.
+
+    `make_input(mbs)` gives the first layer's input; each layer's output feeds the next (detached, so the
+    backward covers that layer alone)."""
+    import torch
+
+    times = {}
+    for mbs in mbs_list:
+        x = make_input(mbs)
+        per = []
+        for layer in layers:
+            inp = x.detach().requires_grad_(x.is_floating_point())
+            out = layer(inp)
+            grad = torch.ones_like(out)
+
+            def step(layer=layer, inp=inp, grad=grad):
+                y = layer(inp)
+                y.backward(grad)
+
+            per.append(time_fn(step, repeats=repeats))
+            x = out.detach()
+            layer.zero_grad(set_to_none=True)
+        times[(gpu, tp, mbs)] = np.asarray(per)
+        log.info("profiled %d layers at micro-batch %d: %.4f s in all", len(per), mbs, sum(per))
+    return Profiles(times, tp_comm_included=False, source=f"measured on this machine ({gpu})")
