@@ -1,0 +1,215 @@
+"""A BERT-style encoder classifier built from the tensor-parallel layers, split into pipeline stages, with a
+compressor at every tensor-parallel all-reduce and pipeline cut from a chosen layer onward; and the loading
+of all-MiniLM-L6-v2's weights into it (optionally truncated to its first layers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.errors import require
+
+from . import compressors as C
+from .parallel import ColumnParallelLinear, Cut, Parallel, RowParallelLinear, copy_to_tp, split_layers
+
+
+@dataclass
+class BertConfig:
+    vocab: int = 30522
+    hidden: int = 384
+    heads: int = 12
+    ffn: int = 1536
+    layers: int = 6
+    max_positions: int = 512
+    type_vocab: int = 2
+    classes: int = 2
+    dropout: float = 0.1  # hidden dropout; attention-probability dropout is off so TP ranks stay in step
+    ln_eps: float = 1e-12
+
+
+@dataclass
+class Plan:
+    """What is compressed: `spec` at every TP all-reduce of layers >= `start_layer` (forward; the backward
+    all-reduce too when `backward`), and at every pipeline cut in front of such a layer."""
+
+    spec: C.CompressorSpec = field(default_factory=C.CompressorSpec)
+    start_layer: int = 0
+    backward: bool = False
+    seed: int = 0
+
+    def active(self, layer: int) -> bool:
+        return self.spec.name not in ("none",) and layer >= self.start_layer
+
+    def build(self, hidden: int, site: int, backward: bool = False) -> C.Compressor | None:
+        if backward:
+            require(self.spec.name != "autoencoder",
+                    "the auto-encoder compresses activations only; set backward=false for it")
+        return C.build(self.spec, hidden, seed=self.seed * 10_007 + 2 * site + int(backward))
+
+
+def validate(cfg: BertConfig, plan: Plan, tokens: int) -> None:
+    """Bad settings as UserErrors before any process starts."""
+    require(0 <= plan.start_layer < cfg.layers,
+            f"start_layer {plan.start_layer} is out of range for a {cfg.layers}-layer model (0..{cfg.layers - 1})")
+    if plan.spec.name == "autoencoder":
+        require(0 < plan.spec.d < cfg.hidden, f"autoencoder width d={plan.spec.d} must be below the hidden size {cfg.hidden}")
+    elif plan.spec.name in ("topk", "randk") and plan.spec.k is not None:
+        require(plan.spec.k <= tokens * cfg.hidden,
+                f"k={plan.spec.k} is larger than the tensor it compresses ({tokens} x {cfg.hidden} = {tokens * cfg.hidden})")
+    C.build(plan.spec, cfg.hidden)  # checks the remaining options (bits, ratio, rank, name)
+    if plan.backward:
+        plan.build(cfg.hidden, 0, backward=True)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: BertConfig, par: Parallel, fwd: C.Compressor | None, bwd: C.Compressor | None):
+        super().__init__()
+        require(cfg.heads % par.tp == 0, f"{cfg.heads} heads do not split over tp={par.tp}")
+        self.heads, self.head_dim = cfg.heads // par.tp, cfg.hidden // cfg.heads
+        self.q, self.k, self.v = (ColumnParallelLinear(cfg.hidden, cfg.hidden, par.tp) for _ in range(3))
+        self.o = RowParallelLinear(cfg.hidden, cfg.hidden, par.tp, par.tp_comm, fwd)
+        self.comm, self.bwd = par.tp_comm, bwd
+
+    def forward(self, x, bias):
+        b, s, _ = x.shape
+        x = copy_to_tp(x, self.comm, self.bwd)
+        q, k, v = (lin(x).view(b, s, self.heads, self.head_dim).transpose(1, 2) for lin in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.o(y.transpose(1, 2).reshape(b, s, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: BertConfig, par: Parallel, fwd: C.Compressor | None, bwd: C.Compressor | None):
+        super().__init__()
+        self.fc1 = ColumnParallelLinear(cfg.hidden, cfg.ffn, par.tp)
+        self.fc2 = RowParallelLinear(cfg.ffn, cfg.hidden, par.tp, par.tp_comm, fwd)
+        self.comm, self.bwd = par.tp_comm, bwd
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(copy_to_tp(x, self.comm, self.bwd))))
+
+
+class Layer(nn.Module):
+    """Post-LayerNorm BERT layer; its two all-reduces go through compressors when the plan says so."""
+
+    def __init__(self, cfg: BertConfig, par: Parallel, plan: Plan, index: int):
+        super().__init__()
+        on = plan.active(index)
+        site = lambda j, bwd=False: plan.build(cfg.hidden, 4 * index + j, bwd) if on and (not bwd or plan.backward) else None  # noqa: E731
+        self.attn = Attention(cfg, par, site(0), site(0, True))
+        self.ln1 = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
+        self.mlp = MLP(cfg, par, site(1), site(1, True))
+        self.ln2 = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, bias):
+        x = self.ln1(x + self.drop(self.attn(x, bias)))
+        return self.ln2(x + self.drop(self.mlp(x)))
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab, cfg.hidden)
+        self.position = nn.Embedding(cfg.max_positions, cfg.hidden)
+        self.token_type = nn.Embedding(cfg.type_vocab, cfg.hidden)
+        self.ln = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+        for e in (self.word, self.position, self.token_type):
+            nn.init.normal_(e.weight, std=0.02)
+
+    def forward(self, ids):
+        pos = torch.arange(ids.shape[1])
+        return self.drop(self.ln(self.word(ids) + self.position(pos) + self.token_type(torch.zeros_like(ids))))
+
+
+class BertStage(nn.Module):
+    """The layers of one pipeline stage (all of them when pp == 1), the embeddings on the first stage and
+    a mean-pooling classifier on the last. Parameter names are those of the one-process model."""
+
+    def __init__(self, cfg: BertConfig, par: Parallel, plan: Plan):
+        super().__init__()
+        self.cfg, self.par = cfg, par
+        self.layer_ids = split_layers(cfg.layers, par.pp)[par.stage]
+        self.embeddings = Embeddings(cfg) if par.first else None
+        self.layers = nn.ModuleDict({str(i): Layer(cfg, par, plan, i) for i in self.layer_ids})
+        self.classifier = nn.Linear(cfg.hidden, cfg.classes) if par.last else None
+        if self.classifier is not None:
+            nn.init.normal_(self.classifier.weight, std=0.02)
+            nn.init.zeros_(self.classifier.bias)
+        self.cut_in = self._cut(plan, self.layer_ids[0]) if not par.first else None
+        self.cut_out = self._cut(plan, self.layer_ids[-1] + 1) if not par.last else None
+
+    def _cut(self, plan: Plan, layer: int) -> Cut:
+        """The compressors in front of `layer`; both neighbours build them from the same seed."""
+        if not plan.active(layer):
+            return Cut()
+        site = 10_000 + layer
+        return Cut(plan.build(self.cfg.hidden, site), plan.build(self.cfg.hidden, site, True) if plan.backward else None)
+
+    def cut_modules(self) -> nn.ModuleList:
+        return nn.ModuleList(c for cut in (self.cut_in, self.cut_out) if cut is not None
+                             for c in (cut.forward, cut.backward) if c is not None)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """First stage: token ids -> hidden states; others: hidden states in. Last stage: logits out."""
+        if self.embeddings is not None:
+            x = self.embeddings(x)
+        bias = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(mask == 0, float("-inf"))[:, None, None, :]
+        for layer in self.layers.values():
+            x = layer(x, bias)
+        if self.classifier is None:
+            return x
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return self.classifier((x * m).sum(1) / m.sum(1).clamp_min(1))
+
+
+class BertModel(nn.Module):
+    """A stage plus its pipeline-cut compressors, so that `parameters()` and `state_dict()` cover both."""
+
+    def __init__(self, cfg: BertConfig, par: Parallel, plan: Plan):
+        super().__init__()
+        self.stage = BertStage(cfg, par, plan)
+        self.cuts = self.stage.cut_modules()
+
+    def forward(self, x, mask):
+        return self.stage(x, mask)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pretrained weights
+
+_HF = {
+    "embeddings.word_embeddings": "stage.embeddings.word", "embeddings.position_embeddings": "stage.embeddings.position",
+    "embeddings.token_type_embeddings": "stage.embeddings.token_type", "embeddings.LayerNorm": "stage.embeddings.ln",
+    "attention.self.query": "attn.q", "attention.self.key": "attn.k", "attention.self.value": "attn.v",
+    "attention.output.dense": "attn.o", "attention.output.LayerNorm": "ln1",
+    "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2", "output.LayerNorm": "ln2",
+}
+
+
+def minilm_config(layers: int = 6, dropout: float = 0.1) -> BertConfig:
+    """all-MiniLM-L6-v2's shape, keeping its first `layers` layers."""
+    require(1 <= layers <= 6, f"all-MiniLM-L6-v2 has 6 layers; cannot keep {layers}")
+    return BertConfig(vocab=30522, hidden=384, heads=12, ffn=1536, layers=layers, dropout=dropout)
+
+
+def load_minilm(path: str | Path, cfg: BertConfig) -> dict[str, torch.Tensor]:
+    """all-MiniLM-L6-v2's weights under this module's one-process names (first `cfg.layers` layers)."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for key, t in load_file(str(Path(path) / "model.safetensors")).items():
+        name, leaf = key.rsplit(".", 1)
+        leaf = {"gamma": "weight", "beta": "bias"}.get(leaf, leaf)
+        if name.startswith("encoder.layer."):
+            i, rest = name[len("encoder.layer."):].split(".", 1)
+            if int(i) < cfg.layers and rest in _HF:
+                out[f"stage.layers.{i}.{_HF[rest]}.{leaf}"] = t
+        elif name in _HF:
+            out[f"{_HF[name]}.{leaf}"] = t
+    return out

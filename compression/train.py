@@ -1,0 +1,218 @@
+"""Fine-tuning with TP x PP and a compression plan: one train loop for every layout, exact resume.
+
+`finetune(rank, world, cfg)` runs on every rank (through `common.distributed.run_processes`, or directly
+for one process). Every rank reads the same batches (a seeded permutation per epoch, so step i always sees
+the same batch, which makes resume exact); the weights start from the one-process model (all-MiniLM-L6-v2,
+truncated, plus a seeded classifier) sliced for this rank, so every layout starts from the same point.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint, training_state
+from common.errors import require
+
+from . import compressors as C
+from .models import BertConfig, BertModel, Plan, load_minilm, minilm_config, validate
+from .parallel import Parallel, gpipe_step, recv_activation, send_activation, setup, shard, sync_partial_grads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    tp: int = 1
+    pp: int = 1
+    micro_batches: int = 1
+    layers: int = 4
+    seq_len: int = 32
+    batch_size: int = 32
+    steps: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    dropout: float = 0.1
+    eval_batch_size: int = 128
+    max_eval: int | None = None  # cap on dev/test examples (smoke)
+    seed: int = 0
+    compressor: dict = field(default_factory=lambda: {"name": "none"})
+    start_layer: int = 0
+    backward: bool = False
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    stop_after: int | None = None  # stop (as if interrupted) after this many steps; for resume tests
+
+    def plan(self) -> Plan:
+        return Plan(C.spec_from_dict(dict(self.compressor)), self.start_layer, self.backward, self.seed)
+
+    def model_config(self) -> BertConfig:
+        return minilm_config(self.layers, self.dropout)
+
+    def check(self) -> None:
+        require(self.batch_size % self.micro_batches == 0,
+                f"batch_size {self.batch_size} does not split into {self.micro_batches} micro-batches")
+        validate(self.model_config(), self.plan(), self.batch_size // self.micro_batches * self.seq_len)
+
+
+def tokenize(texts: list[str], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask with all-MiniLM-L6-v2's tokenizer, padded/truncated to `seq_len`."""
+    from tokenizers import Tokenizer
+
+    from common.data import minilm_path
+
+    tok = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    tok.enable_truncation(seq_len)
+    tok.enable_padding(length=seq_len, pad_id=0)
+    enc = tok.encode_batch(list(texts))
+    return torch.tensor([e.ids for e in enc]), torch.tensor([e.attention_mask for e in enc])
+
+
+def load_data(cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    from common.data import rotten_tomatoes
+
+    out = {}
+    for split, df in rotten_tomatoes(seed=cfg.seed).items():
+        if split != "train" and cfg.max_eval:
+            df = df.iloc[:cfg.max_eval]
+        ids, mask = tokenize(df["text"].tolist(), cfg.seq_len)
+        out[split] = (ids, mask, torch.tensor(df["label"].to_numpy()))
+    return out
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """The examples of `step`: a fresh seeded permutation each epoch, incomplete batches dropped."""
+    per_epoch = n // batch_size
+    epoch, j = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[j * batch_size:(j + 1) * batch_size]
+
+
+def initial_weights(cfg: TrainConfig, full_model: BertModel) -> dict[str, torch.Tensor]:
+    from common.data import minilm_path
+
+    sd = full_model.state_dict()
+    sd.update(load_minilm(minilm_path(), cfg.model_config()))
+    return sd
+
+
+def build(cfg: TrainConfig, par: Parallel, full_state: dict[str, torch.Tensor] | None = None) -> BertModel:
+    """This rank's model; sliced from `full_state` (the one-process weights) when given."""
+    model = BertModel(cfg.model_config(), par, cfg.plan())
+    if full_state is not None:
+        missing = set(model.load_state_dict(shard(model, full_state, par.tp, par.tp_rank), strict=False).missing_keys)
+        require(all(k.startswith("cuts.") for k in missing), f"weights missing for {sorted(missing)[:3]}")
+    return model
+
+
+def forward_backward(model: BertModel, par: Parallel, ids, mask, labels, micro_batches: int = 1) -> float | None:
+    """Loss (mean over the batch) and its gradients in the model; the loss on last-stage ranks, else None."""
+    if par.pp == 1:
+        loss = F.cross_entropy(model(ids, mask), labels)
+        loss.backward()
+        sync_partial_grads(model, par.tp_comm)
+        return loss.item()
+    ids_, mask_, labels_ = (t.chunk(micro_batches) for t in (ids, mask, labels))
+    shape = (ids_[0].shape[0], ids.shape[1], model.stage.cfg.hidden)
+    total = gpipe_step(lambda x, i: model(ids_[i] if x is None else x, mask_[i]),
+                       lambda out, i: F.cross_entropy(out, labels_[i]) / micro_batches,
+                       par, micro_batches, shape, model.stage.cut_in, model.stage.cut_out)
+    sync_partial_grads(model, par.tp_comm)
+    return None if total is None else total.item()
+
+
+@torch.no_grad()
+def predict(model: BertModel, par: Parallel, ids, mask) -> torch.Tensor | None:
+    """Logits on last-stage ranks (None elsewhere); activations cross the pipeline cuts compressed."""
+    if par.pp == 1:
+        return model(ids, mask)
+    x = None
+    if not par.first:
+        x, _ = recv_activation((*ids.shape, model.stage.cfg.hidden), model.stage.cut_in, par.pp_comm,
+                               par.peer(par.stage - 1))
+    out = model(ids if x is None else x, mask)
+    if par.last:
+        return out
+    send_activation(out, model.stage.cut_out, par.pp_comm, par.peer(par.stage + 1))
+    return None
+
+
+def accuracy(model, par, data, batch_size) -> float | None:
+    ids, mask, labels = data
+    model.eval()
+    correct, seen = 0, 0
+    for i in range(0, len(labels), batch_size):
+        logits = predict(model, par, ids[i:i + batch_size], mask[i:i + batch_size])
+        if logits is not None:
+            correct += (logits.argmax(-1) == labels[i:i + batch_size]).sum().item()
+            seen += len(logits)
+    model.train()
+    return correct / seen if seen else None
+
+
+def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
+    """Fine-tune on Rotten Tomatoes; returns {loss curve, dev/test accuracy, bytes} on the reporting rank
+    (last stage, tensor-parallel rank 0) and None on the others."""
+    torch.manual_seed(cfg.seed)
+    cfg.check()
+    par = setup(cfg.tp, cfg.pp)
+    data = data or load_data(cfg)
+    full = BertModel(cfg.model_config(), Parallel(), cfg.plan())
+    model = build(cfg, par, initial_weights(cfg, full))
+    del full
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    if ckpt_dir is not None:
+        found = latest_checkpoint(ckpt_dir, f"rank{rank}-*.pt")
+        if found is not None:
+            start = restore_training_state(load_checkpoint(found), {"model": model}, {"opt": opt})
+            log.info("rank %d resumed from %s at step %d", rank, found, start)
+    ids, mask, labels = data["train"]
+    reporting = par.last and par.tp_rank == 0
+    losses = []
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+    progress = range(start, end)
+    if reporting and rank == world - 1:
+        from tqdm import tqdm
+
+        progress = tqdm(progress, desc=f"{cfg.compressor.get('name')} from layer {cfg.start_layer}", leave=False)
+    model.train()
+    for step in progress:
+        idx = torch.from_numpy(batch_indices(step, len(labels), cfg.batch_size, cfg.seed))
+        opt.zero_grad(set_to_none=True)
+        loss = forward_backward(model, par, ids[idx], mask[idx], labels[idx], cfg.micro_batches)
+        opt.step()
+        if loss is not None:
+            losses.append(loss)
+        if ckpt_dir is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            save_checkpoint(ckpt_dir / f"rank{rank}-step{step + 1:06d}.pt",
+                            training_state(step + 1, {"model": model}, {"opt": opt}))
+    result = {"losses": losses, "steps_run": end - start,
+              "params": {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}}
+    if end == cfg.steps:
+        result["dev_acc"] = accuracy(model, par, data["dev"], cfg.eval_batch_size)
+        result["test_acc"] = accuracy(model, par, data["test"], cfg.eval_batch_size)
+    result["bytes"] = sum(c.total_bytes() for c in par.comms())
+    return result if reporting else None
+
+
+def run_settings(rank: int, world: int, configs: list[TrainConfig]) -> list[dict | None]:
+    """Several fine-tunings in one set of processes (saves the start-up of a process group per setting)."""
+    data = load_data(configs[0]) if configs else None
+    out = []
+    for cfg in configs:
+        r = finetune(rank, world, cfg, data)
+        if r is not None:
+            r.pop("params")
+        out.append(r)
+    return out
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
