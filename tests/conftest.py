@@ -23,3 +23,7 @@ def run_cli(args, cwd=None, timeout=300, env=None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slurm: needs a real SLURM (started by scripts/slurm_local.sh)")
