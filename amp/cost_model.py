@@ -57,10 +57,12 @@ class Prediction:
 
 
 class CostModel:
-    def __init__(self, setup: Setup, profiles: Profiles, mode: str = "improved", schedule: str = "1f1b"):
+    def __init__(self, setup: Setup, profiles: Profiles, mode: str = "improved", schedule: str = "1f1b",
+                 act_bits: float = 16.0, bytes_per_param: float = memory.BYTES_PER_PARAM, act_scale: float = 1.0):
         require(mode in MODES, f"unknown cost-model mode {mode!r}; choose one of {', '.join(MODES)}")
         require(schedule in ("1f1b", "gpipe"), f"unknown pipeline schedule {schedule!r}")
         self.setup, self.profiles, self.mode, self.schedule = setup, profiles, mode, schedule
+        self.act_bits, self.bytes_per_param, self.act_scale = act_bits, bytes_per_param, act_scale
         self.model, self.cluster = setup.model, setup.cluster
         profiles.check(self.model)
         for g in self.cluster.gpu_types:
@@ -70,6 +72,8 @@ class CostModel:
         inter = np.array([nd.inter_gbps for nd in nodes])
         self.bw = np.minimum(inter[:, None], inter[None, :])
         self.bw[np.arange(n), np.arange(n)] = [nd.intra_gbps for nd in nodes]
+        lat = np.array([nd.latency_us for nd in nodes]) * 1e-6
+        self.lat = np.zeros((n, n)) if mode == "released" else np.maximum(lat[:, None], lat[None, :])
         self.node_gpu = [nd.gpu for nd in nodes]
         self.params = memory.param_matrix(self.model)
         self.released = mode == "released"
@@ -108,12 +112,12 @@ class CostModel:
     def tp_allreduce(self, s: Strategy, grid: np.ndarray, j: int) -> np.ndarray:
         """Per layer: the 4 all-reduces (2 forward, 2 backward) of a Megatron transformer block over the
         slowest link of its tensor-parallel ring."""
-        ring = grid[j]
-        gbps = float(np.min(self.bw[ring, np.roll(ring, -1, axis=1)]))
+        ring, nxt = grid[j], np.roll(grid[j], -1, axis=1)
+        gbps, lat = float(np.min(self.bw[ring, nxt])), float(np.max(self.lat[ring, nxt]))
         factor = 2.0 * (s.tp - 1) / s.tp
-        out = np.array([4 * factor * transfer_s(s.mbs * l.out_elems, gbps) / 2 if l.kind == "transformer" else 0.0
-                        for l in self.model.layers])  # fp16 activations: half the bits of the 32-bit unit
-        return out
+        one = [factor * transfer_s(s.mbs * l.out_elems, gbps) * self.act_bits / BITS_PER_ELEM
+               + 2 * (s.tp - 1) * lat if l.kind == "transformer" else 0.0 for l in self.model.layers]
+        return 4 * np.array(one)
 
     # ------------------------------------------------------------------------------------ communication
     def cuts(self, s: Strategy, grid: np.ndarray | None = None) -> np.ndarray:
@@ -125,7 +129,9 @@ class CostModel:
         c = np.zeros((max(s.pp - 1, 0), len(layers) - 1))
         for j in range(s.pp - 1):
             gbps = self.bw[grid[j], grid[j + 1]].min(axis=1)  # slowest tensor-parallel pair, per replica
-            per_replica = transfer_s(vol[None, :], gbps[:, None])
+            lat = self.lat[grid[j], grid[j + 1]].max(axis=1)
+            bits = 1.0 if self.released else 2 * self.act_bits / BITS_PER_ELEM  # activation forward, gradient back
+            per_replica = bits * transfer_s(vol[None, :], gbps[:, None]) + 2 * lat[:, None]
             c[j] = per_replica.mean(axis=0) if self.released else per_replica.max(axis=0)
         return c
 
@@ -139,21 +145,24 @@ class CostModel:
         for j in range(s.pp):
             ring = grid[j]  # (dp, tp)
             if self.released:  # the released loop keeps only the link from the last replica to the first
-                gbps = float(np.min(self.bw[ring[-1], ring[0]]))
+                gbps, lat = float(np.min(self.bw[ring[-1], ring[0]])), 0.0
             else:
-                gbps = float(np.min(self.bw[ring, np.roll(ring, -1, axis=0)]))
+                nxt = np.roll(ring, -1, axis=0)
+                gbps, lat = float(np.min(self.bw[ring, nxt])), float(np.max(self.lat[ring, nxt]))
             params = self.params[bounds[j], bounds[j + 1]] / s.tp
-            worst = max(worst, 2.0 * (s.dp - 1) / s.dp * transfer_s(params, gbps))
+            worst = max(worst, 2.0 * (s.dp - 1) / s.dp * transfer_s(params, gbps) + 2 * (s.dp - 1) * lat)
         return worst
 
     # ------------------------------------------------------------------------------------------ memory
-    def memory_gb(self, s: Strategy, partition, B: int) -> tuple[list[float], float]:
-        mem = memory.stage_memory(self.model, s.tp, s.mbs, partition, B, self.schedule)
+    def memory_gb(self, s: Strategy, partition, B: int) -> tuple[list[float], float, bool]:
+        mem = memory.stage_memory(self.model, s.tp, s.mbs, partition, B, self.schedule, self.bytes_per_param,
+                                  self.act_scale)
         caps = [memory.capacity_bytes(t) for t in self.stage_gpu_types(s)]
         return [m / memory.GB for m in mem], min(caps) / memory.GB, all(m <= c for m, c in zip(mem, caps))
 
     def feasible_stages(self, s: Strategy, B: int, grid: np.ndarray) -> np.ndarray:
-        M = memory.stage_memory_matrix(self.model, s.tp, s.mbs, s.pp, B, self.schedule, self.params)
+        M = memory.stage_memory_matrix(self.model, s.tp, s.mbs, s.pp, B, self.schedule, self.params,
+                                       self.bytes_per_param, self.act_scale)
         caps = np.array([memory.capacity_bytes(t) for t in self.stage_gpu_types(s, grid)])
         return M <= caps[:, None, None]
 

@@ -49,29 +49,32 @@ def in_flight(pp: int, stage: int, micro_batches: int, schedule: str = "1f1b") -
 
 
 def stage_memory_matrix(model: Model, tp: int, mbs: int, pp: int, micro_batches: int,
-                        schedule: str = "1f1b", params: np.ndarray | None = None) -> np.ndarray:
+                        schedule: str = "1f1b", params: np.ndarray | None = None,
+                        bytes_per_param: float = BYTES_PER_PARAM, act_scale: float = 1.0,
+                        reserved: float = RESERVED_BYTES) -> np.ndarray:
     """M[j, a, b] = bytes per GPU if layers a..b-1 form stage j."""
     L = model.num_layers
     P = param_matrix(model) if params is None else params
     act = np.concatenate([[0.0], np.cumsum([l.act_bytes(tp) for l in model.layers])])
     A = act[None, :] - act[:, None]  # A[a, b] = activation bytes per sample of layers a..b-1
     flights = np.array([in_flight(pp, j, micro_batches, schedule) for j in range(pp)], dtype=np.float64)
-    M = BYTES_PER_PARAM * P[None] / tp + mbs * flights[:, None, None] * A[None] + RESERVED_BYTES
+    M = bytes_per_param * P[None] / tp + act_scale * mbs * flights[:, None, None] * A[None] + reserved
     a, b = np.meshgrid(np.arange(L + 1), np.arange(L + 1), indexing="ij")
     M[:, b <= a] = np.inf
     return M
 
 
 def stage_memory(model: Model, tp: int, mbs: int, partition: list[int] | tuple[int, ...], micro_batches: int,
-                 schedule: str = "1f1b") -> list[float]:
-    """Bytes per GPU of each stage of a given partition."""
+                 schedule: str = "1f1b", bytes_per_param: float = BYTES_PER_PARAM, act_scale: float = 1.0,
+                 reserved: float = RESERVED_BYTES) -> list[float]:
+    """Bytes per GPU of each stage of a given partition (`act_scale` = 2 for fp32 activations)."""
     pp = len(partition)
     out, a = [], 0
     for j, n in enumerate(partition):
         b = a + n
         acts = sum(l.act_bytes(tp) for l in model.layers[a:b])
-        out.append(BYTES_PER_PARAM * stage_params(model, a, b) / tp
-                   + mbs * in_flight(pp, j, micro_batches, schedule) * acts + RESERVED_BYTES)
+        out.append(bytes_per_param * stage_params(model, a, b) / tp
+                   + act_scale * mbs * in_flight(pp, j, micro_batches, schedule) * acts + reserved)
         a = b
     return out
 

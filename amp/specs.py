@@ -92,7 +92,8 @@ def _transformer_layer(i: int, h: int, s: int, a: int, tokens: int | None = None
     )
 
 
-def transformer(name: str, hidden: int, layers: int, heads: int, seq: int, vocab: int) -> Model:
+def transformer(name: str, hidden: int, layers: int, heads: int, seq: int, vocab: int,
+                tie_embeddings: bool = True) -> Model:
     """Any GPT-style decoder from its sizes, split as the released AMP code split GPT-2: embedding, a no-op,
     the blocks, two no-ops, the (tied) output embedding and a no-op."""
     require(hidden > 0 and layers > 0 and heads > 0 and seq > 0 and vocab > 0,
@@ -100,10 +101,11 @@ def transformer(name: str, hidden: int, layers: int, heads: int, seq: int, vocab
             f"seq={seq}, vocab={vocab})")
     require(hidden % heads == 0, f"transformer {name}: hidden {hidden} is not divisible by heads {heads}")
     h, s, v = hidden, seq, vocab
+    tie = "embedding" if tie_embeddings else ""
     emb = Layer("embedding", "embedding", params=float(h * v), out_elems=float(s * h), act_fixed=3.0 * s * h,
-                shared="embedding")
+                shared=tie)
     head = Layer("output_embedding", "head", params=float(h * v), flops=2.0 * s * h * v, out_elems=float(s * v),
-                 out_split=True, act_split=6.0 * s * v, shared="embedding")
+                 out_split=True, act_split=6.0 * s * v, shared=tie)
     noop = Layer("noop", "noop")
     blocks = [_transformer_layer(i, h, s, heads) for i in range(layers)]
     seq_layers = [emb, noop, *blocks, noop, noop, head, noop]
@@ -178,6 +180,14 @@ GPU_TYPES: dict[str, GPUType] = {
     "A100": GPUType("A100", 40.0, 312.0),
     "H100": GPUType("H100", 80.0, 989.0),
 }
+
+
+def register_gpu(gpu: GPUType) -> GPUType:
+    """Make a GPU type known (e.g. this machine's CPU cores for a validation run)."""
+    GPU_TYPES[gpu.name] = gpu
+    return gpu
+
+
 # the released profiles are keyed by AWS instance family
 PROFILE_KEY = {"T4": "G4", "V100": "P3"}
 
@@ -190,12 +200,14 @@ class Node:
     gpus: int
     intra_gbps: float
     inter_gbps: float
+    latency_us: float = 0.0  # per message on its links (the released model has no latency term)
 
     def __post_init__(self):
         require(self.gpu in GPU_TYPES, f"unknown GPU type {self.gpu!r}; known: {', '.join(GPU_TYPES)}")
         require(self.gpus >= 1, f"a node needs at least one GPU, got {self.gpus}")
         require(self.intra_gbps > 0, f"intra-node bandwidth must be > 0 Gbps, got {self.intra_gbps}")
         require(self.inter_gbps > 0, f"inter-node bandwidth must be > 0 Gbps, got {self.inter_gbps}")
+        require(self.latency_us >= 0, f"latency must be >= 0, got {self.latency_us}")
 
 
 @dataclass(frozen=True)
