@@ -1,0 +1,168 @@
+"""Evaluation: FID and IS with a configurable feature extractor, reconstruction error, a linear probe.
+
+Two extractors, one interface (`extract(images in [-1, 1]) -> (features, logits)`):
+- `LeNetFeatures`: a small classifier trained by the project, deterministically, on the training split
+  (mini scale). Its numbers are "FID, LeNet features": comparable with each other, never with Inception FID.
+- `InceptionFeatures`: torch-fidelity's InceptionV3 (pool 2048 features + logits) from a local weights file
+  (paper scale; `pip install 'mlsys-repro[paper]'`; nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import linalg
+from torch import nn
+
+from common.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class FeatureExtractor(Protocol):
+    name: str
+
+    def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class LeNet(nn.Module):
+    """LeNet-style classifier; its 128-d penultimate activations are the FID features."""
+
+    def __init__(self, channels: int = 1, resolution: int = 32, num_classes: int = 10, width: int = 32):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(channels, width, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(width, 2 * width, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * (resolution // 4) ** 2, 128), nn.ReLU())
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.fc(self.conv(x))
+        return h, self.head(h)
+
+
+@dataclass
+class LeNetFeatures:
+    net: LeNet
+    test_accuracy: float = float("nan")
+    name: str = "LeNet features"
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor, batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+        self.net.eval()
+        out = [self.net(images[i:i + batch]) for i in range(0, len(images), batch)]
+        return torch.cat([f for f, _ in out]), torch.cat([lg for _, lg in out])
+
+
+def train_lenet(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor | None = None,
+                y_test: torch.Tensor | None = None, epochs: int = 4, batch: int = 64, seed: int = 0,
+                lr: float = 1e-3) -> LeNetFeatures:
+    """Train the feature network on the training split (same seed -> same network on one machine)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = LeNet(x.shape[1], x.shape[-1], int(y.max()) + 1)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x) - batch + 1, batch):
+            idx = perm[i:i + batch]
+            loss = F.cross_entropy(net(x[idx])[1], y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    feats = LeNetFeatures(net)
+    if x_test is not None:
+        feats.test_accuracy = float((feats.extract(x_test)[1].argmax(1) == y_test).float().mean())
+    return feats
+
+
+class InceptionFeatures:
+    """torch-fidelity's InceptionV3 (the FID/IS network of the paper) from a local weights file."""
+
+    name = "Inception features"
+
+    def __init__(self, weights_path: str | None):
+        if not weights_path or not Path(weights_path).expanduser().is_file():
+            raise UserError(f"Inception weights file not found: {weights_path!r}; pass eval.inception_weights="
+                            "/path/to/weights-inception-2015-12-05-6726825d.pth")
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError as exc:
+            raise UserError("Inception FID/IS needs torch-fidelity: pip install 'mlsys-repro[paper]'") from exc
+        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                               feature_extractor_weights_path=str(Path(weights_path).expanduser()))
+        self.net.eval()
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor, batch: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, logits = [], []
+        for i in range(0, len(images), batch):
+            x = images[i:i + batch]
+            if x.shape[1] == 1:
+                x = x.repeat(1, 3, 1, 1)
+            f, lg = self.net(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+            feats.append(f.cpu())
+            logits.append(lg.cpu())
+        return torch.cat(feats).double(), torch.cat(logits).double()
+
+
+def fid_from_features(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets."""
+    a, b = a.double().numpy(), b.double().numpy()
+    mu1, mu2 = a.mean(0), b.mean(0)
+    eps = 1e-6 * np.eye(a.shape[1])  # dead ReLU units make a covariance singular
+    s1, s2 = np.cov(a, rowvar=False) + eps, np.cov(b, rowvar=False) + eps
+    covmean = linalg.sqrtm(s1 @ s2)
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> float:
+    """exp(E_x KL(p(y|x) || p(y))), averaged over `splits` chunks (the usual protocol)."""
+    p = F.softmax(logits.double(), dim=1)
+    scores = []
+    for chunk in p.chunk(splits):
+        py = chunk.mean(0, keepdim=True)
+        kl = (chunk * (torch.log(chunk + 1e-12) - torch.log(py + 1e-12))).sum(1).mean()
+        scores.append(float(torch.exp(kl)))
+    return float(np.mean(scores))
+
+
+@dataclass
+class Reference:
+    """Features of the real images FID is measured against (computed once per run)."""
+
+    features: torch.Tensor
+
+    @classmethod
+    def of(cls, extractor: FeatureExtractor, images: torch.Tensor) -> "Reference":
+        return cls(extractor.extract(images)[0])
+
+
+def fid_is(extractor: FeatureExtractor, images: torch.Tensor, ref: Reference) -> tuple[float, float]:
+    feats, logits = extractor.extract(images)
+    return fid_from_features(feats, ref.features), inception_score(logits)
+
+
+def reconstruction_mse(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Mean squared error per pixel, images in [-1, 1]."""
+    return float((x - x_hat).pow(2).mean())
+
+
+def linear_probe(z_train: torch.Tensor, y_train: torch.Tensor, z_test: torch.Tensor, y_test: torch.Tensor,
+                 seed: int = 0) -> float:
+    """Test accuracy of a logistic regression on frozen latent means (standardized)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    clf.fit(z_train.numpy(), y_train.numpy())
+    return float(clf.score(z_test.numpy(), y_test.numpy()))
