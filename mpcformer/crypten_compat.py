@@ -9,17 +9,29 @@ Import CrypTen through `crypten_compat.crypten()` (or call `apply()` before `imp
 3. `FixedPointEncoder.decode` divides negative values by `scale - 1` and then corrects the remainder, which
    leaves some negative values exactly 1.0 too low; it is replaced by an exact floor division.
 4. Parties forked after a multi-threaded torch op hang: `party_threads()` sets torch to one thread.
+5. CrypTen's communicator forms its process group without a timeout, so a party that dies leaves the
+   others waiting forever; the group is formed with `comm_timeout_s()` (env `CRYPTEN_COMM_TIMEOUT_S`,
+   default 300 s), which bounds the rendezvous and every collective.
+
+`join_party()` sets the environment CrypTen's communicator reads and joins a computation as a party or as
+the trusted third party (TTP) that deals multiplication triples.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import importlib
+import logging
+import os
 import sys
 from types import ModuleType
 
 import torch
 
 _APPLIED = False
+TIMEOUT_ENV = "CRYPTEN_COMM_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 300.0
+PROVIDERS = ("TTP", "TFP")
 
 
 def _alias_onnx_registration() -> None:
@@ -67,6 +79,34 @@ def _export_torchscript(f, pytorch_model, dummy_input):
     return f
 
 
+def comm_timeout_s() -> float:
+    return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+
+
+def _communicator_init(self, init_ttp: bool = False) -> None:
+    """CrypTen's `DistributedCommunicator.__init__` with a timeout on the group and on every collective."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    for key in ["distributed_backend", "rendezvous", "world_size", "rank"]:
+        if key.upper() not in os.environ:
+            raise ValueError(f"Environment variable {key.upper()} must be set.")
+        setattr(self, key, os.environ[key.upper()])
+    self.world_size, self.rank = int(self.world_size), int(self.rank)
+    self.reset_communication_stats()
+    self._name = f"rank{self.rank}"
+    timeout = _dt.timedelta(seconds=comm_timeout_s())
+    total = self.world_size + 1 if init_ttp else self.world_size
+    dist.init_process_group(backend=self.distributed_backend, init_method=self.rendezvous, world_size=total,
+                            rank=self.rank, timeout=timeout)
+    self.ttp_group = dist.new_group(list(range(total)), timeout=timeout)
+    if total > 1:
+        self.ttp_comm_group = dist.new_group([0, total - 1], timeout=timeout)
+    self.main_group = dist.new_group(list(range(self.world_size)), timeout=timeout)
+    self.ttp_initialized = init_ttp
+
+
 def apply() -> None:
     """Apply every fix once; safe to call repeatedly."""
     global _APPLIED
@@ -78,6 +118,9 @@ def apply() -> None:
 
     crypten.encoder.FixedPointEncoder.decode = exact_decode
     crypten.nn.onnx_converter._export_pytorch_model = _export_torchscript
+    import crypten.communicator.distributed_communicator as dc
+
+    dc.DistributedCommunicator.__init__ = _communicator_init
     _APPLIED = True
 
 
@@ -92,3 +135,37 @@ def crypten() -> ModuleType:
 def party_threads(n: int = 1) -> None:
     """Use `n` torch threads in this process (1 before parties are forked, or they may hang)."""
     torch.set_num_threads(n)
+
+
+def join_party(rank: int, parties: int, rendezvous: str, provider: str = "TTP", timeout_s: float | None = None,
+               verbose: bool = True) -> ModuleType | None:
+    """Join a CrypTen computation of `parties` parties at `rendezvous` (e.g. 'tcp://127.0.0.1:29500').
+
+    With provider "TTP" rank `parties` is the dealer: it serves triples until party 0 ends the computation
+    and returns None. Parties get the CrypTen module back (communication statistics on when `verbose`).
+    "TFP" (a trusted first party generates the randomness) measures the online phase only.
+    """
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown CrypTen provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    if timeout_s is not None:
+        os.environ[TIMEOUT_ENV] = str(timeout_s)
+    os.environ.update({"DISTRIBUTED_BACKEND": "gloo", "RENDEZVOUS": rendezvous, "WORLD_SIZE": str(parties),
+                       "RANK": str(rank)})
+    party_threads(1)
+    ct = crypten()
+    ct.cfg.mpc.provider = provider
+    ct.cfg.communicator.verbose = verbose
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
+    if provider == "TTP" and rank == parties:
+        ct.mpc.provider.TTPServer()  # returns when party 0 says "terminate" or a party is gone
+        return None
+    ct.init()
+    return ct
+
+
+def leave_party() -> None:
+    """Leave the computation (party 0 also stops the dealer)."""
+    import crypten as _crypten
+
+    if _crypten.communicator.is_initialized():
+        _crypten.uninit()

@@ -1,0 +1,125 @@
+"""MPC-friendly replacements for GeLU and softmax, and the exact functions they replace.
+
+Every function here takes a torch tensor or a CrypTen tensor and returns the same kind, so the plaintext
+student and its private twin run the very same arithmetic:
+
+- Quad GeLU: 0.125 x^2 + 0.25 x + 0.5 (one multiplication instead of tanh or erf).
+- 2Quad softmax: (x + c)^2, masked, divided by its row sum (c = 5).
+- 2ReLU softmax: relu(x), masked, divided by its row sum.
+- GeLU (tanh form) and softmax as CrypTen computes them (max, exp, reciprocal): the exact model under MPC.
+
+CrypTen's reciprocal is accurate only for inputs of moderate size (garbage from about 256), while row sums
+grow with the sequence length. Each normaliser therefore divides the row sum by a public constant before the
+reciprocal and multiplies back after: the same cost, and accurate at every length.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+QUAD_C = 5.0
+SOFTMAX_MASK_SHIFT = 64.0  # masked scores sit this far below the row max: exp() of them is ~1e-28
+
+
+def _is_plain(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _normalise(y, mask, divisor: float):
+    """y / y.sum(-1) with masked keys zeroed; the sum is divided by `divisor` before the reciprocal."""
+    if mask is not None:
+        y = y * mask
+    total = y.sum(-1, keepdim=True) / divisor
+    if _is_plain(y):
+        total = total.clamp_min(1e-12)
+    return y * (total.reciprocal() / divisor)
+
+
+def _key_mask(mask, shape):
+    """A (batch, keys) 0/1 mask broadcast to attention scores of `shape` (batch, heads, queries, keys)."""
+    if mask is None:
+        return None
+    m = mask.unsqueeze(1).unsqueeze(1)
+    return m.expand(*shape) if not _is_plain(m) else m
+
+
+def quad_gelu(x):
+    """Quad: 0.125 x^2 + 0.25 x + 0.5, MPCFormer's replacement for GeLU."""
+    return x.square() * 0.125 + x * 0.25 + 0.5
+
+
+def gelu(x):
+    """GeLU in its tanh form (CrypTen's erf is wrong beyond |x| ~ 2.5; tanh is accurate)."""
+    inner = (x + x.square() * x * 0.044715) * math.sqrt(2.0 / math.pi)
+    return x * 0.5 * (inner.tanh() + 1.0)
+
+
+def two_quad(scores, mask=None, c: float = QUAD_C):
+    """2Quad: (x + c)^2 / sum (x + c)^2 over the keys; masked keys get weight 0."""
+    y = (scores + c).square()
+    return _normalise(y, _key_mask(mask, scores.size()), divisor=scores.size(-1) * c * c)
+
+
+def two_relu(scores, mask=None):
+    """2ReLU: relu(x) / sum relu(x) over the keys; masked keys get weight 0."""
+    return _normalise(scores.relu(), _key_mask(mask, scores.size()), divisor=math.sqrt(scores.size(-1)))
+
+
+def softmax(scores, mask=None):
+    """Exact softmax over the keys: in plaintext torch's; under MPC CrypTen's max, exp and reciprocal."""
+    m = _key_mask(mask, scores.size())
+    if _is_plain(scores):
+        if m is not None:
+            scores = scores.masked_fill(m == 0, torch.finfo(scores.dtype).min)
+        return torch.softmax(scores, dim=-1)
+    if m is not None:
+        scores = scores + (m - 1.0) * SOFTMAX_MASK_SHIFT
+    shifted = scores - scores.max(dim=-1, keepdim=True)[0]
+    # exp-sums lie in [1, n]; divided by sqrt(n) they stay where CrypTen's reciprocal is accurate
+    return _normalise(shifted.exp(), m, divisor=math.sqrt(scores.size(-1)))
+
+
+ACTIVATIONS = {"gelu": gelu, "quad": quad_gelu}
+NORMALISERS = {"softmax": softmax, "2quad": two_quad, "2relu": two_relu}
+
+
+class QuadGELU(nn.Module):
+    """Quad as a drop-in replacement for a transformers GeLU activation module."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quad_gelu(x)
+
+
+class AttentionNormaliser(nn.Module):
+    """Turns attention scores (batch, heads, queries, keys) and a 0/1 key mask into attention weights."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        if kind not in NORMALISERS:
+            raise ValueError(f"unknown attention normaliser {kind!r}; choose one of {', '.join(NORMALISERS)}")
+        self.kind = kind
+
+    def forward(self, scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return NORMALISERS[self.kind](scores, mask)
+
+    def extra_repr(self) -> str:
+        return self.kind
+
+
+class TwoQuad(AttentionNormaliser):
+    def __init__(self):
+        super().__init__("2quad")
+
+
+class TwoReLU(AttentionNormaliser):
+    def __init__(self):
+        super().__init__("2relu")
+
+
+class Softmax(AttentionNormaliser):
+    def __init__(self):
+        super().__init__("softmax")

@@ -1,0 +1,332 @@
+"""Private inference of a (student or exact) BERT classifier with CrypTen: two parties and a dealer.
+
+Party 0 owns the model: it encrypts the weights. Party 1 owns the text: it tokenises it, turns the token ids
+into one-hot rows and encrypts them with the attention mask (the padded length is public, the true length is
+not). A third process deals multiplication triples (CrypTen's trusted third party, "TTP"); "TFP" measures the
+online phase only. Only party 1 learns the logits.
+
+The model is written as CrypTen modules whose forward reads like the PyTorch one; the nonlinearities are the
+functions of `approximations`, the same code the plaintext student runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.distributed import ProcessFailed, run_processes
+from common.errors import UserError
+
+from . import crypten_compat
+from .approximations import ACTIVATIONS, NORMALISERS
+from .convert import Approximation, approximation_of
+
+log = logging.getLogger(__name__)
+
+MODEL_OWNER, INPUT_OWNER = 0, 1
+PARTIES = 2
+
+
+@dataclass(frozen=True)
+class BertSpec:
+    """The public architecture of a BERT classifier (what both parties may know)."""
+
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    max_positions: int
+    num_labels: int
+    layer_norm_eps: float = 1e-12
+    approximation: str = "gelu+softmax"
+
+    @classmethod
+    def of(cls, model: nn.Module, approximation: "str | Approximation | None" = None) -> "BertSpec":
+        c = model.config
+        approx = Approximation.parse(approximation) if approximation else approximation_of(model)
+        return cls(c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
+                   c.max_position_embeddings, c.num_labels, c.layer_norm_eps, approx.name)
+
+
+def export_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a transformers BERT classifier under the names `MPCBert` uses."""
+    base = getattr(model, "base_model", model)
+    if not hasattr(base, "embeddings") or not hasattr(model, "classifier") or getattr(base, "pooler", None) is None:
+        raise UserError(f"{type(model).__name__} is not a BERT-family sequence classifier with a pooler")
+    e = base.embeddings
+    w = {"emb.word": e.word_embeddings.weight, "emb.pos": e.position_embeddings.weight,
+         "emb.type": e.token_type_embeddings.weight[0], "emb.ln.w": e.LayerNorm.weight, "emb.ln.b": e.LayerNorm.bias,
+         "pool.w": base.pooler.dense.weight, "pool.b": base.pooler.dense.bias,
+         "cls.w": model.classifier.weight, "cls.b": model.classifier.bias}
+    for i, layer in enumerate(base.encoder.layer):
+        a = layer.attention
+        parts = {"q": a.self.query, "k": a.self.key, "v": a.self.value, "o": a.output.dense,
+                 "ff1": layer.intermediate.dense, "ff2": layer.output.dense}
+        for n, lin in parts.items():
+            w[f"l{i}.{n}.w"], w[f"l{i}.{n}.b"] = lin.weight, lin.bias
+        w[f"l{i}.ln1.w"], w[f"l{i}.ln1.b"] = a.output.LayerNorm.weight, a.output.LayerNorm.bias
+        w[f"l{i}.ln2.w"], w[f"l{i}.ln2.b"] = layer.output.LayerNorm.weight, layer.output.LayerNorm.bias
+    return {k: v.detach().float().clone() for k, v in w.items()}
+
+
+def weight_shapes(spec: BertSpec) -> dict[str, tuple[int, ...]]:
+    h, f = spec.hidden, spec.intermediate
+    s: dict[str, tuple[int, ...]] = {"emb.word": (spec.vocab_size, h), "emb.pos": (spec.max_positions, h),
+                                     "emb.type": (h,), "emb.ln.w": (h,), "emb.ln.b": (h,), "pool.w": (h, h),
+                                     "pool.b": (h,), "cls.w": (spec.num_labels, h), "cls.b": (spec.num_labels,)}
+    for i in range(spec.layers):
+        for n, (o, inp) in {"q": (h, h), "k": (h, h), "v": (h, h), "o": (h, h), "ff1": (f, h), "ff2": (h, f)}.items():
+            s[f"l{i}.{n}.w"], s[f"l{i}.{n}.b"] = (o, inp), (o,)
+        for n in ("ln1", "ln2"):
+            s[f"l{i}.{n}.w"], s[f"l{i}.{n}.b"] = (h,), (h,)
+    return s
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model as CrypTen modules (built after CrypTen is imported, inside a party)
+
+
+def layer_norm(x, weight, bias, eps: float):
+    """LayerNorm over the last dimension; CrypTen's inv_sqrt under MPC."""
+    centred = x - x.mean(-1, keepdim=True)
+    var = centred.square().mean(-1, keepdim=True) + eps
+    inv = var.rsqrt() if isinstance(var, torch.Tensor) else var.inv_sqrt()
+    return centred * inv * weight + bias
+
+
+def build_mpc_bert(spec: BertSpec, weights: dict[str, torch.Tensor]):
+    """`MPCBert` (a `crypten.nn.Module`) holding `weights` in plaintext; call `.encrypt(src=MODEL_OWNER)`."""
+    nn_ = crypten_compat.crypten().nn
+    approx = Approximation.parse(spec.approximation)
+    act, normalise = ACTIVATIONS[approx.activation], NORMALISERS[approx.softmax]
+
+    def linear(prefix: str):
+        w = weights[f"{prefix}.w"]
+        m = nn_.Linear(w.shape[1], w.shape[0])
+        m.set_parameter("weight", w.clone())
+        m.set_parameter("bias", weights[f"{prefix}.b"].clone())
+        return m
+
+    class LayerNorm(nn_.Module):
+        def __init__(self, prefix: str):
+            super().__init__()
+            self.register_parameter("weight", weights[f"{prefix}.w"].clone())
+            self.register_parameter("bias", weights[f"{prefix}.b"].clone())
+
+        def forward(self, x):
+            return layer_norm(x, self.weight, self.bias, spec.layer_norm_eps)
+
+    class Layer(nn_.Module):
+        def __init__(self, i: int):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (linear(f"l{i}.{n}") for n in "qkvo")
+            self.ff1, self.ff2 = linear(f"l{i}.ff1"), linear(f"l{i}.ff2")
+            self.ln1, self.ln2 = LayerNorm(f"l{i}.ln1"), LayerNorm(f"l{i}.ln2")
+
+        def forward(self, h, mask):
+            b, n, d = h.size()
+            heads = spec.heads
+
+            def split(x):
+                return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+            q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
+            scores = q.matmul(k.transpose(2, 3)) * (1.0 / math.sqrt(d // heads))
+            ctx = normalise(scores, mask).matmul(v).transpose(1, 2).reshape(b, n, d)
+            h = self.ln1(h + self.o(ctx))
+            return self.ln2(h + self.ff2(act(self.ff1(h))))
+
+    class MPCBert(nn_.Module):
+        def __init__(self):
+            super().__init__()
+            for name in ("word", "pos", "type"):
+                self.register_parameter(name, weights[f"emb.{name}"].clone())
+            self.emb_ln = LayerNorm("emb.ln")
+            self.layers = nn_.ModuleList([Layer(i) for i in range(spec.layers)])
+            self.pool, self.cls = linear("pool"), linear("cls")
+
+        def forward(self, one_hot, mask, on_layer=None):
+            """one_hot: (batch, length, vocab) token rows; mask: (batch, length) 0/1. Returns the logits."""
+            n = one_hot.size(1)
+            h = self.emb_ln(one_hot.matmul(self.word) + self.pos[:n] + self.type)
+            for i, layer in enumerate(self.layers):
+                if on_layer is not None:
+                    on_layer(i)
+                h = layer(h, mask)
+            return self.cls(self.pool(h[:, 0]).tanh())
+
+    return MPCBert()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parties
+
+
+@dataclass
+class InferenceJob:
+    spec: BertSpec
+    weights_path: str  # read by the model owner only
+    inputs_path: str  # read by the input owner only
+    input_shape: tuple[int, int]  # (examples, padded length): public
+    provider: str = "TTP"
+    batch_size: int = 8
+    timeout_s: float = 300.0
+    audit: bool = False  # record every byte each process sends (security tests)
+    die_at_layer: int | None = None  # the input owner exits abruptly there (failure tests)
+
+
+@dataclass
+class PartyReport:
+    rank: int
+    role: str
+    logits: torch.Tensor | None = None
+    wall_s: float = 0.0
+    rounds: int = 0
+    bytes: int = 0
+    sent: list[bytes] = field(default_factory=list)
+
+
+def record_outgoing(sent: list[bytes]) -> None:
+    """Patch torch.distributed in this process so that every tensor it sends is appended to `sent`."""
+    import torch.distributed as dist
+
+    single = {"send": 0, "isend": 0, "all_reduce": 0, "reduce": 0, "gather": 0, "all_gather": 1}
+
+    def wrap(name, index):
+        orig = getattr(dist, name)
+
+        def wrapper(*args, **kwargs):
+            t = kwargs.get("tensor", args[index] if len(args) > index else None)
+            if isinstance(t, torch.Tensor):
+                sent.append(t.detach().cpu().contiguous().numpy().tobytes())
+            return orig(*args, **kwargs)
+
+        setattr(dist, name, wrapper)
+
+    for name, index in single.items():
+        wrap(name, index)
+    orig_bcast = dist.broadcast
+
+    def broadcast(tensor, src, *args, **kwargs):
+        if src == dist.get_rank():
+            sent.append(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return orig_bcast(tensor, src, *args, **kwargs)
+
+    dist.broadcast = broadcast
+
+
+def _party(rank: int, nprocs: int, job: InferenceJob) -> PartyReport:
+    port = os.environ["MASTER_PORT"]
+    role = {MODEL_OWNER: "model owner", INPUT_OWNER: "input owner"}.get(rank, "dealer")
+    sent: list[bytes] = []
+    if job.audit:
+        record_outgoing(sent)
+    ct = crypten_compat.join_party(rank, PARTIES, f"tcp://127.0.0.1:{port}", job.provider, job.timeout_s)
+    if ct is None:
+        return PartyReport(rank, role, sent=sent)
+    n, length = job.input_shape
+    if rank == MODEL_OWNER:
+        weights = torch.load(job.weights_path, weights_only=True)
+    else:
+        weights = {k: torch.zeros(s) for k, s in weight_shapes(job.spec).items()}
+    if rank == INPUT_OWNER:
+        inputs = torch.load(job.inputs_path, weights_only=True)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"].float()
+    else:
+        ids, mask = torch.zeros(n, length, dtype=torch.long), torch.zeros(n, length)
+    model = build_mpc_bert(job.spec, weights).encrypt(src=MODEL_OWNER).eval()
+    del weights
+
+    def on_layer(i: int) -> None:
+        if rank == INPUT_OWNER and job.die_at_layer == i:
+            os._exit(3)
+
+    ct.comm.get().reset_communication_stats()
+    start = time.perf_counter()
+    outs = []
+    from tqdm import tqdm
+
+    batches = range(0, n, job.batch_size)
+    for lo in tqdm(batches, desc="private inference", disable=rank != INPUT_OWNER or len(batches) < 2):
+        hi = min(lo + job.batch_size, n)
+        one_hot = torch.nn.functional.one_hot(ids[lo:hi], job.spec.vocab_size).float() if rank == INPUT_OWNER \
+            else torch.zeros(hi - lo, length, job.spec.vocab_size)
+        x = ct.cryptensor(one_hot, src=INPUT_OWNER)
+        m = ct.cryptensor(mask[lo:hi], src=INPUT_OWNER)
+        logits = model(x, m, on_layer=on_layer)
+        outs.append(logits.get_plain_text(dst=INPUT_OWNER))
+    wall = time.perf_counter() - start
+    stats = ct.comm.get().get_communication_stats()
+    crypten_compat.leave_party()
+    return PartyReport(rank, role, torch.cat(outs) if rank == INPUT_OWNER else None, wall,
+                       int(stats["rounds"]), int(stats["bytes"]), sent)
+
+
+@dataclass
+class PrivateResult:
+    logits: torch.Tensor  # what party 1 learned
+    reports: list[PartyReport]
+    provider: str
+
+    @property
+    def wall_s(self) -> float:
+        return max(r.wall_s for r in self.reports if r.role != "dealer")
+
+    def party(self, rank: int) -> PartyReport:
+        return self.reports[rank]
+
+
+def private_inference(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      provider: str = "TTP", batch_size: int = 8, timeout_s: float = 300.0, audit: bool = False,
+                      die_at_layer: int | None = None) -> PrivateResult:
+    """Run `model` (a converted student or an exact BERT classifier) under MPC on padded token ids.
+
+    Spawns the model owner, the input owner and (with "TTP") the dealer; each reads only what it owns.
+    A party that fails or disappears ends the others within `timeout_s`; that is reported as a UserError.
+    """
+    if provider not in crypten_compat.PROVIDERS:
+        raise UserError(f"unknown provider {provider!r}; choose one of {', '.join(crypten_compat.PROVIDERS)}")
+    spec = BertSpec.of(model)
+    if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
+        raise UserError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
+                        "must both be (examples, length)")
+    if input_ids.shape[1] > spec.max_positions:
+        raise UserError(f"sequence length {input_ids.shape[1]} is longer than the model allows "
+                        f"({spec.max_positions} positions)")
+    if int(input_ids.max()) >= spec.vocab_size or int(input_ids.min()) < 0:
+        raise UserError(f"token ids outside the model's vocabulary of {spec.vocab_size}: wrong tokenizer?")
+    nprocs = PARTIES + (provider == "TTP")
+    with tempfile.TemporaryDirectory(prefix="mpcformer_") as tmp:
+        job = InferenceJob(spec, str(Path(tmp) / "weights.pt"), str(Path(tmp) / "inputs.pt"),
+                           tuple(input_ids.shape), provider, batch_size, timeout_s, audit, die_at_layer)
+        torch.save(export_weights(model), job.weights_path)
+        torch.save({"input_ids": input_ids.long(), "attention_mask": attention_mask.long()}, job.inputs_path)
+        try:
+            reports = run_processes(_party, nprocs, args=(job,), init_group=False, timeout_s=timeout_s * 2 + 60,
+                                    grace_s=timeout_s + 30)
+        except ProcessFailed as exc:
+            raise UserError(f"private inference failed: a party stopped ({exc})") from exc
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"private inference failed: a party stopped or lost its peers ({first})") from exc
+    return PrivateResult(reports[INPUT_OWNER].logits, reports, provider)
+
+
+def check_against_plaintext(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                            mpc_logits: torch.Tensor) -> dict[str, float]:
+    """Largest logit error and label agreement of MPC logits against the plaintext model's."""
+    with torch.no_grad():
+        plain = model.eval()(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    return {"max_abs_logit_error": float((plain - mpc_logits).abs().max()),
+            "label_agreement": float((plain.argmax(-1) == mpc_logits.argmax(-1)).float().mean())}
