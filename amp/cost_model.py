@@ -14,8 +14,9 @@ Two modes:
   ring priced on one of its links only, the released partitioner, no memory model.
 * `improved` prices each stage on the GPUs it runs on (the slowest type in it), uses measured micro-batch
   sizes when the profile has them, takes the slowest replica's transfers and the slowest link of each
-  all-reduce ring, adds tensor-parallel all-reduces when the profile lacks them, partitions optimally, and
-  leaves out stages that do not fit in memory.
+  all-reduce ring, adds tensor-parallel all-reduces when the profile lacks them, counts a stage's blocking
+  send/recv in the slowest stage, adds a per-message latency where the nodes give one, partitions
+  optimally, and leaves out stages that do not fit in memory.
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ class CostModel:
         ring, nxt = grid[j], np.roll(grid[j], -1, axis=1)
         gbps, lat = float(np.min(self.bw[ring, nxt])), float(np.max(self.lat[ring, nxt]))
         factor = 2.0 * (s.tp - 1) / s.tp
+        steps = np.ceil(np.log2(s.tp))  # small all-reduces are latency-bound: recursive doubling
         one = [factor * transfer_s(s.mbs * l.out_elems, gbps) * self.act_bits / BITS_PER_ELEM
-               + 2 * (s.tp - 1) * lat if l.kind == "transformer" else 0.0 for l in self.model.layers]
+               + steps * lat if l.kind == "transformer" else 0.0 for l in self.model.layers]
         return 4 * np.array(one)
 
     # ------------------------------------------------------------------------------------ communication
@@ -175,7 +177,7 @@ class CostModel:
                     return uniform_partition(m.blocks, s.pp, m.uniform_pad)
                 return uniform_partition(m.num_layers, s.pp)
             return released_partition(e[0], c, s.pp, B)
-        part, _ = optimal_partition(e, c, s.pp, B, feasible=self.feasible_stages(s, B, grid))
+        part, _ = optimal_partition(e, c, s.pp, B, feasible=self.feasible_stages(s, B, grid), blocking=True)
         return part
 
     def predict(self, s: Strategy) -> Prediction:
@@ -190,7 +192,7 @@ class CostModel:
             mem, cap, _ = self.memory_gb(s, uniform_partition(self.model.num_layers, s.pp), B)
             return Prediction(s, float("inf"), float("inf"), float("inf"), [], mem, cap, False)
         s = Strategy(s.tp, s.dp, s.pp, s.mbs, tuple(part), s.placement)
-        pipe = pipeline_time(e, c, part, B)
+        pipe = pipeline_time(e, c, part, B, blocking=not self.released)
         dp = self.dp_allreduce(s, part, grid)
         stages = [float(e[j, a:a + n].sum()) for j, (a, n) in enumerate(zip(np.cumsum([0, *part[:-1]]), part))]
         mem, cap, ok = self.memory_gb(s, part, B)

@@ -26,15 +26,22 @@ import numpy as np
 from common.errors import require
 
 
-def pipeline_time(e: np.ndarray, c: np.ndarray, partition: list[int] | tuple[int, ...], B: int) -> float:
-    """The pipeline formula above. `e` is (pp, L) or (L,) (the same on every stage); `c` is (pp-1, L-1)."""
+def pipeline_time(e: np.ndarray, c: np.ndarray, partition: list[int] | tuple[int, ...], B: int,
+                  blocking: bool = False) -> float:
+    """The pipeline formula above. `e` is (pp, L) or (L,) (the same on every stage); `c` is (pp-1, L-1).
+    `blocking`: a stage also waits out the transfers at both its cuts for every micro-batch (blocking
+    send/recv), so they count in the slowest stage."""
     pp = len(partition)
     e2 = np.broadcast_to(e, (pp, e.shape[-1]))
     ends = np.cumsum(partition)
     starts = ends - np.asarray(partition)
     stages = np.array([e2[j, starts[j]:ends[j]].sum() for j in range(pp)])
-    comm = sum(float(c[j, ends[j] - 1]) for j in range(pp - 1))
-    return float(stages.sum() + (B - 1) * stages.max() + comm)
+    cut = np.array([float(c[j, ends[j] - 1]) for j in range(pp - 1)])
+    busy = stages.copy()
+    if blocking and pp > 1:
+        busy[:-1] += cut
+        busy[1:] += cut
+    return float(stages.sum() + (B - 1) * busy.max() + cut.sum())
 
 
 def uniform_partition(blocks: int, pp: int, pad: tuple[int, int] = (0, 0)) -> list[int]:
@@ -58,7 +65,7 @@ def _stage_sums(e2: np.ndarray) -> np.ndarray:
 
 
 def optimal_partition(e: np.ndarray, c: np.ndarray, pp: int, B: int, feasible: np.ndarray | None = None,
-                      batch: int = 32) -> tuple[list[int] | None, float]:
+                      batch: int = 32, blocking: bool = False) -> tuple[list[int] | None, float]:
     """The split of L layers into `pp` non-empty stages with the least pipeline time.
 
     `feasible[j, a, b]` (optional) marks whether layers a..b-1 may form stage j (memory). Returns
@@ -75,14 +82,20 @@ def optimal_partition(e: np.ndarray, c: np.ndarray, pp: int, B: int, feasible: n
     comm = np.full((max(pp - 1, 0), L + 1), np.inf)
     if pp > 1:
         comm[:, 1:L] = c
+    # Sb[j, a, b]: what stage j costs in the bottleneck (its compute, plus its cut transfers if blocking)
+    Sb = S.copy()
+    if blocking and pp > 1:
+        Sb[1:] += comm[:, :, None]
+        Sb[:-1] += comm[:, None, :]
+        Sb[np.isnan(Sb)] = np.inf
 
     def solve(ts: np.ndarray, keep_choice: bool):
         T = len(ts)
-        F = np.where(S[0, 0][None, :] <= ts[:, None], S[0, 0][None, :], np.inf)  # (T, L+1)
+        F = np.where(Sb[0, 0][None, :] <= ts[:, None], S[0, 0][None, :], np.inf)  # (T, L+1)
         choices = []
         for j in range(1, pp):
             Sj = S[j][None, :, :]  # (1, a, b)
-            ok = Sj <= ts[:, None, None]
+            ok = Sb[j][None, :, :] <= ts[:, None, None]
             cand = np.where(ok, F[:, :, None] + comm[j - 1][None, :, None] + Sj, np.inf)
             arg = np.argmin(cand, axis=1)  # (T, b)
             F = np.take_along_axis(cand, arg[:, None, :], axis=1)[:, 0, :]
@@ -105,11 +118,11 @@ def optimal_partition(e: np.ndarray, c: np.ndarray, pp: int, B: int, feasible: n
         return None, float("inf")
     if B == 1 or pp == 1:
         part = backtrack(np.inf)
-        return part, pipeline_time(e2, c, part, B)
+        return part, pipeline_time(e2, c, part, B, blocking)
     best_t, best = np.inf, np.inf
     part = backtrack(np.inf)
-    best = pipeline_time(e2, c, part, B)
-    sums = S[np.isfinite(S)]
+    best = pipeline_time(e2, c, part, B, blocking)
+    sums = Sb[np.isfinite(Sb)]
     lower = max(float(np.max(e2.min(axis=0))), float(e2.min(axis=0).sum()) / pp)
     ts = np.unique(sums[sums >= lower - 1e-15])
     for start in range(0, len(ts), batch):
@@ -123,12 +136,12 @@ def optimal_partition(e: np.ndarray, c: np.ndarray, pp: int, B: int, feasible: n
             best, best_t = float(total[i]), float(chunk[i])
     if np.isfinite(best_t):
         part = backtrack(best_t)
-        best = pipeline_time(e2, c, part, B)
+        best = pipeline_time(e2, c, part, B, blocking)
     return part, best
 
 
-def brute_force_partition(e: np.ndarray, c: np.ndarray, pp: int, B: int,
-                          feasible: np.ndarray | None = None) -> tuple[list[int] | None, float]:
+def brute_force_partition(e: np.ndarray, c: np.ndarray, pp: int, B: int, feasible: np.ndarray | None = None,
+                          blocking: bool = False) -> tuple[list[int] | None, float]:
     """Every split, for checking `optimal_partition` on small instances."""
     L = np.shape(e)[-1]
     best, best_part = float("inf"), None
@@ -137,7 +150,7 @@ def brute_force_partition(e: np.ndarray, c: np.ndarray, pp: int, B: int,
         part = [bounds[i + 1] - bounds[i] for i in range(pp)]
         if feasible is not None and not all(feasible[j, bounds[j], bounds[j + 1]] for j in range(pp)):
             continue
-        t = pipeline_time(np.asarray(e), np.asarray(c).reshape(pp - 1, L - 1), part, B)
+        t = pipeline_time(np.asarray(e), np.asarray(c).reshape(pp - 1, L - 1), part, B, blocking)
         if t < best:
             best, best_part = t, part
     return best_part, best
