@@ -69,8 +69,10 @@ class Profiles:
         return sum(w * self.layer_times(g, tp, mbs, linear) for g, w in share.items())
 
 
-def _released_indices(model: Model, length: int) -> list[int]:
-    """Which entries of a released profile belong to the planner's layers."""
+def released_layer_ids(model: Model, length: int | None = None) -> list[int]:
+    """Which entries of a released profile (and of the released partitions' layer numbering) belong to the
+    planner's layers."""
+    length = (32 + model.blocks if model.profile_name == "transgan" else model.num_layers) if length is None else length
     if model.profile_name == "transgan":
         d_low = _low_depth(model)
         d_high = model.blocks - d_low
@@ -100,7 +102,7 @@ def released(model: Model) -> Profiles:
     for key, per_tp in table.items():
         for tp, arr in per_tp.items():
             arr = np.asarray(arr, dtype=np.float64)
-            ids = _released_indices(model, len(arr))
+            ids = released_layer_ids(model, len(arr))
             times[(back[key], int(tp), 1)] = 3.0 * arr[ids]
     return Profiles(times, tp_comm_included=True, source=data["source"])
 
@@ -118,6 +120,26 @@ def from_flops(model: Model, gpus: Sequence[str], tps: Sequence[int] = (1, 2, 4,
         for t in tps:
             times[(g, t, mbs)] = per * mbs / t
     return Profiles(times, tp_comm_included=False, source=f"FLOPs at {efficiency:.0%} of peak")
+
+
+def load_json(path, model: Model, mbs: int = 1) -> Profiles:
+    """Profiles from a JSON file `{gpu: {tp: [forward seconds per layer at micro-batch mbs]}}` (backward is
+    taken as 2 x forward, as in the released model)."""
+    from pathlib import Path
+
+    p = Path(path)
+    require(p.is_file(), f"no profile file {p}")
+    try:
+        table = json.loads(p.read_text())
+        times = {(g, int(t), mbs): 3.0 * np.asarray(v, dtype=np.float64) for g, per in table.items()
+                 for t, v in per.items()}
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise UserError(f"bad profile file {p}: {exc}") from None
+    for (g, _, _) in times:
+        require(g in GPU_TYPES, f"profile file {p}: unknown GPU type {g!r}; known: {', '.join(GPU_TYPES)}")
+    prof = Profiles(times, tp_comm_included=True, source=str(p))
+    prof.check(model)
+    return prof
 
 
 def time_fn(fn: Callable[[], None], repeats: int = 5, warmup: int = 2) -> float:
