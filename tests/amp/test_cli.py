@@ -1,0 +1,72 @@
+"""`python -m reproduce.amp`: bad input is one line and exit 2; smoke writes the paper's tables."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args, timeout=120):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "reproduce.amp", "tracking.mode=disabled", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def write_setup(tmp_path, gpu="V100", inter=10, layers=24, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(f"""
+name: custom
+global_batch: 32
+model: {{type: gpt2, layers: {layers}}}
+cluster:
+  nodes:
+    - {{gpu: {gpu}, gpus: 4, intra_gbps: 170, inter_gbps: {inter}, count: 2}}
+""")
+    return p
+
+
+def assert_one_line_exit_2(proc, needle):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_bandwidth_zero(tmp_path):
+    assert_one_line_exit_2(run_cli("scale=smoke", f"plan.setup={write_setup(tmp_path, inter=0)}",
+                                   f"results_dir={tmp_path}/r"), "bandwidth must be > 0")
+
+
+@pytest.mark.timeout(120)
+def test_unknown_gpu_and_bad_strategy_and_profile_length(tmp_path):
+    assert_one_line_exit_2(run_cli("scale=smoke", f"plan.setup={write_setup(tmp_path, gpu='Z100')}",
+                                   f"results_dir={tmp_path}/r"), "unknown GPU type 'Z100'")
+    # 8 GPUs: tp*dp*pp = 3*1*1 does not divide them
+    assert_one_line_exit_2(run_cli("scale=smoke", f"plan.setup={write_setup(tmp_path)}",
+                                   "plan.strategy={tp:3,dp:1,pp:1,mbs:1}", f"results_dir={tmp_path}/r"),
+                           "does not match the 8 GPUs")
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps({"V100": {"1": [0.01] * 7}}))
+    assert_one_line_exit_2(run_cli("scale=smoke", f"plan.setup={write_setup(tmp_path)}", f"plan.profile={prof}",
+                                   f"results_dir={tmp_path}/r"), "has 7 layers but model gpt2 has 30")
+
+
+@pytest.mark.timeout(120)
+def test_smoke_writes_released_ranking_and_correlations(tmp_path):
+    proc = run_cli("scale=smoke", f"results_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "amp" / "smoke"
+    ranking = pd.read_csv(out / "ranking.csv")
+    assert ranking.order_equal.all() and len(ranking) == 3
+    corr = pd.read_csv(out / "correlation.csv")
+    rel = corr[corr["mode"] == "released"].set_index("setup")
+    assert rel.loc["homogeneous", "spearman"] == pytest.approx(0.935, abs=5e-3)
+    assert (out / "figures" / "scatter_het_model.png").is_file()
+    assert "(paper)" in (out / "tables.md").read_text()

@@ -1,0 +1,48 @@
+"""`released` mode reproduces the released AMP ranking, partitions, costs and correlations on all three setups."""
+
+import time
+
+import pytest
+
+from amp import profiles
+from amp.search import search
+from amp.specs import load_setup
+from reproduce.amp import correlations, load_trials, ranking_check, trial_predictions
+
+PUBLISHED_SPEARMAN = {"homogeneous": 0.935, "het_cluster": 0.39, "het_model": 0.853}
+
+
+@pytest.fixture(scope="module")
+def trials():
+    return load_trials()
+
+
+@pytest.mark.parametrize("name", ["homogeneous", "het_cluster", "het_model"])
+def test_released_ranking_equals_released_files(name, trials):
+    setup = load_setup(name)
+    prof = profiles.released(setup.model)
+    t0 = time.perf_counter()
+    result = search(setup, prof, "released")
+    elapsed = time.perf_counter() - t0
+    check = ranking_check(setup, result, trials[trials.setting == name])
+    assert check["order_equal"], check
+    assert check["candidates"] == check["released_candidates"]
+    assert check["partitions_equal"] == check["candidates"]  # the released partitioner, decision for decision
+    assert check["max_abs_cost_diff"] < 1e-9                 # every predicted cost, to the printed 4 decimals
+    assert elapsed < 3.0  # target 1 s; slack for the shared machine
+
+
+@pytest.mark.parametrize("name", ["homogeneous", "het_cluster", "het_model"])
+def test_released_correlation_matches_published(name, trials):
+    setup = load_setup(name)
+    preds = trial_predictions(setup, profiles.released(setup.model), trials[trials.setting == name])
+    assert correlations(preds, "released")["spearman"] == pytest.approx(PUBLISHED_SPEARMAN[name], abs=5e-3)
+    # the memory model never rejects a strategy that ran
+    assert preds[preds.timed].fits.all()
+
+
+def test_memory_model_flags_the_transgan_trials_without_time(trials):
+    setup = load_setup("het_model")
+    preds = trial_predictions(setup, profiles.released(setup.model), trials[trials.setting == "het_model"])
+    no_time = preds[preds.ran & ~preds.timed]
+    assert (~no_time.fits).sum() >= len(no_time) // 2
