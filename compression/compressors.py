@@ -81,6 +81,7 @@ class Identity(Compressor):
 
 
 def _count(numel: int, k: int | None, ratio: float | None) -> int:
+    """How many elements Top-K / Random-K keep: `k` when given, else `ratio` of them."""
     k = k if k is not None else max(1, round(ratio * numel))
     if k > numel:
         raise UserError(f"k={k} is larger than the tensor it compresses ({numel} elements)")
@@ -94,9 +95,9 @@ class TopK(Compressor):
 
     def __init__(self, k: int | None = None, ratio: float | None = None, index_dtype: str = "int32"):
         super().__init__()
-        require((k is None) != (ratio is None), "topk: give exactly one of k and ratio")
+        require(k is not None or ratio is not None, "topk: give k or ratio")
         require(k is None or k >= 1, f"topk: k must be >= 1, got {k}")
-        require(ratio is None or 0 < ratio <= 1, f"topk: ratio must be in (0, 1], got {ratio}")
+        require(k is not None or 0 < ratio <= 1, f"topk: ratio must be in (0, 1], got {ratio}")
         require(index_dtype in ("int32", "int64"), f"topk: index_dtype must be int32 or int64, got {index_dtype}")
         self.k, self.keep, self.index_dtype = k, ratio, getattr(torch, index_dtype)
 
@@ -124,9 +125,9 @@ class RandomK(Compressor):
 
     def __init__(self, k: int | None = None, ratio: float | None = None, seed: int = 0):
         super().__init__()
-        require((k is None) != (ratio is None), "randk: give exactly one of k and ratio")
+        require(k is not None or ratio is not None, "randk: give k or ratio")
         require(k is None or k >= 1, f"randk: k must be >= 1, got {k}")
-        require(ratio is None or 0 < ratio <= 1, f"randk: ratio must be in (0, 1], got {ratio}")
+        require(k is not None or 0 < ratio <= 1, f"randk: ratio must be in (0, 1], got {ratio}")
         self.k, self.keep, self.seed = k, ratio, seed
         self.encoded = self.decoded = 0  # the n-th decode uses the n-th encode's indices, on any rank
 
@@ -296,7 +297,7 @@ class PowerSGD(Compressor):
 
 @dataclass
 class CompressorSpec:
-    """What to build at each compression site. `ratio`/`k` for Top-K and Random-K, `bits` for quantization,
+    """What to build at each compression site. `k` (wins when set) or `ratio` for Top-K and Random-K, `bits` for quantization,
     `d` for the auto-encoder, `rank` and `error_feedback` for PowerSGD."""
 
     name: str = "identity"

@@ -40,6 +40,8 @@ class Plan:
     start_layer: int = 0
     backward: bool = False
     seed: int = 0
+    tp_sites: bool = True  # compress the tensor-parallel all-reduces (simulated locally when tp == 1)
+    pp_cuts: bool = True  # compress at pipeline cuts
 
     def active(self, layer: int) -> bool:
         return self.spec.name not in ("none",) and layer >= self.start_layer
@@ -98,7 +100,7 @@ class Layer(nn.Module):
 
     def __init__(self, cfg: BertConfig, par: Parallel, plan: Plan, index: int):
         super().__init__()
-        on = plan.active(index)
+        on = plan.active(index) and plan.tp_sites
         site = lambda j, bwd=False: plan.build(cfg.hidden, 4 * index + j, bwd) if on and (not bwd or plan.backward) else None  # noqa: E731
         self.attn = Attention(cfg, par, site(0), site(0, True))
         self.ln1 = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
@@ -146,7 +148,7 @@ class BertStage(nn.Module):
 
     def _cut(self, plan: Plan, layer: int) -> Cut:
         """The compressors in front of `layer`; both neighbours build them from the same seed."""
-        if not plan.active(layer):
+        if not (plan.active(layer) and plan.pp_cuts):
             return Cut()
         site = 10_000 + layer
         return Cut(plan.build(self.cfg.hidden, site), plan.build(self.cfg.hidden, site, True) if plan.backward else None)

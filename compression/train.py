@@ -38,6 +38,8 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.01
     dropout: float = 0.1
+    freeze_word_embeddings: bool = True  # their dense gradient and Adam update dominate a short CPU fine-tuning
+    eval_dev: bool = False
     eval_batch_size: int = 128
     max_eval: int | None = None  # cap on dev/test examples (smoke)
     seed: int = 0
@@ -165,7 +167,9 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
     full = BertModel(cfg.model_config(), Parallel(), cfg.plan())
     model = build(cfg, par, initial_weights(cfg, full))
     del full
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.freeze_word_embeddings and model.stage.embeddings is not None:
+        model.stage.embeddings.word.weight.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     if ckpt_dir is not None:
@@ -196,7 +200,8 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
     result = {"losses": losses, "steps_run": end - start,
               "params": {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}}
     if end == cfg.steps:
-        result["dev_acc"] = accuracy(model, par, data["dev"], cfg.eval_batch_size)
+        if cfg.eval_dev:
+            result["dev_acc"] = accuracy(model, par, data["dev"], cfg.eval_batch_size)
         result["test_acc"] = accuracy(model, par, data["test"], cfg.eval_batch_size)
     result["bytes"] = sum(c.total_bytes() for c in par.comms())
     return result if reporting else None

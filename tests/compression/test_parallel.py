@@ -9,6 +9,7 @@ import torch
 
 from common.distributed import run_processes
 from compression.compressors import CompressorSpec
+from compression.cost_model import messages
 from compression.models import BertConfig, BertModel, Plan
 from compression.parallel import Parallel, setup, shard
 from compression.train import forward_backward
@@ -52,6 +53,27 @@ def _two_ranks(rank, world):
                        ("tp_randk", CompressorSpec("randk", ratio=0.3)), ("tp_powersgd", CompressorSpec("powersgd", rank=3))]:
         out[name] = _compare(2, 1, spec, start_layer=2 if name != "tp_identity" else 0)
     out["pp_identity"] = _compare(1, 2, CompressorSpec("identity"))
+    return out, _counted_vs_model(rank, world)
+
+
+def _counted_vs_model(rank, world):
+    """Bytes a real TP=2 / PP=2 iteration sends, and what `cost_model.messages` says it sends."""
+    out = []
+    ids, mask, labels = _batch()
+    for layout in ("tp", "pp"):
+        par = setup(2, 1) if layout == "tp" else setup(1, 2)
+        for spec, backward in [(CompressorSpec("none"), False), (CompressorSpec("topk", ratio=0.2), True),
+                               (CompressorSpec("quantize", bits=2), True), (CompressorSpec("autoencoder", d=5), False),
+                               (CompressorSpec("powersgd", rank=2), True)]:
+            plan = Plan(spec, start_layer=1, backward=backward, tp_sites=layout == "tp", pp_cuts=layout == "pp")
+            torch.manual_seed(0)
+            model = BertModel(CFG, par, plan)
+            for c in par.comms():
+                c.reset()
+            forward_backward(model, par, ids, mask, labels, 2)
+            counted = sum(c.total_wire_bytes() for c in par.comms())
+            msgs, _ = messages(CFG, plan, layout, 2, 8, 6, micro=2, dtype=torch.get_default_dtype())
+            out.append((layout, spec.name, counted, sum(m.wire for m in msgs)))
     return out
 
 
@@ -72,11 +94,19 @@ def _check(r, last_stage):
 @pytest.mark.timeout(120)
 def test_tp2_and_pp2_equal_one_process():
     results = run_processes(_two_ranks, 2, timeout_s=100)
+    counts = [r[1] for r in results]
+    results = [r[0] for r in results]
     for rank, res in enumerate(results):
         for name, r in res.items():
             _check(r, last_stage=not name.startswith("pp") or rank == 1)
     # the auto-encoder (d=6 of hidden 16) all-reduces its codes: fewer bytes than the identity
     assert results[0]["tp_autoencoder"]["bytes"] < results[0]["tp_identity"]["bytes"]
+    # the cost model's message list predicts the bytes exactly: TP per rank, PP summed over the two stages
+    for (layout, name, c0, model0), (_, _, c1, _) in zip(*counts):
+        assert (c0 if layout == "tp" else c0 + c1) == pytest.approx(model0), (layout, name)
+        if layout == "tp":
+            assert c0 == pytest.approx(c1)
+    assert len({round(c[3]) for c in counts[0][:5]}) == 5  # each compressor sends a different amount
 
 
 @pytest.mark.timeout(150)

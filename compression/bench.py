@@ -1,0 +1,164 @@
+"""Throughput of compressed tensor and pipeline parallelism: iteration time and bytes on the wire per
+compressor, on loopback and over emulated links (`common.links.Link`: every collective and send waits out
+the link model's time for its bytes); and encode+decode time per element against a plain copy.
+
+A randomly initialised BERT-style model is enough here (time and bytes do not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from common.links import Link
+
+from . import compressors as C
+from .models import BertConfig, BertModel, Plan
+from .parallel import setup
+from .train import forward_backward
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchConfig:
+    model: BertConfig = field(default_factory=lambda: BertConfig(vocab=1000, layers=4, dropout=0.0))
+    batch_size: int = 8
+    seq_len: int = 64
+    micro_batches: int = 2  # pipeline only
+    start_layer: int = 0
+    backward: bool = True  # also compress activation gradients (not for the auto-encoder)
+    compressors: dict[str, dict] = field(default_factory=lambda: {"none": {"name": "none"}})
+    bandwidths_gbps: list[float | None] = field(default_factory=lambda: [None])  # None: loopback
+    layouts: list[str] = field(default_factory=lambda: ["tp", "pp"])
+    warmup: int = 1
+    iters: int = 3
+    seed: int = 0
+
+
+def plan_for(cfg: BenchConfig, spec: dict, layout: str) -> Plan:
+    """Compress what the layout communicates: TP all-reduces under TP, pipeline cuts under PP."""
+    s = C.spec_from_dict(dict(spec))
+    return Plan(s, cfg.start_layer, cfg.backward and s.name not in ("none", "identity", "autoencoder"), cfg.seed,
+                tp_sites=layout == "tp", pp_cuts=layout == "pp")
+
+
+def _iteration_times(model, par, batch, cfg: BenchConfig, opt) -> list[float]:
+    times = []
+    for i in range(cfg.warmup + cfg.iters):
+        if i == cfg.warmup:
+            for c in par.comms():
+                c.reset()
+        dist.barrier()
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        forward_backward(model, par, *batch, cfg.micro_batches if par.pp > 1 else 1)
+        opt.step()
+        dist.barrier()
+        if i >= cfg.warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def network_times(par, layout: str, sizes: list[int], repeats: int = 5) -> list[dict]:
+    """Loopback seconds of one message per size: a tensor-parallel all-reduce, or a one-way send (half a
+    ping-pong between the first two stages). What the cost model's latency and bandwidth are fitted to."""
+    rows = []
+    for size in sizes:
+        t = torch.zeros(max(size // 4, 1))
+        times = []
+        for _ in range(repeats + 1):
+            dist.barrier()
+            start = time.perf_counter()
+            if layout == "tp":
+                dist.all_reduce(t, group=par.tp_comm.group)
+            elif par.rank == 0:
+                dist.send(t, 1)
+                dist.recv(t, 1)
+            elif par.rank == 1:
+                dist.recv(t, 0)
+                dist.send(t, 0)
+            times.append((time.perf_counter() - start) / (1 if layout == "tp" else 2))
+        rows.append({"layout": layout, "bytes": t.numel() * 4, "seconds": statistics.median(times[1:])})
+    return rows
+
+
+def bench_worker(rank: int, world: int, cfg: BenchConfig) -> dict:
+    """Every (layout, compressor, bandwidth) on `world` processes; this rank's rows (its bytes, its time)
+    and the loopback network micro-benchmark."""
+    rows, net = [], []
+    g = torch.Generator().manual_seed(cfg.seed)
+    ids = torch.randint(0, cfg.model.vocab, (cfg.batch_size, cfg.seq_len), generator=g)
+    batch = (ids, torch.ones_like(ids), torch.randint(0, cfg.model.classes, (cfg.batch_size,), generator=g))
+    for layout in cfg.layouts:
+        par = setup(world, 1) if layout == "tp" else setup(1, world)
+        act = cfg.batch_size * cfg.seq_len * cfg.model.hidden * 4
+        net += network_times(par, layout, sorted({act // 64, act // 8, act, 4 * act}))
+        for label, spec in cfg.compressors.items():
+            torch.manual_seed(cfg.seed)
+            model = BertModel(cfg.model, par, plan_for(cfg, spec, layout))
+            opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+            for gbps in cfg.bandwidths_gbps:
+                link = Link.from_gbps(gbps) if gbps else None
+                for c in par.comms():
+                    c.link = link
+                times = _iteration_times(model, par, batch, cfg, opt)
+                stats = {op: s for c in par.comms() for op, s in c.stats.items()}
+                rows.append({
+                    "layout": f"{layout.upper()}={world}", "compressor": label, "gbps": gbps or 0.0,
+                    "iter_s": statistics.median(times),
+                    "wire_bytes": sum(s.wire_bytes for s in stats.values()) / cfg.iters,
+                    "messages": sum(s.calls for s in stats.values()) / cfg.iters,
+                    "comm_s": sum(s.seconds for s in stats.values()) / cfg.iters,
+                })
+    return {"rows": rows, "net": net}
+
+
+def codec_times(specs: dict[str, dict], shape: tuple[int, ...], hidden: int, repeats: int = 5) -> list[dict]:
+    """Encode+decode seconds per element of a `shape` tensor for each compressor (for a trainable one with
+    its backward), and a plain copy's."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    rows = []
+
+    def best(fn) -> float:
+        fn()
+        out = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+        return min(out)
+
+    copy_s = best(lambda: x.clone())
+    for label, spec in specs.items():
+        comp = C.build(C.spec_from_dict(dict(spec)), hidden)
+        if label == "none":
+            s = 0.0
+        elif comp.trainable:  # it trains: its backward (both matmuls' gradients) runs every step too
+            xg = x.clone().requires_grad_()
+            s = best(lambda: comp.decode(comp.encode(xg), x.shape, x.dtype).sum().backward())
+        else:
+            with torch.no_grad():
+                s = best(lambda: comp.decode(comp.encode(x), x.shape, x.dtype))
+        rows.append({"compressor": label, "codec_ns_per_elem": 1e9 * s / x.numel(),
+                     "copy_ns_per_elem": 1e9 * copy_s / x.numel(), "vs_copy": s / copy_s,
+                     "fewer_bytes": comp.ratio(shape)})
+    return rows
+
+
+def combine(per_rank: list[list[dict]]) -> list[dict]:
+    """One row per measurement: rank 0's time; the bytes on the critical path (TP: the most any rank sent,
+    as ring collectives run in parallel; PP: every send, as GPipe's transfers follow one another)."""
+    rows = []
+    for parts in zip(*[r["rows"] for r in per_rank]):
+        row = dict(parts[0])
+        wires = [p["wire_bytes"] for p in parts]
+        row["wire_bytes"] = max(wires) if row["layout"].startswith("TP") else sum(wires)
+        row["iter_s"] = max(p["iter_s"] for p in parts)
+        rows.append(row)
+    return rows

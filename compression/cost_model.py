@@ -1,0 +1,145 @@
+"""When does compression pay? Iteration time = compute + sum over the messages on the critical path of
+(latency + bytes / bandwidth) + encode/decode time.
+
+The messages come from the model's shape and the compression plan (`messages`, checked against the bytes
+a real run counts); compute is fitted from one uncompressed loopback run; the loopback network's latency
+and bandwidth from the loopback runs' communication time; encode/decode cost per element from the codec
+micro-benchmark. Everything else is a prediction. The break-even bandwidth of a compressor is where its
+saved transfer time equals its encode/decode time: below it, compression pays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import compressors as C
+from .models import BertConfig, Plan
+from .parallel import split_layers
+
+
+@dataclass(frozen=True)
+class Message:
+    """One transfer on the critical path: `wire` bytes this rank sends in `steps` ring steps."""
+
+    op: str
+    wire: float
+    steps: int
+
+
+def _collective(kind: str, nbytes: float, n: int) -> Message:
+    if kind == "all_reduce":
+        return Message(kind, 2 * (n - 1) / n * nbytes, 2 * (n - 1))
+    return Message(kind, (n - 1) * nbytes, n - 1)
+
+
+def _bytes(shape, dtype) -> int:
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
+def _site(comp: C.Compressor | None, shape, n: int, dtype) -> list[Message]:
+    if comp is None:
+        return [_collective("all_reduce", _bytes(shape, dtype), n)]
+    return [_collective(comp.collective, _bytes(s, d), n) for s, d in comp.payload_spec(shape, dtype)]
+
+
+def messages(cfg: BertConfig, plan: Plan, layout: str, n: int, batch: int, seq: int, micro: int = 1,
+             dtype: torch.dtype = torch.float32) -> tuple[list[Message], int]:
+    """The transfers of one training iteration and the number of elements that go through a codec.
+
+    TP (n ranks): per layer two forward all-reduces and two backward ones, each through the plan's
+    compressor where active (auto-encoder: plus the encoder-gradient all-reduce). PP (n stages, GPipe):
+    per cut and micro-batch one activation send and one gradient send, both on the critical path.
+    """
+    shape = (batch, seq, cfg.hidden)
+    out: list[Message] = []
+    coded = 0
+    if layout == "tp":
+        for layer in range(cfg.layers):
+            on = plan.active(layer) and plan.tp_sites
+            for j in range(2):
+                fwd = plan.build(cfg.hidden, 4 * layer + j) if on else None
+                bwd = plan.build(cfg.hidden, 4 * layer + j, True) if on and plan.backward else None
+                out += _site(fwd, shape, n, dtype) + _site(bwd, shape, n, dtype)
+                coded += math.prod(shape) * ((fwd is not None) + (bwd is not None))
+                if fwd is not None and fwd.trainable:
+                    out.append(_collective("all_reduce", _bytes((fwd.encoder.weight.shape), dtype), n))
+        return out, coded
+    mb = (batch // micro, seq, cfg.hidden)
+    for first in [ids[0] for ids in split_layers(cfg.layers, n)[1:]]:
+        on = plan.active(first) and plan.pp_cuts
+        fwd = plan.build(cfg.hidden, 10_000 + first) if on else None
+        bwd = plan.build(cfg.hidden, 10_000 + first, True) if on and plan.backward else None
+        for _ in range(micro):
+            sent = fwd.payload_spec(mb, dtype) if fwd is not None else [(mb, dtype)]
+            back = fwd.payload_spec(mb, dtype)[:1] if fwd is not None and fwd.trainable else (
+                bwd.payload_spec(mb, dtype) if bwd is not None else [(mb, dtype)])
+            out.append(Message("send", sum(_bytes(s, d) for s, d in sent), len(sent)))
+            out.append(Message("send", sum(_bytes(s, d) for s, d in back), len(back)))
+            coded += math.prod(mb) * ((fwd is not None) + (bwd is not None))
+    return out, coded
+
+
+@dataclass
+class CostModel:
+    """Fitted parameters per layout: compute seconds and the loopback network's latency (s per message or
+    ring step) and bandwidth (bytes/s); encode+decode seconds per element per compressor."""
+
+    compute_s: dict[str, float]
+    latency_s: dict[str, float]
+    bandwidth_Bps: dict[str, float]
+    codec_s_per_elem: dict[str, float]
+
+    def comm_time(self, layout: str, msgs: list[Message], link_Bps: float | None) -> float:
+        """Each message takes the longer of the loopback time and the emulated link's time."""
+        t = 0.0
+        for m in msgs:
+            loop = m.steps * self.latency_s[layout] + m.wire / self.bandwidth_Bps[layout]
+            t += max(loop, m.wire / link_Bps) if link_Bps else loop
+        return t
+
+    def predict(self, layout: str, compressor: str, msgs: list[Message], coded: int, link_Bps: float | None) -> float:
+        return (self.compute_s[layout] + self.comm_time(layout, msgs, link_Bps)
+                + coded * self.codec_s_per_elem[compressor])
+
+    def break_even_Bps(self, msgs_none: list[Message], msgs_c: list[Message], coded: int, compressor: str) -> float:
+        """Bandwidth below which the compressor is faster than sending uncompressed (inf: always, 0: never)."""
+        saved = sum(m.wire for m in msgs_none) - sum(m.wire for m in msgs_c)
+        cost = coded * self.codec_s_per_elem[compressor]
+        if saved <= 0:
+            return 0.0
+        return math.inf if cost <= 0 else saved / cost
+
+
+def fit(bench: pd.DataFrame, codec: pd.DataFrame, net: pd.DataFrame, world: int,
+        msgs: dict[tuple[str, str], tuple[list[Message], int]]) -> CostModel:
+    """Fit latency and bandwidth per layout to the loopback network micro-benchmark (least squares on
+    ring steps and wire bytes), codec costs to the codec micro-benchmark, and compute to the uncompressed
+    loopback run; `msgs[(layout, compressor)]` from `messages`."""
+    model = CostModel({}, {}, {}, {r.compressor: r.codec_ns_per_elem * 1e-9 for r in codec.itertuples()})
+    for layout, part in net.groupby("layout"):
+        m = [_collective("all_reduce", b, world) if layout == "tp" else Message("send", b, 1) for b in part.bytes]
+        a = np.array([[x.steps, x.wire] for x in m], dtype=float)
+        coef, *_ = np.linalg.lstsq(a, part.seconds.to_numpy(), rcond=None)
+        if coef[1] <= 0:  # bandwidth not resolved by the sizes: latency only is not a model; use the largest
+            coef = np.array([0.0, part.seconds.max() / a[:, 1].max()])
+        model.latency_s[layout] = max(float(coef[0]), 0.0)
+        model.bandwidth_Bps[layout] = 1.0 / float(coef[1])
+    for r in bench[(bench.gbps == 0) & (bench.compressor == "none")].itertuples():
+        model.compute_s[r.layout_key] = max(r.iter_s - model.comm_time(r.layout_key, msgs[(r.layout_key, "none")][0], None), 0.0)
+    return model
+
+
+def predicted_vs_measured(model: CostModel, bench: pd.DataFrame, msgs) -> pd.DataFrame:
+    rows = []
+    for r in bench.itertuples():
+        m, coded = msgs[(r.layout_key, r.compressor)]
+        pred = model.predict(r.layout_key, r.compressor, m, coded, r.gbps * 1e9 / 8 if r.gbps else None)
+        rows.append({"layout": r.layout, "compressor": r.compressor, "link": f"{r.gbps:g} Gbps" if r.gbps else "loopback",
+                     "measured_s": r.iter_s, "predicted_s": pred, "error_%": 100 * (pred - r.iter_s) / r.iter_s,
+                     "used_for_fit": r.gbps == 0 and r.compressor == "none"})
+    return pd.DataFrame(rows)

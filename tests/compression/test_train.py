@@ -1,0 +1,53 @@
+"""Fine-tuning: exact resume (weights, optimizer, RNG and compressor state) and the pretrained weights."""
+
+import torch
+
+from compression.models import BertModel, minilm_config
+from compression.parallel import Parallel
+from compression.train import TrainConfig, batch_indices, finetune, initial_weights, load_data
+
+
+def _cfg(**kw):
+    return TrainConfig(layers=1, seq_len=12, batch_size=8, steps=4, max_eval=16, dropout=0.1,
+                       compressor={"name": "randk", "ratio": 0.5}, start_layer=0, **kw)
+
+
+def test_resume_is_exact(tmp_path):
+    data = load_data(_cfg())
+    straight = finetune(0, 1, _cfg(), data)
+    first = finetune(0, 1, _cfg(checkpoint_dir=str(tmp_path), checkpoint_every=2, stop_after=2), data)
+    assert first["steps_run"] == 2 and "test_acc" not in first
+    resumed = finetune(0, 1, _cfg(checkpoint_dir=str(tmp_path), checkpoint_every=2), data)
+    assert resumed["steps_run"] == 2
+    assert first["losses"] + resumed["losses"] == straight["losses"]
+    for k, v in straight["params"].items():
+        assert torch.equal(v, resumed["params"][k]), k
+    assert resumed["test_acc"] == straight["test_acc"]
+
+
+def test_minilm_weights_load_and_match_transformers():
+    """Our encoder with all-MiniLM-L6-v2's weights computes what transformers' BertModel computes."""
+    from transformers import AutoModel
+
+    from common.data import minilm_path
+    cfg = TrainConfig(layers=6, dropout=0.0)
+    model = BertModel(minilm_config(6, 0.0), Parallel(), cfg.plan())
+    model.load_state_dict(initial_weights(cfg, model))
+    model.eval()
+    ids = torch.tensor([[101, 7592, 2088, 2003, 2307, 102, 0, 0]])
+    mask = (ids != 0).long()
+    hf = AutoModel.from_pretrained(str(minilm_path())).eval()
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        x = model.stage.embeddings(ids)
+        bias = torch.zeros(mask.shape).masked_fill(mask == 0, float("-inf"))[:, None, None, :]
+        for layer in model.stage.layers.values():
+            x = layer(x, bias)
+    torch.testing.assert_close(x[mask.bool()], want[mask.bool()], atol=1e-4, rtol=1e-4)
+
+
+def test_batches_are_a_function_of_the_step():
+    a = [batch_indices(s, 100, 32, 0) for s in range(6)]
+    assert all(len(b) == 32 for b in a)
+    assert len(set(a[0]) | set(a[1]) | set(a[2])) == 96  # one epoch without repeats
+    assert (batch_indices(4, 100, 32, 0) == a[4]).all() and not (a[3] == a[0]).all()
