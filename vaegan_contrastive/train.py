@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,10 +242,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset: torch.utils.data.Da
     if ckpt_dir:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     sampler = data_mod.StepBatches(len(dataset), cfg.batch_size, rank, world, cfg.steps, start, cfg.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler)
+    # its own generator: a DataLoader iterator otherwise draws a seed from the global RNG (breaks exact resume)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator())
     history: list[dict[str, float]] = []
     t0, timed_from = time.perf_counter(), None
-    bar = tqdm(total=cfg.steps, initial=start, disable=rank != 0 or not cfg.progress, desc="dcvae", leave=False)
+    bar = tqdm(total=cfg.steps, initial=start, disable=rank != 0 or not cfg.progress or not sys.stderr.isatty(), desc="dcvae", leave=False)
     for it, (x, _) in enumerate(loader, start=start):
         if it == start + cfg.warmup_steps:
             timed_from = time.perf_counter()

@@ -1,0 +1,91 @@
+"""Data-parallel training: replicas and queues stay identical across ranks, exact resume, the data split,
+and what each ablation variant trains."""
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from common.distributed import run_processes
+from common.errors import UserError
+from vaegan_contrastive.data import StepBatches
+from vaegan_contrastive.models import ModelConfig
+from vaegan_contrastive.train import TrainConfig, Trainer, train
+
+MC = ModelConfig(resolution=32, channels=1, latent_dim=4, enc_ch=4, dec_ch=4, disc_ch=4, cont_dim=4)
+
+
+def _tiny(variant="dcvae", **kw) -> TrainConfig:
+    base = dict(steps=4, batch_size=8, gen_batch_size=8, n_critic=2, queue_size=16, in_batch_negatives=True,
+                ema_decay=0.5, log_every=1, warmup_steps=1, progress=False)
+    return TrainConfig.for_variant(variant, **{**base, **kw})
+
+
+def _dataset(n=32) -> TensorDataset:
+    g = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.rand(n, 1, 32, 32, generator=g) * 2 - 1, torch.zeros(n, dtype=torch.long))
+
+
+def _replica_worker(rank, world):
+    trainer = Trainer(MC, _tiny())
+    torch.manual_seed(100 + rank)  # different noise per rank, as in train()
+    x = _dataset().tensors[0]
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for it in range(4):
+        trainer.step(it, x[8 * it + 4 * rank: 8 * it + 4 * rank + 4])
+    return {"start": start, "end": trainer.model.state_dict(), "negatives": trainer.negatives.state_dict()}
+
+
+@pytest.mark.timeout(90)
+def test_replicas_and_queues_stay_identical_across_ranks():
+    r0, r1 = run_processes(_replica_worker, 2, timeout_s=60)
+    for k, v in r0["end"].items():
+        assert torch.equal(v, r1["end"][k]), k
+    for k, v in r0["negatives"].items():
+        assert torch.equal(v, r1["negatives"][k]), k
+    changed = [k for k, v in r0["end"].items() if not torch.equal(v, r0["start"][k])]
+    assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("disc.") for k in changed)
+    assert int(r0["negatives"]["ptr"]) == 2 * 8 % 16  # two contrastive steps of a global batch of 8
+
+
+def test_resume_is_exact(tmp_path):
+    ds = _dataset()
+    full = train(MC, _tiny(steps=6, batch_size=4, gen_batch_size=4, queue_size=8), ds)
+    ck = tmp_path / "ck"
+    train(MC, _tiny(steps=3, batch_size=4, gen_batch_size=4, queue_size=8, checkpoint_dir=str(ck),
+                    checkpoint_every=3), ds)
+    resumed = train(MC, _tiny(steps=6, batch_size=4, gen_batch_size=4, queue_size=8, checkpoint_dir=str(ck),
+                              resume=True), ds)
+    for k, v in full["state"].items():
+        assert torch.equal(v, resumed["state"][k]), k
+    assert [h["step"] for h in resumed["history"]] == [3, 4, 5]
+
+
+def test_step_batches_split_one_global_batch_over_ranks():
+    one = list(StepBatches(40, 8, 0, 1, steps=7, seed=2))
+    two = [list(StepBatches(40, 8, r, 2, steps=7, seed=2)) for r in range(2)]
+    assert all(a == b + c for a, b, c in zip(one, *two))
+    assert sorted(sum(one[:5], [])) == list(range(40))  # one epoch covers every image once
+    assert list(StepBatches(40, 8, 0, 1, steps=7, start_step=5, seed=2)) == one[5:]
+    with pytest.raises(UserError, match="not divisible"):
+        StepBatches(40, 9, 0, 2, steps=1)
+
+
+def test_variants_train_only_their_terms():
+    x = _dataset().tensors[0][:8]
+
+    def changed(variant):
+        t = Trainer(MC, _tiny(variant, n_critic=1))
+        before = {k: v.clone() for k, v in t.model.state_dict().items()}
+        t.step(0, x)
+        return {k.split(".")[0] + "." + k.split(".")[1] for k, v in t.model.state_dict().items()
+                if not torch.equal(v, before[k])}
+
+    vae = changed("vae")
+    assert not any(k.startswith("disc.") for k in vae) and "encoder.trunk" in vae and "decoder.fc" in vae
+    cont = changed("vae_contrastive")
+    assert "disc.trunk" in cont and "disc.adv_head" not in cont  # features trained, no adversary
+    assert "disc.adv_head" in changed("vaegan")
+    with pytest.raises(UserError, match="unknown variant"):
+        TrainConfig.for_variant("gan")
+    with pytest.raises(UserError, match="queue size 10 is not divisible"):
+        TrainConfig.for_variant("dcvae", queue_size=10, batch_size=4).check(1)
