@@ -28,7 +28,7 @@ from common.distributed import ProcessFailed, run_processes
 from common.errors import UserError
 
 from . import crypten_compat
-from .approximations import ACTIVATIONS, NORMALISERS
+from .approximations import ACTIVATIONS, NORMALISERS, tanh
 from .convert import Approximation, approximation_of
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,48 @@ class BertSpec:
     num_labels: int
     layer_norm_eps: float = 1e-12
     approximation: str = "gelu+softmax"
+    ln_scales: tuple[float, ...] = ()  # public per-LayerNorm variance scales (see `calibrate_layer_norms`)
 
     @classmethod
     def of(cls, model: nn.Module, approximation: "str | Approximation | None" = None) -> "BertSpec":
         c = model.config
         approx = Approximation.parse(approximation) if approximation else approximation_of(model)
+        scales = tuple(getattr(model, "mpc_ln_scales", ())) or (1.0,) * (1 + 2 * c.num_hidden_layers)
         return cls(c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
-                   c.max_position_embeddings, c.num_labels, c.layer_norm_eps, approx.name)
+                   c.max_position_embeddings, c.num_labels, c.layer_norm_eps, approx.name, scales)
+
+
+def _layer_norms(model: nn.Module) -> list[nn.Module]:
+    base = getattr(model, "base_model", model)
+    lns = [base.embeddings.LayerNorm]
+    for layer in base.encoder.layer:
+        lns += [layer.attention.output.LayerNorm, layer.output.LayerNorm]
+    return lns
+
+
+@torch.no_grad()
+def calibrate_layer_norms(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, ...]:
+    """Give each LayerNorm a public power-of-two scale near the median variance of its input.
+
+    CrypTen's inv_sqrt is accurate only within about [0.03, 400] (5 Newton steps) while a BERT's LayerNorm
+    inputs range from variances near 0.002 (embeddings) to hundreds; dividing the variance by the scale before
+    inv_sqrt, and the result by its square root after, keeps every LayerNorm accurate. The model owner runs
+    this on its own data; the scales are stored on the model (`mpc_ln_scales`) and are public.
+    """
+    variances: list[float] = []
+    valid = attention_mask.bool()
+
+    def hook(module, inputs, output):
+        variances.append(float(inputs[0].float().var(-1, unbiased=False)[valid].median()))
+
+    handles = [ln.register_forward_hook(hook) for ln in _layer_norms(model)]
+    try:
+        model.eval()(input_ids=input_ids, attention_mask=attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    model.mpc_ln_scales = tuple(float(2.0 ** round(math.log2(max(v, 1e-6)))) for v in variances)
+    return model.mpc_ln_scales
 
 
 def export_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -97,12 +132,20 @@ def weight_shapes(spec: BertSpec) -> dict[str, tuple[int, ...]]:
 # The model as CrypTen modules (built after CrypTen is imported, inside a party)
 
 
-def layer_norm(x, weight, bias, eps: float):
-    """LayerNorm over the last dimension; CrypTen's inv_sqrt under MPC."""
+LN_NR_ITERS = 5  # Newton steps of CrypTen's inv_sqrt in LayerNorm (CrypTen's default is 3)
+
+
+def layer_norm(x, weight, bias, eps: float, scale: float = 1.0):
+    """LayerNorm over the last dimension; under MPC the variance is divided by the public `scale` before
+    CrypTen's inv_sqrt (accurate only for moderate inputs) and the result corrected after."""
     centred = x - x.mean(-1, keepdim=True)
-    var = centred.square().mean(-1, keepdim=True) + eps
-    inv = var.rsqrt() if isinstance(var, torch.Tensor) else var.inv_sqrt()
-    return centred * inv * weight + bias
+    var = (centred.square().mean(-1, keepdim=True) + eps) / scale
+    if isinstance(var, torch.Tensor):
+        inv = var.rsqrt()
+    else:
+        with crypten_compat.crypten().cfg.temp_override({"functions.sqrt_nr_iters": LN_NR_ITERS}):
+            inv = var.inv_sqrt()
+    return centred * (inv * (1.0 / math.sqrt(scale))) * weight + bias
 
 
 def build_mpc_bert(spec: BertSpec, weights: dict[str, torch.Tensor]):
@@ -119,20 +162,21 @@ def build_mpc_bert(spec: BertSpec, weights: dict[str, torch.Tensor]):
         return m
 
     class LayerNorm(nn_.Module):
-        def __init__(self, prefix: str):
+        def __init__(self, prefix: str, index: int):
             super().__init__()
             self.register_parameter("weight", weights[f"{prefix}.w"].clone())
             self.register_parameter("bias", weights[f"{prefix}.b"].clone())
+            self.scale = spec.ln_scales[index] if spec.ln_scales else 1.0
 
         def forward(self, x):
-            return layer_norm(x, self.weight, self.bias, spec.layer_norm_eps)
+            return layer_norm(x, self.weight, self.bias, spec.layer_norm_eps, self.scale)
 
     class Layer(nn_.Module):
         def __init__(self, i: int):
             super().__init__()
             self.q, self.k, self.v, self.o = (linear(f"l{i}.{n}") for n in "qkvo")
             self.ff1, self.ff2 = linear(f"l{i}.ff1"), linear(f"l{i}.ff2")
-            self.ln1, self.ln2 = LayerNorm(f"l{i}.ln1"), LayerNorm(f"l{i}.ln2")
+            self.ln1, self.ln2 = LayerNorm(f"l{i}.ln1", 1 + 2 * i), LayerNorm(f"l{i}.ln2", 2 + 2 * i)
 
         def forward(self, h, mask):
             b, n, d = h.size()
@@ -152,7 +196,7 @@ def build_mpc_bert(spec: BertSpec, weights: dict[str, torch.Tensor]):
             super().__init__()
             for name in ("word", "pos", "type"):
                 self.register_parameter(name, weights[f"emb.{name}"].clone())
-            self.emb_ln = LayerNorm("emb.ln")
+            self.emb_ln = LayerNorm("emb.ln", 0)
             self.layers = nn_.ModuleList([Layer(i) for i in range(spec.layers)])
             self.pool, self.cls = linear("pool"), linear("cls")
 
@@ -164,7 +208,7 @@ def build_mpc_bert(spec: BertSpec, weights: dict[str, torch.Tensor]):
                 if on_layer is not None:
                     on_layer(i)
                 h = layer(h, mask)
-            return self.cls(self.pool(h[:, 0]).tanh())
+            return self.cls(tanh(self.pool(h[:, 0])))
 
     return MPCBert()
 
