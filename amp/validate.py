@@ -340,14 +340,40 @@ def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: 
             "saved_activation_bytes": saved}
 
 
-def run_strategy(cfg: TinyGPT, s: Strategy, steps: int = 5, warmup: int = 2, timeout_s: float = 120.0) -> list[dict]:
-    """Train `steps` timed iterations of `s` on tp*dp*pp local processes; one result per rank."""
+def _session_worker(rank: int, world: int, cfg_dict: dict, strategies: list[tuple], steps: int, warmup: int,
+                    measure: bool, mbs_list: tuple[int, ...]) -> dict:
+    """One process of a session: optionally time the link and profile the layers (all ranks at once, so the
+    CPU is shared as in the runs), then run each strategy in turn."""
+    out: dict = {}
+    if measure:
+        if world >= 2:
+            small, big = _pingpong(rank, world, (4, 8 << 20), 20) if rank < 2 else (0.0, 0.0)
+            out["link"] = (small, big)
+        dist.barrier()
+        out["profile"] = profile_layers(TinyGPT(**cfg_dict), mbs_list).times
+        dist.barrier()
+    out["runs"] = [train_worker(rank, world, cfg_dict, st, steps, warmup) for st in strategies]
+    return out
+
+
+def run_session(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: int = 2, measure: bool = False,
+                timeout_s: float = 120.0) -> list[dict]:
+    """Run strategies of one process count on a single set of spawned processes (one result per rank)."""
     from common.distributed import run_processes
 
-    require(len(s.partition) == s.pp, f"strategy {s.label()} needs a partition of {s.pp} stages")
-    world = s.tp * s.dp * s.pp
-    return run_processes(train_worker, world, args=(asdict(cfg), (s.tp, s.dp, s.pp, s.mbs, tuple(s.partition)),
-                                                    steps, warmup), timeout_s=timeout_s)
+    worlds = {s.tp * s.dp * s.pp for s in strategies}
+    require(len(worlds) == 1, f"a session runs strategies of one process count, got {sorted(worlds)}")
+    for s in strategies:
+        require(len(s.partition) == s.pp, f"strategy {s.label()} needs a partition of {s.pp} stages")
+    packed = [(s.tp, s.dp, s.pp, s.mbs, tuple(s.partition)) for s in strategies]
+    return run_processes(_session_worker, worlds.pop(), args=(asdict(cfg), packed, steps, warmup, measure,
+                                                             tuple(sorted({s.mbs for s in strategies}))),
+                         timeout_s=timeout_s)
+
+
+def run_strategy(cfg: TinyGPT, s: Strategy, steps: int = 5, warmup: int = 2, timeout_s: float = 120.0) -> list[dict]:
+    """Train `steps` timed iterations of `s` on tp*dp*pp local processes; one result per rank."""
+    return [r["runs"][0] for r in run_session(cfg, [s], steps, warmup, False, timeout_s)]
 
 
 def measured_time(results: list[dict]) -> float:
@@ -402,23 +428,6 @@ def profile_layers(cfg: TinyGPT, mbs_list=(1, 2, 4), repeats: int = 5) -> profil
         torch.set_num_threads(threads)
 
 
-def _profile_worker(rank: int, world: int, cfg_dict: dict, mbs_list, repeats: int) -> dict:
-    return profile_layers(TinyGPT(**cfg_dict), mbs_list, repeats).times
-
-
-def profile_concurrently(cfg: TinyGPT, world: int, mbs_list=(1, 2, 4), repeats: int = 5,
-                         timeout_s: float = 120.0) -> profiles.Profiles:
-    """Profile on `world` processes at once (averaged), so each layer is timed while sharing the CPU the way
-    the ranks of a `world`-process run share it."""
-    from common.distributed import run_processes
-
-    per_rank = run_processes(_profile_worker, world, args=(asdict(cfg), tuple(mbs_list), repeats),
-                             timeout_s=timeout_s, init_group=False)
-    times = {k: sum(r[k] for r in per_rank) / world for k in per_rank[0]}
-    return profiles.Profiles(times, tp_comm_included=False,
-                             source=f"measured on this machine, {world} processes at once")
-
-
 def local_setup(cfg: TinyGPT, world: int, gbps: float, latency_us: float, memory_gb: float = 8.0) -> Setup:
     """This machine as a one-node cluster of `world` single-thread 'GPUs'."""
     register_gpu(GPUType("cpu", memory_gb))
@@ -442,34 +451,40 @@ def predicted_memory(cfg: TinyGPT, s: Strategy) -> list[dict]:
 
 def compare(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: int = 2,
             timeout_s: float = 120.0) -> list[dict]:
-    """Profile the layers and the link here, then run each strategy and set its measured time beside the
-    improved model's prediction (GPipe, fp32 activations and Adam state, as the run does)."""
+    """For each process count: time the link and profile the layers on that many processes, run its
+    strategies, and set each measured time beside the improved model's prediction (GPipe, fp32 activations
+    and Adam state, as the run does)."""
     from amp.cost_model import CostModel
 
-    mbs_list = sorted({s.mbs for s in strategies})
-    profs: dict[int, profiles.Profiles] = {}
-    gbps, lat_us = measure_link(timeout_s)
-    log.info("local link: %.2f Gbps, %.0f us per message", gbps, lat_us)
     rows = []
+    by_world: dict[int, list[Strategy]] = {}
     for s in strategies:
-        world = s.tp * s.dp * s.pp
-        if world not in profs:
-            profs[world] = profile_concurrently(cfg, world, mbs_list, timeout_s=timeout_s)
-        setup = local_setup(cfg, world, gbps, lat_us)
-        cm = CostModel(setup, profs[world], "improved", schedule="gpipe", act_bits=32, bytes_per_param=16, act_scale=2)
-        pred = cm.predict(s)
-        results = run_strategy(cfg, s, steps, warmup, timeout_s)
-        measured = measured_time(results)
-        real_state = max(r["param_bytes"] + r["grad_bytes"] + r["optimizer_bytes"] for r in results)
-        real_act = max(r["saved_activation_bytes"] for r in results)
-        mem = predicted_memory(cfg, s)
-        rows.append({"strategy": s.label(), "partition": " ".join(map(str, s.partition)), "processes": world,
-                     "predicted_s": pred.total_s, "measured_s": measured,
-                     "error": (pred.total_s - measured) / measured,
-                     "within_bound": max(pred.total_s / measured, measured / pred.total_s) <= TOLERANCE_RATIO,
-                     "state_bytes_real": real_state, "state_bytes_model": max(m["state_bytes"] for m in mem),
-                     "activation_bytes_real": real_act,
-                     "activation_bytes_model": max(m["activation_bytes"] for m in mem),
-                     "link_gbps": gbps, "latency_us": lat_us})
-        log.info("%s: predicted %.4fs, measured %.4fs", s.label(), pred.total_s, measured)
+        by_world.setdefault(s.tp * s.dp * s.pp, []).append(s)
+    for world, group in by_world.items():
+        ranks = run_session(cfg, group, steps, warmup, measure=True, timeout_s=timeout_s)
+        small, big = ranks[0].get("link", (0.0, 0.0))
+        gbps = (8 << 20) * 8 / max(big - small, 1e-9) / 1e9 if world > 1 else 1e3
+        lat_us = small * 1e6
+        log.info("local link: %.2f Gbps, %.0f us per message", gbps, lat_us)
+        times = {k: sum(r["profile"][k] for r in ranks) / world for k in ranks[0]["profile"]}
+        prof = profiles.Profiles(times, tp_comm_included=False,
+                                 source=f"measured on this machine, {world} processes at once")
+        cm = CostModel(local_setup(cfg, world, gbps, lat_us), prof, "improved", schedule="gpipe", act_bits=32,
+                       bytes_per_param=16, act_scale=2)
+        for i, s in enumerate(group):
+            pred = cm.predict(s)
+            results = [r["runs"][i] for r in ranks]
+            measured = measured_time(results)
+            mem = predicted_memory(cfg, s)
+            rows.append({"strategy": s.label(), "partition": " ".join(map(str, s.partition)), "processes": world,
+                         "predicted_s": pred.total_s, "measured_s": measured,
+                         "error": (pred.total_s - measured) / measured,
+                         "within_bound": max(pred.total_s / measured, measured / pred.total_s) <= TOLERANCE_RATIO,
+                         "state_bytes_real": max(r["param_bytes"] + r["grad_bytes"] + r["optimizer_bytes"]
+                                                 for r in results),
+                         "state_bytes_model": max(m["state_bytes"] for m in mem),
+                         "activation_bytes_real": max(r["saved_activation_bytes"] for r in results),
+                         "activation_bytes_model": max(m["activation_bytes"] for m in mem),
+                         "link_gbps": gbps, "latency_us": lat_us})
+            log.info("%s: predicted %.4fs, measured %.4fs", s.label(), pred.total_s, measured)
     return rows

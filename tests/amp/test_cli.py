@@ -45,17 +45,30 @@ def test_bandwidth_zero(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_unknown_gpu_and_bad_strategy_and_profile_length(tmp_path):
-    assert_one_line_exit_2(run_cli("scale=smoke", f"plan.setup={write_setup(tmp_path, gpu='Z100')}",
-                                   f"results_dir={tmp_path}/r"), "unknown GPU type 'Z100'")
-    # 8 GPUs: tp*dp*pp = 3*1*1 does not divide them
+def test_strategy_that_does_not_divide_the_gpus(tmp_path):
+    # 8 GPUs: tp*dp*pp = 3*1*1 does not match them
     assert_one_line_exit_2(run_cli("scale=smoke", f"plan.setup={write_setup(tmp_path)}",
                                    "plan.strategy={tp:3,dp:1,pp:1,mbs:1}", f"results_dir={tmp_path}/r"),
                            "does not match the 8 GPUs")
+
+
+def test_bad_inputs_are_user_errors(tmp_path):
+    from amp import profiles
+    from amp.specs import Strategy, check_strategy, load_setup
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match="unknown GPU type 'Z100'"):
+        load_setup(write_setup(tmp_path, gpu="Z100"))
+    setup = load_setup(write_setup(tmp_path))
     prof = tmp_path / "p.json"
     prof.write_text(json.dumps({"V100": {"1": [0.01] * 7}}))
-    assert_one_line_exit_2(run_cli("scale=smoke", f"plan.setup={write_setup(tmp_path)}", f"plan.profile={prof}",
-                                   f"results_dir={tmp_path}/r"), "has 7 layers but model gpt2 has 30")
+    with pytest.raises(UserError, match="has 7 layers but model gpt2 has 30"):
+        profiles.load_json(prof, setup.model)
+    small = load_setup(write_setup(tmp_path, layers=1))  # 7 planner layers on 8 GPUs
+    with pytest.raises(UserError, match="7 layers cannot fill 8 pipeline stages"):
+        check_strategy(small.model, small.cluster, Strategy(1, 1, 8, 1), 32)
+    with pytest.raises(UserError, match="released gpt2 profile has 30 layers"):
+        profiles.released(load_setup(write_setup(tmp_path, layers=12)).model)
 
 
 @pytest.mark.timeout(120)
