@@ -142,14 +142,17 @@ def load_json(path, model: Model, mbs: int = 1) -> Profiles:
     return prof
 
 
-def time_fn(fn: Callable[[], None], repeats: int = 5, warmup: int = 2) -> float:
-    """Median wall time of fn() in seconds."""
+def time_fn(fn: Callable[[], None], repeats: int = 5, warmup: int = 2,
+            sync: Callable[[], None] = lambda: None) -> float:
+    """Median wall time of fn() in seconds (`sync` waits for an accelerator)."""
     for _ in range(warmup):
         fn()
     ts = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t0)
     return float(np.median(ts))
 
@@ -165,6 +168,7 @@ def measure(layers: Sequence["torch.nn.Module"], make_input: Callable[[int], "to
     times = {}
     for mbs in mbs_list:
         x = make_input(mbs)
+        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
         per = []
         for layer in layers:
             inp = x.detach().requires_grad_(x.is_floating_point())
@@ -175,7 +179,7 @@ def measure(layers: Sequence["torch.nn.Module"], make_input: Callable[[int], "to
                 y = layer(inp)
                 y.backward(grad)
 
-            per.append(time_fn(step, repeats=repeats))
+            per.append(time_fn(step, repeats=repeats, sync=sync))
             x = out.detach()
             layer.zero_grad(set_to_none=True)
         times[(gpu, tp, mbs)] = np.asarray(per)

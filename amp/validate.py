@@ -1,6 +1,7 @@
 """Run a strategy for real and compare its time with the prediction.
 
-A small GPT is trained on `tp * dp * pp` processes (gloo on CPUs here, NCCL on GPUs): pipeline stages exchange
+A small GPT is trained on `tp * dp * pp` processes (gloo on CPUs; NCCL, one GPU per rank, when there are
+enough GPUs): pipeline stages exchange
 activations and gradients with send/recv under a GPipe schedule, each transformer block is Megatron
 tensor-parallel (column-parallel QKV and first MLP layer, row-parallel projections, all-reduce in the forward
 of the row-parallel layers and in the backward of the column-parallel ones, a vocabulary-parallel output
@@ -254,9 +255,11 @@ def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: 
     t_rank, d_rank, p_rank = rank % tp, (rank // tp) % dp, rank // (tp * dp)
     tp_group, dp_group = _groups(tp, dp, pp, rank)
     tpc = TPContext(t_rank, tp, tp_group)
+    dev = (torch.device("cuda", rank % torch.cuda.device_count()) if dist.get_backend() == "nccl"
+           else torch.device("cpu"))
     all_layers = build_layers(cfg, tpc)
     start = sum(partition[:p_rank])
-    stage = nn.ModuleList(all_layers[start:start + partition[p_rank]])
+    stage = nn.ModuleList(all_layers[start:start + partition[p_rank]]).to(dev)
     first, last = p_rank == 0, p_rank == pp - 1
     prev_rank, next_rank = rank - tp * dp, rank + tp * dp
     opt = torch.optim.Adam(stage.parameters(), lr=1e-3)
@@ -270,20 +273,21 @@ def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: 
         return x
 
     def step(i: int, count: bool = False):
-        x_all, y_all = batch(cfg, i)
-        x_all = x_all[d_rank * per_replica:(d_rank + 1) * per_replica]
-        y_all = y_all[d_rank * per_replica:(d_rank + 1) * per_replica]
+        x_all, y_all = (t[d_rank * per_replica:(d_rank + 1) * per_replica].to(dev) for t in batch(cfg, i))
         inputs, outputs, saved, loss_sum = [], [], 0, 0.0
         for m in range(n_micro):  # GPipe: all forwards ...
             sl = slice(m * mbs, (m + 1) * mbs)
             if first:
                 inp = x_all[sl]
             else:
-                inp = torch.empty(act_shape)
+                inp = torch.empty(act_shape, device=dev)
                 dist.recv(inp, prev_rank)
                 inp.requires_grad_(True)
-            out, nbytes = _count_saved_bytes(lambda: run_stage(inp), list(stage.parameters())) if count else (run_stage(inp), 0)
-            saved += nbytes
+            if count:
+                out, nbytes = _count_saved_bytes(lambda: run_stage(inp), list(stage.parameters()))
+                saved += nbytes
+            else:
+                out = run_stage(inp)
             if last:
                 out = F.cross_entropy(out.flatten(0, 1), y_all[sl].flatten()) / n_micro
                 loss_sum += float(out.detach())
@@ -295,7 +299,7 @@ def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: 
             if last:
                 outputs[m].backward()
             else:
-                g = torch.empty(act_shape)
+                g = torch.empty(act_shape, device=dev)
                 dist.recv(g, next_rank)
                 outputs[m].backward(g)
             if not first:
@@ -313,12 +317,12 @@ def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: 
     loss0, saved = step(0, count=True)
     grads = {}
     if first:
-        grads["tok"] = stage[0].tok.grad.clone()
+        grads["tok"] = stage[0].tok.grad.cpu().clone()
     for layer in stage:
-        if isinstance(layer, Block) and "block0.fc1_w" not in grads and layer is all_layers[2]:
-            grads["block0.fc1_w"] = layer.fc1_w.grad.clone()
+        if layer is all_layers[2]:
+            grads["block0.fc1_w"] = layer.fc1_w.grad.cpu().clone()
         if isinstance(layer, Head):
-            grads["head"] = layer.w.grad.clone()
+            grads["head"] = layer.w.grad.cpu().clone()
     opt.step()
     opt.zero_grad(set_to_none=True)
     times = []
@@ -328,6 +332,8 @@ def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: 
         step(i)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         dist.barrier()
         if i > warmup:
             times.append(time.perf_counter() - t0)
@@ -345,12 +351,14 @@ def _session_worker(rank: int, world: int, cfg_dict: dict, strategies: list[tupl
     """One process of a session: optionally time the link and profile the layers (all ranks at once, so the
     CPU is shared as in the runs), then run each strategy in turn."""
     out: dict = {}
+    dev = (torch.device("cuda", rank % torch.cuda.device_count()) if dist.get_backend() == "nccl"
+           else torch.device("cpu"))
     if measure:
         if world >= 2:
-            small, big = _pingpong(rank, world, (4, 8 << 20), 20) if rank < 2 else (0.0, 0.0)
+            small, big = _pingpong(rank, world, (4, 8 << 20), 20, dev) if rank < 2 else (0.0, 0.0)
             out["link"] = (small, big)
         dist.barrier()
-        out["profile"] = profile_layers(TinyGPT(**cfg_dict), mbs_list).times
+        out["profile"] = profile_layers(TinyGPT(**cfg_dict), mbs_list, device=dev).times
         dist.barrier()
     out["runs"] = [train_worker(rank, world, cfg_dict, st, steps, warmup) for st in strategies]
     return out
@@ -366,9 +374,11 @@ def run_session(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup
     for s in strategies:
         require(len(s.partition) == s.pp, f"strategy {s.label()} needs a partition of {s.pp} stages")
     packed = [(s.tp, s.dp, s.pp, s.mbs, tuple(s.partition)) for s in strategies]
-    return run_processes(_session_worker, worlds.pop(), args=(asdict(cfg), packed, steps, warmup, measure,
-                                                             tuple(sorted({s.mbs for s in strategies}))),
-                         timeout_s=timeout_s)
+    world = worlds.pop()
+    backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world else "gloo"
+    return run_processes(_session_worker, world, args=(asdict(cfg), packed, steps, warmup, measure,
+                                                       tuple(sorted({s.mbs for s in strategies}))),
+                         timeout_s=timeout_s, backend=backend)
 
 
 def run_strategy(cfg: TinyGPT, s: Strategy, steps: int = 5, warmup: int = 2, timeout_s: float = 120.0) -> list[dict]:
@@ -383,11 +393,11 @@ def measured_time(results: list[dict]) -> float:
 
 
 # ----------------------------------------------------------------------- this machine for the planner
-def _pingpong(rank: int, world: int, sizes: tuple[int, ...], reps: int) -> list[float]:
+def _pingpong(rank: int, world: int, sizes: tuple[int, ...], reps: int, device="cpu") -> list[float]:
     """One-way seconds per message of each size between ranks 0 and 1."""
     out = []
     for nbytes in sizes:
-        buf = torch.zeros(max(nbytes // 4, 1))
+        buf = torch.zeros(max(nbytes // 4, 1), device=device)
 
         def rounds(n):
             for _ in range(n):
@@ -416,22 +426,23 @@ def measure_link(timeout_s: float = 60.0) -> tuple[float, float]:
     return gbps, small * 1e6
 
 
-def profile_layers(cfg: TinyGPT, mbs_list=(1, 2, 4), repeats: int = 5) -> profiles.Profiles:
-    """Forward+backward time of each layer of the tiny GPT on one thread of this machine."""
+def profile_layers(cfg: TinyGPT, mbs_list=(1, 2, 4), repeats: int = 5,
+                   device: torch.device | str = "cpu") -> profiles.Profiles:
+    """Forward+backward time of each layer of the tiny GPT on `device` (one thread on a CPU)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        layers = build_layers(cfg)
-        return profiles.measure(layers, lambda m: batch(cfg)[0][:m],
-                                mbs_list=mbs_list, gpu="cpu", repeats=repeats)
+        layers = [layer.to(device) for layer in build_layers(cfg)]
+        return profiles.measure(layers, lambda m: batch(cfg)[0][:m].to(device),
+                                mbs_list=mbs_list, gpu="local", repeats=repeats)
     finally:
         torch.set_num_threads(threads)
 
 
 def local_setup(cfg: TinyGPT, world: int, gbps: float, latency_us: float, memory_gb: float = 8.0) -> Setup:
-    """This machine as a one-node cluster of `world` single-thread 'GPUs'."""
-    register_gpu(GPUType("cpu", memory_gb))
-    node = Node("cpu", world, intra_gbps=gbps, inter_gbps=gbps, latency_us=latency_us)
+    """This machine as a one-node cluster of `world` devices (single-thread CPU processes or GPUs)."""
+    register_gpu(GPUType("local", memory_gb))
+    node = Node("local", world, intra_gbps=gbps, inter_gbps=gbps, latency_us=latency_us)
     return Setup("local", cfg.spec(), Cluster((node,), name="local"), cfg.global_batch)
 
 
@@ -477,7 +488,7 @@ def compare(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: in
             measured = measured_time(results)
             mem = predicted_memory(cfg, s)
             rows.append({"strategy": s.label(), "partition": " ".join(map(str, s.partition)), "processes": world,
-                         "predicted_s": pred.total_s, "measured_s": measured,
+                         "predicted_s": float(pred.total_s), "measured_s": float(measured),
                          "error": (pred.total_s - measured) / measured,
                          "within_bound": max(pred.total_s / measured, measured / pred.total_s) <= TOLERANCE_RATIO,
                          "state_bytes_real": max(r["param_bytes"] + r["grad_bytes"] + r["optimizer_bytes"]
