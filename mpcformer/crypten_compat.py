@@ -29,6 +29,7 @@ from types import ModuleType
 import torch
 
 _APPLIED = False
+ORIGINALS: dict = {}  # what `apply()` replaced, kept so that tests can show each fix is needed
 TIMEOUT_ENV = "CRYPTEN_COMM_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 300.0
 PROVIDERS = ("TTP", "TFP")
@@ -116,10 +117,13 @@ def apply() -> None:
     import crypten.encoder
     import crypten.nn.onnx_converter
 
-    crypten.encoder.FixedPointEncoder.decode = exact_decode
-    crypten.nn.onnx_converter._export_pytorch_model = _export_torchscript
     import crypten.communicator.distributed_communicator as dc
 
+    ORIGINALS.update(decode=crypten.encoder.FixedPointEncoder.decode,
+                     export=crypten.nn.onnx_converter._export_pytorch_model,
+                     communicator_init=dc.DistributedCommunicator.__init__)
+    crypten.encoder.FixedPointEncoder.decode = exact_decode
+    crypten.nn.onnx_converter._export_pytorch_model = _export_torchscript
     dc.DistributedCommunicator.__init__ = _communicator_init
     _APPLIED = True
 

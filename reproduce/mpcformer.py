@@ -311,6 +311,8 @@ def run(ctx: app.RunContext) -> None:
         plan(cfg)
         return
     plan(cfg)
+    if cfg.torch_threads:
+        torch.set_num_threads(int(cfg.torch_threads))
     paper = yaml.safe_load(PAPER_FILE.read_text())
     tok, teacher = load_tokenizer_and_teacher(cfg.model.name, int(cfg.model.num_labels), int(cfg.seed))
     splits = load_splits(cfg)

@@ -1,0 +1,97 @@
+"""Distillation losses, training that lowers them, exact resume, and tokenizer/length checks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.checkpoint import load_checkpoint
+from common.errors import UserError
+from mpcformer.convert import to_student
+from mpcformer.distill import (Encoded, Stage1Loss, Stage2Loss, TrainConfig, check_tokenizer, distill, encode,
+                               fine_tune, task_loss, train)
+
+from .conftest import tiny_bert
+
+
+def _data(n=24, length=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (n, length), generator=g)
+    mask = torch.ones(n, length, dtype=torch.long)
+    mask[::3, 7:] = 0
+    return Encoded(ids, mask, torch.randint(0, 2, (n,), generator=g))
+
+
+def test_stage1_is_zero_for_the_teacher_itself_and_positive_for_a_student(tiny):
+    data = _data()
+    b = data.batch(torch.arange(8))
+    teacher = to_student(tiny, "gelu+softmax")
+    loss = Stage1Loss(teacher)
+    assert loss(to_student(tiny, "gelu+softmax"), b).item() < 1e-10
+    assert loss(to_student(tiny, "quad+2quad"), b).item() > 1e-4
+
+
+def test_stage2_is_soft_cross_entropy(tiny):
+    b = _data().batch(torch.arange(8))
+    teacher = to_student(tiny, "gelu+softmax")
+    p = F.softmax(teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, -1)
+    entropy = -(p * p.log()).sum(-1).mean()
+    torch.testing.assert_close(Stage2Loss(teacher)(to_student(tiny, "gelu+softmax"), b), entropy)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_each_stage_lowers_its_loss(tiny, stage):
+    data = _data(n=8)
+    teacher = to_student(tiny, "gelu+softmax")
+    with torch.no_grad():  # a confident teacher, so that the student's logits have something to learn
+        teacher.classifier.weight.mul_(300)
+    student = to_student(tiny, "quad+2quad")
+    loss = Stage1Loss(teacher) if stage == 1 else Stage2Loss(teacher)
+    b = data.batch(torch.arange(len(data)))
+    floor = 0.0  # stage 2's soft cross-entropy cannot go below the teacher's entropy: compare the KL part
+    if stage == 2:
+        floor = Stage2Loss(teacher)(teacher, b).item()
+    with torch.no_grad():
+        before = loss(student.eval(), b).item() - floor
+    train(student, loss, data, TrainConfig(steps=5 * stage, batch_size=8, lr=1e-3 * (1 + 4 * (stage == 2)), warmup_frac=0.0,
+                                                progress=False))
+    with torch.no_grad():
+        after = loss(student.eval(), b).item() - floor
+    assert 0 <= after < 0.9 * before
+
+
+def test_resume_is_exact(tmp_path):
+    """A run killed after its step-3 checkpoint and resumed in a fresh model ends bit-identical to one that
+    never stopped (batches and dropout come from the RNG state the checkpoint carries)."""
+    data = _data()
+    cfg = TrainConfig(steps=6, batch_size=4, lr=1e-3, checkpoint_every=3, progress=False)
+    straight = fine_tune(tiny_bert(seed=3), data, cfg)
+    ckpt = tmp_path / "run.pt"
+    calls = []
+
+    def killed_in_step_4(model, batch):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return task_loss(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_bert(seed=3), killed_in_step_4, data, cfg, checkpoint=ckpt)
+    assert load_checkpoint(ckpt)["step"] == 3
+    torch.manual_seed(123)  # whatever the new process's generator holds, the checkpoint's state wins
+    resumed = fine_tune(tiny_bert(seed=3), data, cfg, checkpoint=ckpt)
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=k)
+
+
+def test_tokenizer_must_match_the_model():
+    from transformers import AutoTokenizer
+
+    from common.data import minilm_path
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    with pytest.raises(UserError, match="tokenizer does not match"):
+        check_tokenizer(tok, tiny_bert(vocab_size=100))
+    with pytest.raises(UserError, match="longer than the model allows"):
+        encode(tok, ["a fine film"], [1], 1000, tiny_bert(vocab_size=tok.vocab_size))
+    enc = encode(tok, ["a fine film", "dull"], [1, 0], 16, tiny_bert(vocab_size=tok.vocab_size))
+    assert enc.input_ids.shape == (2, 16) and enc.labels.tolist() == [1, 0]
