@@ -33,6 +33,8 @@ class Profiles:
     tp_comm_included: bool = True
     source: str = ""
     notes: dict[str, str] = field(default_factory=dict)
+    # time(mbs) = time(m0) * (mbs / m0) ** exponent beyond the measured sizes (1 = linear), per GPU type
+    mbs_exponent: dict[str, float] = field(default_factory=dict)
 
     def gpus(self) -> list[str]:
         return sorted({k[0] for k in self.times})
@@ -54,14 +56,21 @@ class Profiles:
             return self.layer_times(gpu, 1, mbs, linear) / tp
         if mbs in have and (not linear or mbs == 1):
             return self.times[(gpu, tp, mbs)]
-        if linear or len(have) == 1:
+        if linear:
+            return self.times[(gpu, tp, have[0])] * (mbs / have[0])
+        if len(have) == 1:
             m0 = have[0]
-            return self.times[(gpu, tp, m0)] * (mbs / m0)
+            return self.times[(gpu, tp, m0)] * (mbs / m0) ** self.mbs_exponent.get(gpu, 1.0)
         stack = np.stack([self.times[(gpu, tp, m)] for m in have])  # (M, L)
         xs = np.asarray(have, dtype=np.float64)
-        if mbs > xs[-1]:  # extrapolate with the per-sample cost of the largest measured size
-            return stack[-1] * (mbs / xs[-1])
+        if mbs > xs[-1]:  # extrapolate from the largest measured size
+            return stack[-1] * (mbs / xs[-1]) ** self.mbs_exponent.get(gpu, 1.0)
         return np.array([np.interp(mbs, xs, stack[:, l]) for l in range(stack.shape[1])])
+
+    def with_mbs_exponent(self, exponents: dict[str, float]) -> "Profiles":
+        """A copy whose unmeasured micro-batch sizes scale as mbs ** exponent (per GPU type)."""
+        return Profiles(self.times, self.tp_comm_included, self.source, dict(self.notes),
+                        {**self.mbs_exponent, **exponents})
 
     def blended(self, share: dict[str, float], tp: int, mbs: int, linear: bool = True) -> np.ndarray:
         """One profile for a mixed cluster, weighted by each GPU type's share (the released model's

@@ -75,3 +75,18 @@ def test_improved_search_balances_stages_on_mixed_gpus():
     e = np.array([[1.0] * 6, [2.0] * 6])  # stage 1 runs on GPUs twice as slow
     part, _ = optimal_partition(e, np.zeros((1, 5)), pp=2, B=16)
     assert part == [4, 2]
+
+
+def test_micro_batch_scaling_of_profiles():
+    prof = Profiles({("V100", 1, 1): np.array([1.0, 2.0]), ("T4", 1, 1): np.array([1.0, 2.0]),
+                     ("T4", 1, 2): np.array([1.5, 3.0]), ("T4", 1, 4): np.array([2.5, 5.0])})
+    np.testing.assert_allclose(prof.layer_times("V100", 1, 4, linear=True), [4.0, 8.0])  # released: linear
+    np.testing.assert_allclose(prof.layer_times("V100", 1, 4, linear=False), [4.0, 8.0])  # no exponent: linear
+    fitted = prof.with_mbs_exponent({"V100": 0.5})
+    np.testing.assert_allclose(fitted.layer_times("V100", 1, 4, linear=False), [2.0, 4.0])
+    np.testing.assert_allclose(fitted.layer_times("V100", 1, 4, linear=True), [4.0, 8.0])
+    # measured sizes are used and interpolated between; beyond them, scaled from the largest
+    np.testing.assert_allclose(prof.layer_times("T4", 1, 3, linear=False), [2.0, 4.0])
+    np.testing.assert_allclose(prof.layer_times("T4", 1, 8, linear=False), [5.0, 10.0])
+    # no figure for tp=2: the tp=1 time split in two
+    np.testing.assert_allclose(prof.layer_times("V100", 2, 1), [0.5, 1.0])
