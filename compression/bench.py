@@ -36,8 +36,9 @@ class BenchConfig:
     compressors: dict[str, dict] = field(default_factory=lambda: {"none": {"name": "none"}})
     bandwidths_gbps: list[float | None] = field(default_factory=lambda: [None])  # None: loopback
     layouts: list[str] = field(default_factory=lambda: ["tp", "pp"])
-    warmup: int = 1
-    iters: int = 3
+    warmup: int = 1  # iterations before each measurement (plus `warmup_first` once per layout)
+    warmup_first: int = 3
+    iters: int = 3  # the measurement is the best of these (noise on a shared machine only adds)
     seed: int = 0
 
 
@@ -48,10 +49,11 @@ def plan_for(cfg: BenchConfig, spec: dict, layout: str) -> Plan:
                 tp_sites=layout == "tp", pp_cuts=layout == "pp")
 
 
-def _iteration_times(model, par, batch, cfg: BenchConfig, opt) -> list[float]:
+def _iteration_times(model, par, batch, cfg: BenchConfig, opt, warmup: int | None = None) -> list[float]:
     times = []
-    for i in range(cfg.warmup + cfg.iters):
-        if i == cfg.warmup:
+    warmup = cfg.warmup if warmup is None else warmup
+    for i in range(warmup + cfg.iters):
+        if i == warmup:
             for c in par.comms():
                 c.reset()
         dist.barrier()
@@ -60,14 +62,15 @@ def _iteration_times(model, par, batch, cfg: BenchConfig, opt) -> list[float]:
         forward_backward(model, par, *batch, cfg.micro_batches if par.pp > 1 else 1)
         opt.step()
         dist.barrier()
-        if i >= cfg.warmup:
+        if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
 
 
-def network_times(par, layout: str, sizes: list[int], repeats: int = 5) -> list[dict]:
-    """Loopback seconds of one message per size: a tensor-parallel all-reduce, or a one-way send (half a
-    ping-pong between the first two stages). What the cost model's latency and bandwidth are fitted to."""
+def network_times(par, layout: str, sizes: list[int], repeats: int = 10) -> list[dict]:
+    """Loopback seconds of one message per size (best of `repeats`: on a shared machine the noise only
+    adds): a tensor-parallel all-reduce, or a one-way send (half a ping-pong between the first two stages).
+    What the cost model's latency and bandwidth are fitted to."""
     rows = []
     for size in sizes:
         t = torch.zeros(max(size // 4, 1))
@@ -84,7 +87,7 @@ def network_times(par, layout: str, sizes: list[int], repeats: int = 5) -> list[
                 dist.recv(t, 0)
                 dist.send(t, 0)
             times.append((time.perf_counter() - start) / (1 if layout == "tp" else 2))
-        rows.append({"layout": layout, "bytes": t.numel() * 4, "seconds": statistics.median(times[1:])})
+        rows.append({"layout": layout, "bytes": t.numel() * 4, "seconds": min(times[1:])})
     return rows
 
 
@@ -99,10 +102,12 @@ def bench_worker(rank: int, world: int, cfg: BenchConfig) -> dict:
         par = setup(world, 1) if layout == "tp" else setup(1, world)
         act = cfg.batch_size * cfg.seq_len * cfg.model.hidden * 4
         net += network_times(par, layout, sorted({act // 64, act // 8, act, 4 * act}))
-        for label, spec in cfg.compressors.items():
+        for k, (label, spec) in enumerate(cfg.compressors.items()):
             torch.manual_seed(cfg.seed)
             model = BertModel(cfg.model, par, plan_for(cfg, spec, layout))
             opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+            if k == 0:  # first use of this layout's groups and buffers: not part of any measurement
+                _iteration_times(model, par, batch, cfg, opt, warmup=cfg.warmup_first)
             for gbps in cfg.bandwidths_gbps:
                 link = Link.from_gbps(gbps) if gbps else None
                 for c in par.comms():
@@ -111,7 +116,7 @@ def bench_worker(rank: int, world: int, cfg: BenchConfig) -> dict:
                 stats = {op: s for c in par.comms() for op, s in c.stats.items()}
                 rows.append({
                     "layout": f"{layout.upper()}={world}", "compressor": label, "gbps": gbps or 0.0,
-                    "iter_s": statistics.median(times),
+                    "iter_s": min(times),
                     "wire_bytes": sum(s.wire_bytes for s in stats.values()) / cfg.iters,
                     "messages": sum(s.calls for s in stats.values()) / cfg.iters,
                     "comm_s": sum(s.seconds for s in stats.values()) / cfg.iters,
@@ -152,7 +157,7 @@ def codec_times(specs: dict[str, dict], shape: tuple[int, ...], hidden: int, rep
 
 
 def combine(per_rank: list[list[dict]]) -> list[dict]:
-    """One row per measurement: rank 0's time; the bytes on the critical path (TP: the most any rank sent,
+    """One row per measurement: the slowest rank's time; the bytes on the critical path (TP: the most any rank sent,
     as ring collectives run in parallel; PP: every send, as GPipe's transfers follow one another)."""
     rows = []
     for parts in zip(*[r["rows"] for r in per_rank]):

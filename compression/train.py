@@ -112,6 +112,12 @@ def build(cfg: TrainConfig, par: Parallel, full_state: dict[str, torch.Tensor] |
     return model
 
 
+def seed_replicas(seed: int) -> None:
+    """Re-seed after building the model: sharded layers of different shapes consume different amounts of
+    randomness, and dropout on replicated activations must draw the same mask on every TP rank."""
+    torch.manual_seed(seed * 7919 + 17)
+
+
 def forward_backward(model: BertModel, par: Parallel, ids, mask, labels, micro_batches: int = 1) -> float | None:
     """Loss (mean over the batch) and its gradients in the model; the loss on last-stage ranks, else None."""
     if par.pp == 1:
@@ -167,6 +173,7 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
     full = BertModel(cfg.model_config(), Parallel(), cfg.plan())
     model = build(cfg, par, initial_weights(cfg, full))
     del full
+    seed_replicas(cfg.seed)
     if cfg.freeze_word_embeddings and model.stage.embeddings is not None:
         model.stage.embeddings.word.weight.requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -197,13 +204,12 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
         if ckpt_dir is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             save_checkpoint(ckpt_dir / f"rank{rank}-step{step + 1:06d}.pt",
                             training_state(step + 1, {"model": model}, {"opt": opt}))
-    result = {"losses": losses, "steps_run": end - start,
+    result = {"losses": losses, "steps_run": end - start, "bytes": sum(c.total_bytes() for c in par.comms()),
               "params": {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}}
     if end == cfg.steps:
         if cfg.eval_dev:
             result["dev_acc"] = accuracy(model, par, data["dev"], cfg.eval_batch_size)
         result["test_acc"] = accuracy(model, par, data["test"], cfg.eval_batch_size)
-    result["bytes"] = sum(c.total_bytes() for c in par.comms())
     return result if reporting else None
 
 

@@ -3,6 +3,7 @@ compressor for TP=2, PP=2 and TP2xPP2, and with the all-reduce compressors (auto
 PowerSGD) under TP=2, whose codes commute with the sum. Loss and every gradient are compared (float64)."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from compression.compressors import CompressorSpec
 from compression.cost_model import messages
 from compression.models import BertConfig, BertModel, Plan
 from compression.parallel import Parallel, setup, shard
-from compression.train import forward_backward
+from compression.train import forward_backward, seed_replicas
 
 CFG = BertConfig(vocab=40, hidden=16, heads=4, ffn=32, layers=4, max_positions=12, dropout=0.0)
 
@@ -53,7 +54,7 @@ def _two_ranks(rank, world):
                        ("tp_randk", CompressorSpec("randk", ratio=0.3)), ("tp_powersgd", CompressorSpec("powersgd", rank=3))]:
         out[name] = _compare(2, 1, spec, start_layer=2 if name != "tp_identity" else 0)
     out["pp_identity"] = _compare(1, 2, CompressorSpec("identity"))
-    return out, _counted_vs_model(rank, world)
+    return out, _counted_vs_model(rank, world), _dropout_logits(rank, world)
 
 
 def _counted_vs_model(rank, world):
@@ -77,6 +78,17 @@ def _counted_vs_model(rank, world):
     return out
 
 
+def _dropout_logits(rank, world):
+    """Training-mode logits with dropout under TP=2 (both ranks must draw the same masks)."""
+    torch.set_default_dtype(torch.float64)
+    par = setup(2, 1)
+    torch.manual_seed(0)
+    model = BertModel(dataclasses.replace(CFG, dropout=0.3), par, Plan(CompressorSpec("none")))
+    seed_replicas(0)
+    ids, mask, _ = _batch()
+    return model(ids, mask).detach()
+
+
 def _four_ranks(rank, world):
     return _compare(2, 2, CompressorSpec("identity"))
 
@@ -95,6 +107,7 @@ def _check(r, last_stage):
 def test_tp2_and_pp2_equal_one_process():
     results = run_processes(_two_ranks, 2, timeout_s=100)
     counts = [r[1] for r in results]
+    assert torch.equal(results[0][2], results[1][2])  # replicated dropout stays in step across TP ranks
     results = [r[0] for r in results]
     for rank, res in enumerate(results):
         for name, r in res.items():
