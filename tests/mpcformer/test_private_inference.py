@@ -1,0 +1,84 @@
+"""The student under MPC: two parties and a dealer agree with plaintext, only party 1 learns the logits,
+nothing a party sends contains its secrets, and a party that dies ends the others within the timeout."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from common.errors import UserError
+from mpcformer.convert import to_student
+from mpcformer.private_inference import (check_against_plaintext, export_weights, private_inference,
+                                         weight_shapes, BertSpec)
+
+
+def _fixed_point(t: torch.Tensor) -> bytes:
+    return torch.round(t.double() * 2**16).long().numpy().tobytes()
+
+
+def _found(needle: bytes, haystack: bytes) -> bool:
+    return len(needle) > 0 and haystack.find(needle) >= 0
+
+
+def test_search_finds_a_planted_secret():
+    secret = torch.randn(8)
+    stream = np.random.default_rng(0).bytes(4096) + _fixed_point(secret) + np.random.default_rng(1).bytes(64)
+    assert _found(_fixed_point(secret), stream) and not _found(_fixed_point(secret + 1), stream)
+
+
+@pytest.mark.timeout(240)
+def test_student_under_mpc_matches_plaintext_and_leaks_nothing(tiny, batch):
+    ids, mask = batch
+    student = to_student(tiny, "quad+2quad")
+    with torch.no_grad():  # no all-zero biases or all-one LayerNorm weights: every weight is a distinct secret
+        for p in student.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    res = private_inference(student, ids, mask, provider="TTP", batch_size=2, timeout_s=120, audit=True)
+    # only the input owner learns the logits, and they match the plaintext student's
+    assert res.party(0).logits is None and res.party(2).logits is None and res.party(2).role == "dealer"
+    check = check_against_plaintext(student, ids, mask, res.logits)
+    assert check["max_abs_logit_error"] < 1e-2 and check["label_agreement"] == 1.0
+    assert res.party(0).rounds > 0 and res.party(1).bytes > 0
+
+    sent = {r.rank: b"".join(r.sent) for r in res.reports}
+    assert len(sent[1]) >= 0.5 * res.party(1).bytes  # the capture sees the traffic CrypTen counts
+    # party 1 (the input owner): neither its token rows, ids nor mask, plain or fixed-point encoded
+    one_hot = torch.nn.functional.one_hot(ids, 100).float()
+    for b in range(ids.shape[0]):
+        for needle in (ids[b].numpy().tobytes(), _fixed_point(mask[b].float()), mask[b].numpy().tobytes()):
+            assert not _found(needle, sent[1])
+        for t in range(ids.shape[1]):
+            for needle in (_fixed_point(one_hot[b, t]), one_hot[b, t].numpy().tobytes()):
+                assert not _found(needle, sent[1])
+    # party 0 (the model owner): no weight, plain or fixed-point encoded
+    for name, w in export_weights(student).items():
+        row = w.reshape(-1, w.shape[-1])[0] if w.dim() > 1 else w
+        for needle in (row.numpy().tobytes(), _fixed_point(row)):
+            for rank in (0, 2):
+                assert not _found(needle, sent[rank]), f"{name} found in what rank {rank} sent"
+
+
+@pytest.mark.timeout(240)
+def test_a_party_that_dies_ends_the_others_within_the_timeout(tiny, batch):
+    ids, mask = batch
+    start = time.monotonic()
+    with pytest.raises(UserError, match="private inference failed"):
+        private_inference(to_student(tiny, "quad+2quad"), ids, mask, provider="TTP", timeout_s=20, die_at_layer=1)
+    assert time.monotonic() - start < 20 + 40  # start-up of three processes + at most the timeout
+
+
+def test_bad_inputs_are_user_errors(tiny, batch):
+    ids, mask = batch
+    student = to_student(tiny, "quad+2quad")
+    with pytest.raises(UserError, match="longer than the model allows"):
+        private_inference(student, torch.ones(1, 65, dtype=torch.long), torch.ones(1, 65, dtype=torch.long))
+    with pytest.raises(UserError, match="wrong tokenizer"):
+        private_inference(student, ids + 1000, mask)
+    with pytest.raises(UserError, match="unknown provider"):
+        private_inference(student, ids, mask, provider="HE")
+
+
+def test_weight_shapes_are_public_and_match_the_export(tiny):
+    w = export_weights(to_student(tiny, "quad+2quad"))
+    assert {k: tuple(v.shape) for k, v in w.items()} == weight_shapes(BertSpec.of(tiny))
