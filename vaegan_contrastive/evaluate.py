@@ -83,15 +83,21 @@ def train_lenet(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor | None = 
     return feats
 
 
+def check_inception_weights(weights_path: str | None) -> Path:
+    path = Path(weights_path or "").expanduser()
+    if not weights_path or not path.is_file():
+        raise UserError(f"Inception weights file not found: {weights_path!r}; pass eval.inception_weights="
+                        "/path/to/weights-inception-2015-12-05-6726825d.pth")
+    return path
+
+
 class InceptionFeatures:
     """torch-fidelity's InceptionV3 (the FID/IS network of the paper) from a local weights file."""
 
     name = "Inception features"
 
     def __init__(self, weights_path: str | None):
-        if not weights_path or not Path(weights_path).expanduser().is_file():
-            raise UserError(f"Inception weights file not found: {weights_path!r}; pass eval.inception_weights="
-                            "/path/to/weights-inception-2015-12-05-6726825d.pth")
+        check_inception_weights(weights_path)
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError as exc:

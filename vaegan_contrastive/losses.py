@@ -48,7 +48,7 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     if in_batch is not None:
         sim = q @ in_batch.t()
         own = torch.arange(q.shape[0], device=q.device)
-        sim = sim.index_put((own, own + offset), torch.tensor(float("-inf"), dtype=sim.dtype))
+        sim = sim.index_put((own, own + offset), sim.new_tensor(float("-inf")))
         logits.append(sim)
     logits = torch.cat(logits, dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

@@ -84,8 +84,9 @@ class DownBlock(nn.Module):
 class Trunk(nn.Module):
     """Shared by the encoder and the discriminator: downsample to the bottom grid, then two plain blocks."""
 
-    def __init__(self, cfg: ModelConfig, width: int, sn: bool):
+    def __init__(self, cfg: ModelConfig, width: int, sn: bool, pool: str = "sum"):
         super().__init__()
+        self.pool = pool
         bottom, steps = grid(cfg.resolution)
         n_down = steps - 1 if bottom == 4 else steps  # 32 px -> 8x8 as in the paper; 28 px -> 7x7
         blocks = [DownBlock(cfg.channels, width, down=True, sn=sn, first=True)]
@@ -94,19 +95,24 @@ class Trunk(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (output of the first block, globally sum-pooled features after the last block)."""
+        """Returns (output of the first block, globally pooled features after the last block)."""
         first = h = self.blocks[0](x)
         for b in self.blocks[1:]:
             h = b(h)
-        return first, F.relu(h).sum(dim=(2, 3))
+        h = F.relu(h)
+        return first, h.sum(dim=(2, 3)) if self.pool == "sum" else h.mean(dim=(2, 3))
 
 
 class Encoder(nn.Module):
-    """x -> (mu, logvar)."""
+    """x -> (mu, logvar).
+
+    Mean (not sum, as in the released code) pooling: with spectrally normalized layers a sum over the 8x8
+    grid starts the log-variances near +15 and the KL near 1e7, which stalls the VAE baselines (KL weight 1).
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.trunk = Trunk(cfg, cfg.enc_ch, cfg.spectral_norm_encoder)
+        self.trunk = Trunk(cfg, cfg.enc_ch, cfg.spectral_norm_encoder, pool="mean")
         self.out = _sn(nn.Linear(cfg.enc_ch, 2 * cfg.latent_dim, bias=False), cfg.spectral_norm_encoder)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -71,6 +71,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     resume: bool = False
     progress: bool = True
+    num_workers: int = 0  # DataLoader workers (image files at paper scale)
 
     @classmethod
     def for_variant(cls, variant: str, **kwargs: Any) -> "TrainConfig":
@@ -107,6 +108,7 @@ class Trainer:
 
     model_cfg: ModelConfig
     cfg: TrainConfig
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     model: DCVAE = field(init=False)
     negatives: ContrastiveNegatives | None = field(init=False)
 
@@ -118,7 +120,8 @@ class Trainer:
             self.negatives = ContrastiveNegatives(
                 self.model.disc, dim=self.model_cfg.cont_dim, queue_size=self.cfg.queue_size,
                 momentum=self.cfg.key_momentum, temperature=self.cfg.temperature,
-                in_batch=self.cfg.in_batch_negatives, global_batch=self.cfg.batch_size)
+                in_batch=self.cfg.in_batch_negatives, global_batch=self.cfg.batch_size).to(self.device)
+        self.model.to(self.device)
         m = self.model
         self.gen_params = list(m.encoder.parameters()) + list(m.decoder.parameters())
         self.disc_params = list(m.disc.parameters())
@@ -132,7 +135,7 @@ class Trainer:
         return {"gen": self.opt_gen, "disc": self.opt_disc}
 
     def _noise(self, n_global: int) -> torch.Tensor:
-        return torch.randn(n_global // get_world_size(), self.model_cfg.latent_dim)
+        return torch.randn(n_global // get_world_size(), self.model_cfg.latent_dim, device=self.device)
 
     def disc_step(self, x: torch.Tensor) -> dict[str, float]:
         m = self.model
@@ -191,6 +194,7 @@ class Trainer:
         return {"cont_loss": cont.item(), "recon_mse": mse}
 
     def step(self, it: int, x: torch.Tensor) -> dict[str, float]:
+        x = x.to(self.device, non_blocking=True)
         out: dict[str, float] = {}
         if self.cfg.adversarial:
             out |= self.disc_step(x)
@@ -217,7 +221,7 @@ class Trainer:
             dist.barrier()
 
     def restore(self, path: Path) -> int:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, map_location=self.device)
         if state["extra"]["world_size"] != get_world_size():
             raise UserError(f"checkpoint {path} was written by {state['extra']['world_size']} processes; "
                             f"resume with the same number (got {get_world_size()})")
@@ -231,7 +235,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset: torch.utils.data.Da
     """Train on this rank's share of `dataset`; returns the history, images/s and (rank 0) the trained state."""
     rank, world = get_rank(), get_world_size()
     cfg.check(world)
-    trainer = Trainer(model_cfg, cfg)
+    device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else torch.device("cpu")
+    trainer = Trainer(model_cfg, cfg, device)
     start = 0
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     if ckpt_dir and cfg.resume and (found := latest_checkpoint(ckpt_dir, "ckpt_*.pt")):
@@ -243,7 +248,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset: torch.utils.data.Da
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     sampler = data_mod.StepBatches(len(dataset), cfg.batch_size, rank, world, cfg.steps, start, cfg.seed)
     # its own generator: a DataLoader iterator otherwise draws a seed from the global RNG (breaks exact resume)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator())
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator(),
+                                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     history: list[dict[str, float]] = []
     t0, timed_from = time.perf_counter(), None
     bar = tqdm(total=cfg.steps, initial=start, disable=rank != 0 or not cfg.progress or not sys.stderr.isatty(), desc="dcvae", leave=False)
@@ -264,15 +270,16 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset: torch.utils.data.Da
     ips = timed_steps * cfg.batch_size / (end - timed_from) if timed_from and timed_steps > 0 else float("nan")
     result: dict[str, Any] = {"history": history, "images_per_s": ips, "wall_s": end - t0, "rank": rank}
     if rank == 0:
-        result["state"] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        result["state"] = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
     return result
 
 
-def train_worker(rank: int, world_size: int, model_cfg: ModelConfig, cfg: TrainConfig,
-                 data_cfg: data_mod.DataConfig) -> dict[str, Any]:
-    """Entry point for `common.distributed.run_processes`: load the data in the child, then train."""
+def train_worker(rank: int, world_size: int, model_cfg: ModelConfig, runs: dict[str, TrainConfig],
+                 data_cfg: data_mod.DataConfig) -> dict[str, dict[str, Any]]:
+    """Entry point for `common.distributed.run_processes`: load the data in the child, then train each of
+    `runs` (e.g. the ablation's variants) one after the other in the same process group."""
     dataset = data_mod.load(data_cfg).train
-    return train(model_cfg, cfg, dataset)
+    return {name: train(model_cfg, cfg, dataset) for name, cfg in runs.items()}
 
 
 def load_model(model_cfg: ModelConfig, state: dict[str, torch.Tensor]) -> DCVAE:

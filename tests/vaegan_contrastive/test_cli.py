@@ -39,16 +39,17 @@ def test_smoke_run_writes_tables_and_figures(tmp_path):
     assert "FID, LeNet features" in (out / "tables.md").read_text()
 
 
-@pytest.mark.parametrize("overrides", [
-    ["train.queue_size=100"],
-    ["data.resolution=30"],
-    ["variants=[gan]"],
+@pytest.mark.parametrize("overrides,message", [
+    (["train.queue_size=100"], "queue size 100 is not divisible by the global batch 16"),
+    (["data.resolution=30"], "unsupported resolution 30"),
+    (["variants=[gan]"], "unknown variants"),
+    (["train.batch_size=15"], "not divisible by 2 processes"),
 ])
-def test_bad_config_is_a_user_error(overrides):
+def test_bad_config_is_a_user_error(overrides, message):
     from common.errors import UserError
     from reproduce import dcvae
 
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=message):
         dcvae.configs(_compose(["scale=smoke", *overrides]))
 
 
@@ -58,6 +59,19 @@ def test_cli_bad_input_is_one_line_exit_2():
     assert paper.returncode == 2, paper.stderr
     assert paper.stderr.strip().splitlines()[-1] == (
         "error: dataset cifar10 needs a data root: pass data.root=/path/to/cifar10")
-    queue = run_cli(["-m", "reproduce.dcvae", "scale=smoke", "dry_run=true", "train.queue_size=100"], timeout=60)
-    assert queue.returncode == 2
-    assert queue.stderr.strip().splitlines()[-1].startswith("error: queue size 100 is not divisible")
+
+
+def test_paper_dry_run_checks_paths_and_prints_the_plan(tmp_path, capsys):
+    from common.errors import UserError
+    from reproduce import app, dcvae
+
+    weights = tmp_path / "inception.pth"
+    cfg = _compose(["scale=paper", "dry_run=true", f"data.root={tmp_path}", f"eval.inception_weights={weights}",
+                    f"results_dir={tmp_path / 'results'}", "tracking.mode=disabled"])
+    with pytest.raises(UserError, match="Inception weights file not found"):
+        app.execute("dcvae", cfg, dcvae.run)
+    weights.write_bytes(b"")
+    assert app.execute("dcvae", cfg, dcvae.run) is None
+    out = capsys.readouterr().out
+    assert "625000 iterations, global batch 64" in out and "queue 8192" in out
+    assert not (tmp_path / "results" / "dcvae" / "paper").exists()  # a dry run writes nothing

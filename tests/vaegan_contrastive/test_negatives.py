@@ -14,11 +14,12 @@ CFG = ModelConfig(resolution=32, channels=1, latent_dim=4, enc_ch=4, dec_ch=4, d
 TOL = dict(rtol=1e-9, atol=1e-12)  # float64: equal up to summation order
 
 
-def _infonce_step(rank: int, world: int, in_batch: bool) -> dict:
+def _infonce_steps(rank: int, world: int) -> dict:
+    """One InfoNCE step with queue-only negatives and one with in-batch negatives too, in float64."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        return _step(rank, world, in_batch)
+        return {in_batch: _step(rank, world, in_batch) for in_batch in (False, True)}
     finally:
         torch.set_default_dtype(previous)
 
@@ -48,15 +49,15 @@ def _step(rank: int, world: int, in_batch: bool) -> dict:
             "queues": {k: negs.queue(k).clone() for k in negs.layers}, "ptr": int(negs.ptr)}
 
 
-def _single(in_batch: bool) -> dict:
-    return _infonce_step(0, 1, in_batch)
+@pytest.fixture(scope="module")
+def one_and_two():
+    return _infonce_steps(0, 1), run_processes(_infonce_steps, 2, timeout_s=60)
 
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("in_batch", [False, True])
-def test_two_ranks_equal_one_process(in_batch):
-    one = _single(in_batch)
-    two = run_processes(_infonce_step, 2, args=(in_batch,), timeout_s=60)
+def test_two_ranks_equal_one_process(one_and_two, in_batch):
+    one, two = one_and_two[0][in_batch], [r[in_batch] for r in one_and_two[1]]
     for r in two:
         assert r["loss"] == pytest.approx(one["loss"], rel=1e-6)
         for g1, g2 in zip(one["grads"], r["grads"]):
@@ -68,7 +69,7 @@ def test_two_ranks_equal_one_process(in_batch):
             torch.testing.assert_close(r["queues"][k], one["queues"][k], **TOL)
             assert torch.equal(r["queues"][k], two[0]["queues"][k])  # every rank holds the same queue
     # in-batch negatives really couple the ranks: the loss differs from the queue-only loss
-    assert one["loss"] != pytest.approx(_single(not in_batch)["loss"], rel=1e-4)
+    assert one["loss"] != pytest.approx(one_and_two[0][not in_batch]["loss"], rel=1e-4)
 
 
 def test_queue_wraps_and_rejects_indivisible_sizes():
