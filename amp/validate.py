@@ -394,25 +394,29 @@ def measured_time(results: list[dict]) -> float:
 
 # ----------------------------------------------------------------------- this machine for the planner
 def _pingpong(rank: int, world: int, sizes: tuple[int, ...], reps: int, device="cpu") -> list[float]:
-    """One-way seconds per message of each size between ranks 0 and 1."""
+    """One-way seconds per message of each size between ranks 0 and 1 (median round trip / 2: robust to the
+    stalls of a shared machine)."""
     out = []
     for nbytes in sizes:
         buf = torch.zeros(max(nbytes // 4, 1), device=device)
 
-        def rounds(n):
-            for _ in range(n):
-                if rank == 0:
-                    dist.send(buf, 1)
-                    dist.recv(buf, 1)
-                else:
-                    dist.recv(buf, 0)
-                    dist.send(buf, 0)
+        def round_trip():
+            if rank == 0:
+                dist.send(buf, 1)
+                dist.recv(buf, 1)
+            else:
+                dist.recv(buf, 0)
+                dist.send(buf, 0)
 
-        rounds(3)  # gloo connects lazily
+        for _ in range(3):  # gloo connects lazily
+            round_trip()
         dist.barrier()
-        t0 = time.perf_counter()
-        rounds(reps)
-        out.append((time.perf_counter() - t0) / (2 * reps))
+        trips = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            round_trip()
+            trips.append(time.perf_counter() - t0)
+        out.append(statistics.median(trips) / 2)
     return out
 
 
