@@ -286,6 +286,23 @@ class Strategy:
     def label(self) -> str:
         return f"tp{self.tp} dp{self.dp} pp{self.pp} mbs{self.mbs}"
 
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> "Strategy":
+        """`{tp: 1, dp: 4, pp: 4, mbs: 1, partition: [7, 7, 6, 10], placement: [0, 3, 1, 2]}` (the last two
+        optional), e.g. from YAML."""
+        spec = dict(spec)
+        missing = [k for k in ("tp", "dp", "pp", "mbs") if k not in spec]
+        require(not missing, f"strategy {spec} lacks {', '.join(missing)}")
+        unknown = set(spec) - {"tp", "dp", "pp", "mbs", "partition", "placement"}
+        require(not unknown, f"strategy has unknown keys {sorted(unknown)}")
+        try:
+            place = spec.get("placement")
+            return cls(int(spec["tp"]), int(spec["dp"]), int(spec["pp"]), int(spec["mbs"]),
+                       tuple(int(x) for x in spec.get("partition") or ()),
+                       tuple(int(x) for x in place) if place is not None else None)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"bad strategy {spec}: {exc}") from None
+
 
 def check_strategy(model: Model, cluster: Cluster, s: Strategy, global_batch: int) -> None:
     """Raise UserError unless `s` can run `model` on `cluster` with `global_batch`."""

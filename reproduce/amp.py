@@ -258,7 +258,9 @@ def plan(ctx, cfg) -> None:
     if prof is None:
         prof = profiles.from_flops(setup.model, setup.cluster.gpu_types)
     if p.get("strategy"):
-        s = Strategy(int(p.strategy.tp), int(p.strategy.dp), int(p.strategy.pp), int(p.strategy.mbs))
+        from omegaconf import OmegaConf
+
+        s = Strategy.from_dict(OmegaConf.to_container(p.strategy, resolve=True))
         check_strategy(setup.model, setup.cluster, s, setup.global_batch)
         preds = [CostModel(setup, prof, p.mode).predict(s)]
     else:

@@ -90,3 +90,14 @@ def test_micro_batch_scaling_of_profiles():
     np.testing.assert_allclose(prof.layer_times("T4", 1, 8, linear=False), [5.0, 10.0])
     # no figure for tp=2: the tp=1 time split in two
     np.testing.assert_allclose(prof.layer_times("V100", 2, 1), [0.5, 1.0])
+
+
+def test_strategy_from_yaml():
+    import yaml
+
+    from common.errors import UserError
+
+    s = Strategy.from_dict(yaml.safe_load("{tp: 1, dp: 4, pp: 4, mbs: 1, partition: [7, 7, 6, 10]}"))
+    assert s == Strategy(1, 4, 4, 1, (7, 7, 6, 10))
+    with pytest.raises(UserError, match="lacks mbs"):
+        Strategy.from_dict({"tp": 1, "dp": 4, "pp": 4})
