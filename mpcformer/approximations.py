@@ -36,7 +36,8 @@ def _normalise(y, mask, divisor: float):
     total = y.sum(-1, keepdim=True) / divisor
     if _is_plain(y):
         total = total.clamp_min(1e-12)
-    return y * (total.reciprocal() / divisor)
+    # y * (divisor / sum) is at most `divisor`: fixed point keeps its precision; dividing after is exact enough
+    return (y * total.reciprocal()) / divisor
 
 
 def _key_mask(mask, shape):
