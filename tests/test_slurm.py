@@ -41,7 +41,22 @@ def slurm_conf():
 
 
 @pytest.mark.timeout(300)
-def test_reproduction_submitted_through_the_launcher(slurm_conf, tmp_path):
+def test_amp_smoke_submitted_through_the_launcher(slurm_conf, tmp_path):
+    proc = run_cli(["-m", "reproduce.amp", "scale=smoke", "launcher=slurm", "slurm.timeout_min=5",
+                    f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun"], timeout=280)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Submitit 'slurm' sweep" in proc.stdout + proc.stderr
+    out = tmp_path / "amp" / "smoke"
+    ranking = pd.read_csv(out / "ranking.csv")
+    assert len(ranking) == 3 and ranking["order_equal"].all()
+    prov = (out / "provenance.json").read_text()
+    assert '"launcher": "slurm"' in prov
+    (log,) = (tmp_path / "multirun").rglob("*_0_log.out")
+    assert "results written to" in log.read_text() + log.with_name(log.name.replace(".out", ".err")).read_text()
+
+
+@pytest.mark.timeout(300)
+def test_two_task_job_through_the_launcher_all_reduces(slurm_conf, tmp_path):
     proc = run_cli(["tests/fixtures/echo_work.py", "scale=smoke", "launcher=slurm", "slurm.timeout_min=5",
                     "slurm.tasks_per_node=2", "all_reduce=true", f"results_dir={tmp_path}",
                     f"hydra.sweep.dir={tmp_path}/multirun"], timeout=280)
