@@ -14,12 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
