@@ -308,7 +308,8 @@ def run(ctx: app.RunContext) -> None:
 
     bench, codec, net = run_bench(cfg, bc)
     ctx.out.table("throughput", throughput_table(bench), title="Throughput per compressor (TP and PP, emulated links)",
-                  note="Median iteration time over the measured iterations (forward, backward, SGD step) of a "
+                  note=f"Best of {bc.iters} rounds (each round times every setting once, interleaved) of one training "
+                       "iteration (forward, backward, SGD step) of a "
                        f"{bc.model.layers}-layer BERT (hidden {bc.model.hidden}), batch {bc.batch_size} x seq "
                        f"{bc.seq_len}, layers >= {bc.start_layer} compressed (activation gradients too, except the "
                        "auto-encoder). MB_per_iter: bytes on the critical path per iteration (TP: per rank; PP: both "
