@@ -22,6 +22,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from common.errors import UserError
 
 SUPPORTED_RESOLUTIONS = (28, 32, 48, 64, 96, 128, 256)
+POOLS = ("sum", "mean", "flatten")
 
 
 @dataclass
@@ -33,10 +34,13 @@ class ModelConfig:
     dec_ch: int = 256  # decoder width (the paper: 256)
     disc_ch: int = 128  # discriminator width (the paper: 128)
     cont_dim: int = 16  # contrastive embedding size (the paper: 16)
-    spectral_norm_encoder: bool = True
+    spectral_norm_encoder: bool = True  # as in the released code
+    encoder_pool: str = "sum"  # "sum" (released code), "mean", or "flatten" (narrow mini models, see Encoder)
 
     def __post_init__(self) -> None:
         grid(self.resolution)
+        if self.encoder_pool not in POOLS:
+            raise UserError(f"unknown model.encoder_pool {self.encoder_pool!r}; choose one of {', '.join(POOLS)}")
         for name in ("channels", "latent_dim", "enc_ch", "dec_ch", "disc_ch", "cont_dim"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"model.{name} must be >= 1, got {getattr(self, name)}")
@@ -93,6 +97,7 @@ class Trunk(nn.Module):
         blocks += [DownBlock(width, width, down=True, sn=sn) for _ in range(n_down - 1)]
         blocks += [DownBlock(width, width, down=False, sn=sn) for _ in range(2)]
         self.blocks = nn.ModuleList(blocks)
+        self.out_dim = width * (bottom if bottom != 4 else 2 * bottom) ** 2 if pool == "flatten" else width
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (output of the first block, globally pooled features after the last block)."""
@@ -100,20 +105,23 @@ class Trunk(nn.Module):
         for b in self.blocks[1:]:
             h = b(h)
         h = F.relu(h)
+        if self.pool == "flatten":
+            return first, h.flatten(1)
         return first, h.sum(dim=(2, 3)) if self.pool == "sum" else h.mean(dim=(2, 3))
 
 
 class Encoder(nn.Module):
     """x -> (mu, logvar).
 
-    Mean (not sum, as in the released code) pooling: with spectrally normalized layers a sum over the 8x8
-    grid starts the log-variances near +15 and the KL near 1e7, which stalls the VAE baselines (KL weight 1).
+    `encoder_pool`: the released code sums the last feature map over positions ("sum"); at mini widths (16
+    channels) a globally pooled 16-vector is too small a bottleneck and an autoencoder stays near the mean
+    image for hundreds of steps, so mini models flatten the 8x8 map instead ("flatten").
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.trunk = Trunk(cfg, cfg.enc_ch, cfg.spectral_norm_encoder, pool="mean")
-        self.out = _sn(nn.Linear(cfg.enc_ch, 2 * cfg.latent_dim, bias=False), cfg.spectral_norm_encoder)
+        self.trunk = Trunk(cfg, cfg.enc_ch, cfg.spectral_norm_encoder, pool=cfg.encoder_pool)
+        self.out = _sn(nn.Linear(self.trunk.out_dim, 2 * cfg.latent_dim, bias=False), cfg.spectral_norm_encoder)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.out(self.trunk(x)[1]).chunk(2, dim=1)

@@ -27,7 +27,8 @@ def test_smoke_run_writes_tables_and_figures(tmp_path):
 
     from reproduce import app, dcvae
 
-    cfg = _compose(["scale=smoke", f"results_dir={tmp_path}", "tracking.mode=disabled"])
+    # one in-process rank keeps this test fast; test_train and test_negatives spawn real ranks
+    cfg = _compose(["scale=smoke", "processes=1", f"results_dir={tmp_path}", "tracking.mode=disabled"])
     out = app.execute("dcvae", cfg, dcvae.run)
     assert (out / "figures" / "dcvae_samples_recon.png").stat().st_size > 0
     t2 = pd.read_csv(out / "table2.csv")

@@ -115,3 +115,15 @@ def test_inception_path_needs_a_weights_file(tmp_path):
     with pytest.raises(UserError, match="Inception weights file not found"):
         E.InceptionFeatures(str(tmp_path / "missing.pth"))
     assert math.isfinite(E.reconstruction_mse(torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)))
+
+
+@pytest.mark.parametrize("pool", ["sum", "mean", "flatten"])
+def test_encoder_pooling_options(pool):
+    torch.manual_seed(0)
+    for res in (28, 32):
+        m = DCVAE(ModelConfig(resolution=res, channels=1, latent_dim=6, enc_ch=4, dec_ch=4, disc_ch=4,
+                              encoder_pool=pool, spectral_norm_encoder=False))
+        mu, logvar = m.encoder(torch.randn(2, 1, res, res))
+        assert mu.shape == logvar.shape == (2, 6)
+    with pytest.raises(UserError, match="encoder_pool"):
+        ModelConfig(encoder_pool="max")
