@@ -7,7 +7,6 @@ A randomly initialised BERT-style model is enough here (time and bytes do not de
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +20,6 @@ from .models import BertConfig, BertModel, Plan
 from .parallel import setup
 from .train import forward_backward
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
