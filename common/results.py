@@ -236,6 +236,8 @@ class ResultWriter:
     def abort(self) -> None:
         if self._stage is not None:
             shutil.rmtree(self._stage, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the work's folder, if this run created it and left it empty
+                self.out_dir.parent.rmdir()
 
     def __enter__(self) -> "ResultWriter":
         return self

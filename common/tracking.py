@@ -50,6 +50,11 @@ class Tracker:
         if self.run is not None:
             import wandb
 
+            # a W&B Table column holds one type: mixed object columns (numbers and text) go as text
+            df = df.copy()
+            for col in df.columns[df.dtypes == object]:
+                if len({type(v) for v in df[col].dropna()}) > 1:
+                    df[col] = df[col].map(lambda v: None if v is None or v != v else str(v))
             self.run.log({f"tables/{name}": wandb.Table(dataframe=df.astype(object).where(df.notna(), None))})
 
     def log_image(self, name: str, path: str | os.PathLike) -> None:

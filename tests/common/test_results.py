@@ -74,3 +74,11 @@ def test_killed_writer_leaves_nothing_at_the_result_path(tmp_path):
     proc = run_cli(["-c", KILL_MID_WRITE, str(out)])
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()  # absent, not partial (the staging directory has a hidden temporary name)
+
+
+def test_failed_first_run_leaves_no_folder(tmp_path):
+    with pytest.raises(RuntimeError):
+        with ResultWriter(tmp_path / "work" / "mini") as w:
+            w.table("t", pd.DataFrame({"a": [1]}))
+            raise RuntimeError("boom")
+    assert not any(tmp_path.iterdir())

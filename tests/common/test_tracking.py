@@ -31,3 +31,12 @@ def test_disabled_tracker_writes_nothing(tmp_path):
 def test_unknown_mode_is_a_user_error():
     with pytest.raises(UserError, match="unknown tracking mode"):
         Tracker(mode="loud")
+
+
+def test_table_with_mixed_column_types_is_logged(tmp_path):
+    t = Tracker(mode="offline", dir=tmp_path, group="t/smoke")
+    t.log_table("mixed", pd.DataFrame({"link": ["loopback", 1.0, 0.1], "x": [1, 2, 3]}))
+    run_dir = t.run_dir
+    t.finish()
+    table = read_offline_run(run_dir)["tables"]["mixed"]
+    assert table["link"].tolist() == ["loopback", "1.0", "0.1"] and table["x"].tolist() == [1, 2, 3]
