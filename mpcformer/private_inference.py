@@ -69,18 +69,20 @@ def _layer_norms(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def calibrate_layer_norms(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, ...]:
-    """Give each LayerNorm a public power-of-two scale near the median variance of its input.
+    """Give each LayerNorm a public power-of-two scale: its largest input variance seen, over 32.
 
-    CrypTen's inv_sqrt is accurate only within about [0.03, 400] (5 Newton steps) while a BERT's LayerNorm
-    inputs range from variances near 0.002 (embeddings) to hundreds; dividing the variance by the scale before
-    inv_sqrt, and the result by its square root after, keeps every LayerNorm accurate. The model owner runs
-    this on its own data; the scales are stored on the model (`mpc_ln_scales`) and are public.
+    CrypTen's inv_sqrt is accurate only for moderate inputs: its initial guess turns negative above about 200
+    (it then converges to -1/sqrt) and it is slow below 0.03, while a BERT's LayerNorm inputs range from
+    variances near 0.002 (embeddings) to hundreds (outlier tokens after the first MLP). Dividing the variance
+    by the scale before inv_sqrt, and the result by its square root after, keeps every LayerNorm accurate.
+    The model owner runs this on its own data; the scales are stored on the model (`mpc_ln_scales`) and
+    are public.
     """
-    variances: list[float] = []
+    largest: list[float] = []
     valid = attention_mask.bool()
 
     def hook(module, inputs, output):
-        variances.append(float(inputs[0].float().var(-1, unbiased=False)[valid].median()))
+        largest.append(float(inputs[0].float().var(-1, unbiased=False)[valid].max()))
 
     handles = [ln.register_forward_hook(hook) for ln in _layer_norms(model)]
     try:
@@ -88,7 +90,7 @@ def calibrate_layer_norms(model: nn.Module, input_ids: torch.Tensor, attention_m
     finally:
         for h in handles:
             h.remove()
-    model.mpc_ln_scales = tuple(float(2.0 ** round(math.log2(max(v, 1e-6)))) for v in variances)
+    model.mpc_ln_scales = tuple(float(2.0 ** math.ceil(math.log2(max(v, 1e-6) / LN_TARGET_MAX))) for v in largest)
     return model.mpc_ln_scales
 
 
@@ -131,6 +133,7 @@ def weight_shapes(spec: BertSpec) -> dict[str, tuple[int, ...]]:
 
 
 LN_NR_ITERS = 5  # Newton steps of CrypTen's inv_sqrt in LayerNorm (CrypTen's default is 3)
+LN_TARGET_MAX = 32.0  # the largest calibration variance lands here after scaling
 
 
 def layer_norm(x, weight, bias, eps: float, scale: float = 1.0):
