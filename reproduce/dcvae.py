@@ -128,16 +128,20 @@ def curves(out, histories: dict[str, list[dict]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["d_loss", "g_loss", "cont_loss", "pixel"]
+    keys = ["d_loss", "g_loss", "cont_loss", "pixel", "kl"]
+    colors = dict(zip(LABELS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
     for ax, k in zip(axes, keys):
         for v, hist in histories.items():
             pts = [(h["step"], h[k]) for h in hist if k in h]
             if pts:
-                ax.plot(*zip(*pts), label=LABELS[v])
+                ax.plot(*zip(*pts), label=LABELS[v], color=colors[v])
         ax.set_title(k)
         ax.set_xlabel("iteration")
-    axes[0].legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if axes[-1].lines:
+        axes[-1].set_yscale("log")
     out.figure("training_curves", fig)
 
 
@@ -164,9 +168,12 @@ def run(ctx: app.RunContext) -> None:
     results = launch(nproc, model_cfg, runs, data_cfg, timeout)
     if distributed_job and env.rank != 0:
         return
+    offset = 0  # W&B steps must increase: the variants are logged one after the other
     for v, r in results.items():
         for h in r["history"]:
-            ctx.tracker.log({f"{v}/{k}": val for k, val in h.items() if k != "step"}, step=h["step"])
+            ctx.tracker.log({f"{v}/{k}": val for k, val in h.items() if k != "step"} | {f"{v}/iteration": h["step"]},
+                            step=offset + h["step"])
+        offset += runs[v].steps
 
     data = D.load(data_cfg)
     train_xy = D.stack(data.train, limit=int(cfg.eval.n_reference))

@@ -23,6 +23,8 @@ from .losses import info_nce
 
 
 class ContrastiveNegatives(nn.Module):
+    """The momentum ("key") copy of the discriminator and one queue of unit-norm keys per feature layer."""
+
     def __init__(self, disc: nn.Module, layers: tuple[str, ...] = ("b1", "final"), dim: int = 16,
                  queue_size: int = 8192, momentum: float = 0.999, temperature: float = 0.07,
                  in_batch: bool = False, global_batch: int | None = None):
