@@ -76,3 +76,12 @@ def test_paper_dry_run_checks_paths_and_prints_the_plan(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "625000 iterations, global batch 64" in out and "queue 8192" in out
     assert not (tmp_path / "results" / "dcvae" / "paper").exists()  # a dry run writes nothing
+
+
+def test_dataset_presets_compose(tmp_path):
+    from reproduce import dcvae
+
+    data_cfg, model_cfg, runs = dcvae.configs(_compose(["scale=paper", "+preset=stl10", f"data.root={tmp_path}"]))
+    assert (data_cfg.name, model_cfg.resolution, model_cfg.channels) == ("stl10", 48, 3)
+    data_cfg, model_cfg, runs = dcvae.configs(_compose(["scale=paper", "+preset=celebahq256"]))
+    assert (data_cfg.name, model_cfg.resolution, runs["dcvae"].batch_size) == ("celebahq", 256, 16)
