@@ -27,3 +27,14 @@ def run_cli(args, cwd=None, timeout=300, env=None):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slurm: needs a real SLURM (started by scripts/slurm_local.sh)")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small tensors: one torch thread avoids OpenMP spin-waiting on a shared 2-core machine; restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

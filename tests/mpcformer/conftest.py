@@ -13,12 +13,9 @@ def tiny_bert(vocab_size: int = 100, seed: int = 0, **kw) -> BertForSequenceClas
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a shared machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_torch_thread):
+    """Tiny models run faster on one thread, and much faster on a shared machine."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
