@@ -123,7 +123,8 @@ def throughput_table(bench: pd.DataFrame) -> pd.DataFrame:
     return df[["layout", "link", "compressor", "iter_s", "MB_per_iter", "speedup"]]
 
 
-def run_accuracy(cfg, settings) -> pd.DataFrame:
+def run_accuracy(cfg, settings, tracker=None) -> pd.DataFrame:
+    """Fine-tune every setting (real TP x PP processes); each run's training loss goes to `tracker` per step."""
     rows = []
     seeds = list(cfg.accuracy.seeds)
     world = int(cfg.accuracy.tp) * int(cfg.accuracy.pp)
@@ -138,6 +139,9 @@ def run_accuracy(cfg, settings) -> pd.DataFrame:
         results = [next(r[i] for r in per_rank if r[i] is not None) for i in range(len(batch))]
         log.info("accuracy seed %s: %d settings in %.0fs", seed, len(batch), time.time() - start)
         for (label, which, tc), res in zip(batch, results):
+            if tracker is not None:
+                for i, loss in enumerate(l for l in res["losses"] if l is not None):
+                    tracker.log({f"loss/{label}@{which}/seed{seed}": loss, "train_step": i})
             rows.append({"compressor": label, "layers": which, "seed": seed, "test_acc": res["test_acc"],
                          "final_loss": sum(res["losses"][-10:]) / len(res["losses"][-10:]),
                          "MB_per_step": res["bytes"] / 1e6 / tc.steps})
@@ -330,7 +334,7 @@ def run(ctx: app.RunContext) -> None:
     ctx.out.table("network", net, title="Loopback network micro-benchmark (what latency and bandwidth are fitted to)")
     ctx.out.figure("break_even", break_even_figure(model, msgs, bench, bc, world))
 
-    runs = run_accuracy(cfg, settings)
+    runs = run_accuracy(cfg, settings, ctx.tracker)
     for r in runs.itertuples():
         ctx.tracker.log({f"acc/{r.compressor}@{r.layers}/seed{r.seed}": r.test_acc})
     acc = accuracy_table(runs, cfg)
