@@ -34,14 +34,18 @@ class Tracker:
         self.run = wandb.init(project=project, group=group, name=name, config=dict(config or {}), mode=mode,
                               dir=str(dir), tags=tags, reinit="finish_previous",
                               settings=wandb.Settings(silent=True, console="off"))
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
 
     @property
     def run_dir(self) -> Path | None:
         return Path(self.run.dir).parent if self.run is not None else None
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log metrics; `step` is logged as the metric `step` (the x-axis of the charts), not as W&B's own
+        step counter, so several curves (and the tables and figures logged between them) never collide."""
         if self.run is not None:
-            self.run.log(dict(metrics), step=step)
+            self.run.log(dict(metrics) if step is None else {**metrics, "step": step})
         else:
             log.info("step %s: %s", step, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                     for k, v in metrics.items()))

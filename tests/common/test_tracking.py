@@ -16,7 +16,7 @@ def test_offline_run_reads_back_equal_to_the_csv(tmp_path):
     run = read_offline_run(run_dir)
     assert run["group"] == "echo/smoke"
     assert run["config"]["value"] == 4 and run["config"]["scale"]["name"] == "smoke"
-    assert [h["loss"] for h in run["history"] if "loss" in h] == [1.0]
+    assert [(h["loss"], h["step"]) for h in run["history"] if "loss" in h] == [(1.0, 0)]
     csv = pd.read_csv(tmp_path / "echo" / "smoke" / "echo.csv")
     pd.testing.assert_frame_equal(run["tables"]["echo"], csv, check_dtype=False)
 
@@ -40,3 +40,15 @@ def test_table_with_mixed_column_types_is_logged(tmp_path):
     t.finish()
     table = read_offline_run(run_dir)["tables"]["mixed"]
     assert table["link"].tolist() == ["loopback", "1.0", "0.1"] and table["x"].tolist() == [1, 2, 3]
+
+
+def test_steps_logged_after_tables_are_kept(tmp_path):
+    t = Tracker(mode="offline", dir=tmp_path, group="t/smoke")
+    for i in range(3):
+        t.log_table(f"t{i}", pd.DataFrame({"x": [i]}))
+    for step in range(3):  # explicit steps smaller than the number of earlier log calls
+        t.log({"loss": float(step)}, step=step)
+    run_dir = t.run_dir
+    t.finish()
+    history = read_offline_run(run_dir)["history"]
+    assert [(h["loss"], h["step"]) for h in history if "loss" in h] == [(0.0, 0), (1.0, 1), (2.0, 2)]
