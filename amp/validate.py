@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from amp import memory, profiles
 from amp.specs import Cluster, GPUType, Model, Node, Setup, Strategy, register_gpu, transformer
+from common.collectives import nbytes
 from common.errors import require
 
 log = logging.getLogger(__name__)
@@ -338,7 +339,7 @@ def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: 
         if i > warmup:
             times.append(time.perf_counter() - t0)
     n_param = sum(p.numel() for p in stage.parameters())
-    state_bytes = sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values()
+    state_bytes = sum(nbytes(t) for st in opt.state.values() for t in st.values()
                       if torch.is_tensor(t) and t.dim() > 0)
     return {"rank": rank, "stage": p_rank, "tp_rank": t_rank, "dp_rank": d_rank, "loss0": loss0,
             "times": times, "grads": grads, "param_elems": n_param,

@@ -136,14 +136,15 @@ def execute(work: str, cfg: Any, run: Callable[[RunContext], None]) -> Path | No
     resolved = OmegaConf.to_container(cfg, resolve=True)
     seed_everything(int(cfg.seed))
     env = detect_env()
-    out_dir = _original_cwd() / Path(cfg.results_dir) / work / scale
+    root = _original_cwd()
+    out_dir = root / Path(cfg.results_dir) / work / scale
     if cfg.dry_run:
         print(f"# dry run of reproduce.{work} at scale={scale}: nothing is trained or written")
         print(OmegaConf.to_yaml(cfg, resolve=True))
         tracker = Tracker(mode="disabled")
     else:
         tracker = Tracker(project=cfg.tracking.project, group=f"{work}/{scale}", name=f"{work}-{scale}",
-                          config=resolved, mode=cfg.tracking.mode, dir=_original_cwd() / cfg.tracking.dir,
+                          config=resolved, mode=cfg.tracking.mode, dir=root / cfg.tracking.dir,
                           tags=[work, scale], rank=env.rank)
     with ResultWriter(out_dir, tracker=tracker) as out:
         ctx = RunContext(work=work, scale=scale, cfg=cfg, out=out, tracker=tracker, env=env)
