@@ -8,9 +8,18 @@ student and its private twin run the very same arithmetic:
 - 2ReLU softmax: relu(x), masked, divided by its row sum.
 - GeLU (tanh form) and softmax as CrypTen computes them (max, exp, reciprocal): the exact model under MPC.
 
-CrypTen's reciprocal is accurate only for inputs of moderate size (garbage from about 256), while row sums
-grow with the sequence length. Each normaliser therefore divides the row sum by a public constant before the
-reciprocal and multiplies back after: the same cost, and accurate at every length.
+Two fixed-point traps shape how each function is written (the plaintext result is the same formula):
+
+- CrypTen's reciprocal is accurate only for inputs of moderate size (garbage from about 256), while row sums
+  grow with the sequence length. Each normaliser therefore divides the row sum by a public constant before
+  the reciprocal and multiplies back after: the same cost, and accurate at every length.
+- With two parties CrypTen truncates every product by dividing each share locally, which goes wrong by 2^32
+  (a logit of 1e9) with probability |v| / 2^32 per element whose product is v: rare per element, frequent over
+  the millions of products of a Transformer once values reach thousands. So nothing squares a value that can
+  be large: 2Quad squares (x + c) / 32 (the normalisation cancels the scale), Quad squares (x + 1) / 4, and
+  the reciprocal's Newton step is r (2 - t r), whose products are about 1 and 1/t, instead of CrypTen's
+  2r - t r^2, which forms 1/t^2. `private_inference.truncation_risk` measures the expected number of such
+  failures for a model on given inputs.
 """
 
 from __future__ import annotations
@@ -29,15 +38,36 @@ def _is_plain(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
+RECIPROCAL_NR_ITERS = 10  # CrypTen's default number of Newton steps
+
+
+def reciprocal(x):
+    """1 / x. Under MPC CrypTen's method (sign, then Newton from 3 exp(1 - 2x) + 0.003) with the Newton step
+    written r (2 - x r): the same rounds, but no product as large as CrypTen's r^2 = 1/x^2 (see above)."""
+    if _is_plain(x):
+        return x.clamp_min(1e-12).reciprocal()
+    from .crypten_compat import crypten
+
+    if not crypten().cfg.functions.reciprocal_all_pos:
+        sign = x.sign()
+        return sign * _newton_reciprocal(sign * x)
+    return _newton_reciprocal(x)
+
+
+def _newton_reciprocal(x):
+    r = (1 - 2 * x).exp() * 3 + 0.003
+    for _ in range(RECIPROCAL_NR_ITERS):
+        r = r * (2 - x * r)
+    return r
+
+
 def _normalise(y, mask, divisor: float):
     """y / y.sum(-1) with masked keys zeroed; the sum is divided by `divisor` before the reciprocal."""
     if mask is not None:
         y = y * mask
     total = y.sum(-1, keepdim=True) / divisor
-    if _is_plain(y):
-        total = total.clamp_min(1e-12)
     # y * (divisor / sum) is at most `divisor`: fixed point keeps its precision; dividing after is exact enough
-    return (y * total.reciprocal()) / divisor
+    return (y * reciprocal(total)) / divisor
 
 
 def _key_mask(mask, shape):
@@ -49,8 +79,9 @@ def _key_mask(mask, shape):
 
 
 def quad_gelu(x):
-    """Quad: 0.125 x^2 + 0.25 x + 0.5, MPCFormer's replacement for GeLU."""
-    return x.square() * 0.125 + x * 0.25 + 0.5
+    """Quad: 0.125 x^2 + 0.25 x + 0.5, MPCFormer's replacement for GeLU, computed as 2 ((x + 1) / 4)^2 + 0.375:
+    one multiplication, whose product is 16 times smaller than x^2 (see above)."""
+    return ((x + 1) / 4).square() * 2 + 0.375
 
 
 SIGMOID_EXP_HALVINGS = 3  # exp(-y) = exp(-y / 8) ** 8: CrypTen's exp is garbage below about -512
@@ -83,16 +114,20 @@ def tanh(x):
 def gelu(x):
     """GeLU in its tanh form, x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) (CrypTen's erf is wrong beyond
     |x| ~ 2.5); differs from the erf form by < 1e-3."""
-    inner = (x + x.square() * x * 0.044715) * (2.0 * math.sqrt(2.0 / math.pi))
+    inner = x * (x.square() * 0.044715 + 1) * (2.0 * math.sqrt(2.0 / math.pi))  # no product as large as x^3
     return x * sigmoid(inner)
+
+
+TWO_QUAD_SHIFT = 32  # 2Quad squares (x + c) / 32, a public power of two: (x + c)^2 reaches 10^4 on real scores
 
 
 def two_quad(scores, mask=None, c: float = QUAD_C):
     """2Quad: (x + c)^2 / sum (x + c)^2 over the keys; masked keys get weight 0."""
-    y = (scores + c).square()
+    y = ((scores + c) / TWO_QUAD_SHIFT).square()
     # row means of (x + c)^2 reach thousands on real first-layer scores (-97 to 48): divided by 4c^2 they stay
     # inside [0.01, 250], where CrypTen's reciprocal is accurate
-    return _normalise(y, _key_mask(mask, scores.size()), divisor=scores.size(-1) * 4 * c * c)
+    return _normalise(y, _key_mask(mask, scores.size()),
+                      divisor=scores.size(-1) * (2 * c / TWO_QUAD_SHIFT) ** 2)
 
 
 def two_relu(scores, mask=None):
@@ -108,7 +143,7 @@ def softmax(scores, mask=None):
             scores = scores.masked_fill(m == 0, torch.finfo(scores.dtype).min)
         return torch.softmax(scores, dim=-1)
     if m is not None:
-        scores = scores + (m - 1.0) * SOFTMAX_MASK_SHIFT
+        scores = scores + (m - 1.0) * int(SOFTMAX_MASK_SHIFT)  # an integer: exact, no truncation
     shifted = scores - scores.max(dim=-1, keepdim=True)[0]
     # exp-sums lie in [1, n]; divided by sqrt(n) they stay where CrypTen's reciprocal is accurate
     return _normalise(shifted.exp(), m, divisor=math.sqrt(scores.size(-1)))

@@ -69,12 +69,12 @@ def _layer_norms(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def calibrate_layer_norms(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, ...]:
-    """Give each LayerNorm a public power-of-two scale: its largest input variance seen, over 32.
+    """Give each LayerNorm a public power-of-four scale: its largest input variance seen, over 32 or less.
 
     CrypTen's inv_sqrt is accurate only for moderate inputs: its initial guess turns negative above about 200
     (it then converges to -1/sqrt) and it is slow below 0.03, while a BERT's LayerNorm inputs range from
-    variances near 0.002 (embeddings) to hundreds (outlier tokens after the first MLP). Dividing the variance
-    by the scale before inv_sqrt, and the result by its square root after, keeps every LayerNorm accurate.
+    variances near 0.002 (embeddings) to hundreds (outlier tokens after the first MLP). Dividing the centred
+    input by the scale's square root (a power of two) before it is squared keeps every LayerNorm accurate.
     The model owner runs this on its own data; the scales are stored on the model (`mpc_ln_scales`) and
     are public.
     """
@@ -90,7 +90,7 @@ def calibrate_layer_norms(model: nn.Module, input_ids: torch.Tensor, attention_m
     finally:
         for h in handles:
             h.remove()
-    model.mpc_ln_scales = tuple(float(2.0 ** math.ceil(math.log2(max(v, 1e-6) / LN_TARGET_MAX))) for v in largest)
+    model.mpc_ln_scales = tuple(float(4.0 ** math.ceil(math.log(max(v, 1e-6) / LN_TARGET_MAX, 4))) for v in largest)
     return model.mpc_ln_scales
 
 
@@ -137,16 +137,24 @@ LN_TARGET_MAX = 32.0  # the largest calibration variance lands here after scalin
 
 
 def layer_norm(x, weight, bias, eps: float, scale: float = 1.0):
-    """LayerNorm over the last dimension; under MPC the variance is divided by the public `scale` before
-    CrypTen's inv_sqrt (accurate only for moderate inputs) and the result corrected after."""
+    """LayerNorm over the last dimension. Under MPC the variance reaching CrypTen's inv_sqrt (accurate only
+    for moderate inputs) is divided by the public `scale` (a power of four). Where the inputs are large (they
+    reach ~1000 after the first MLP) the centred input is divided by sqrt(`scale`) before it is squared, so no
+    square is large enough to risk a wrapped truncation; normalising the scaled input gives the same result."""
+    root = math.sqrt(scale)
     centred = x - x.mean(-1, keepdim=True)
-    var = (centred.square().mean(-1, keepdim=True) + eps) / scale
+    # dividing by an integer truncates at single precision; multiplying by one is exact
+    if root >= 1:  # large inputs: scaled down before the square
+        centred = centred / int(root)
+        var, undo = centred.square().mean(-1, keepdim=True) + eps / scale, 1
+    else:  # small inputs: their variance scaled up after
+        var, undo = (centred.square().mean(-1, keepdim=True) + eps) * int(round(1 / scale)), int(round(1 / root))
     if isinstance(var, torch.Tensor):
         inv = var.rsqrt()
     else:
         with crypten_compat.crypten().cfg.temp_override({"functions.sqrt_nr_iters": LN_NR_ITERS}):
             inv = var.inv_sqrt()
-    return centred * (inv * (1.0 / math.sqrt(scale))) * weight + bias
+    return centred * (inv * undo) * weight + bias
 
 
 def build_mpc_bert(spec: BertSpec, weights: dict[str, torch.Tensor]):
@@ -155,11 +163,11 @@ def build_mpc_bert(spec: BertSpec, weights: dict[str, torch.Tensor]):
     approx = Approximation.parse(spec.approximation)
     act, normalise = ACTIVATIONS[approx.activation], NORMALISERS[approx.softmax]
 
-    def linear(prefix: str):
+    def linear(prefix: str, scale: float = 1.0):
         w = weights[f"{prefix}.w"]
         m = nn_.Linear(w.shape[1], w.shape[0])
-        m.set_parameter("weight", w.clone())
-        m.set_parameter("bias", weights[f"{prefix}.b"].clone())
+        m.set_parameter("weight", w * scale)
+        m.set_parameter("bias", weights[f"{prefix}.b"] * scale)
         return m
 
     class LayerNorm(nn_.Module):
@@ -175,7 +183,10 @@ def build_mpc_bert(spec: BertSpec, weights: dict[str, torch.Tensor]):
     class Layer(nn_.Module):
         def __init__(self, i: int):
             super().__init__()
-            self.q, self.k, self.v, self.o = (linear(f"l{i}.{n}") for n in "qkvo")
+            # the model owner folds the attention scaling 1/sqrt(head size) into the query weights: one
+            # multiplication less, and q k^T is 1/sqrt(head size) times smaller (see `truncation_risk`)
+            self.q = linear(f"l{i}.q", 1.0 / math.sqrt(spec.hidden // spec.heads))
+            self.k, self.v, self.o = (linear(f"l{i}.{n}") for n in "kvo")
             self.ff1, self.ff2 = linear(f"l{i}.ff1"), linear(f"l{i}.ff2")
             self.ln1, self.ln2 = LayerNorm(f"l{i}.ln1", 1 + 2 * i), LayerNorm(f"l{i}.ln2", 2 + 2 * i)
 
@@ -187,7 +198,7 @@ def build_mpc_bert(spec: BertSpec, weights: dict[str, torch.Tensor]):
                 return x.view(b, n, heads, d // heads).transpose(1, 2)
 
             q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
-            scores = q.matmul(k.transpose(2, 3)) * (1.0 / math.sqrt(d // heads))
+            scores = q.matmul(k.transpose(2, 3))
             ctx = normalise(scores, mask).matmul(v).transpose(1, 2).reshape(b, n, d)
             h = self.ln1(h + self.o(ctx))
             return self.ln2(h + self.ff2(act(self.ff1(h))))
@@ -375,3 +386,75 @@ def check_against_plaintext(model: nn.Module, input_ids: torch.Tensor, attention
         plain = model.eval()(input_ids=input_ids, attention_mask=attention_mask).logits.float()
     return {"max_abs_logit_error": float((plain - mpc_logits).abs().max()),
             "label_agreement": float((plain.argmax(-1) == mpc_logits.argmax(-1)).float().mean())}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Truncation risk: the chance that a fixed-point truncation wraps around the ring
+
+
+RING_BITS = 64
+
+
+def _risk_party(rank: int, nprocs: int, job: InferenceJob) -> dict[str, float]:
+    """One CrypTen party alone (world size 1, so every share is the whole value): run the model and, at every
+    truncation, add |share| / 2^64 (the chance that two-party local truncation of that element wraps) to the
+    function of `approximations` or `private_inference` that asked for it."""
+    import traceback
+
+    ct = crypten_compat.join_party(0, 1, f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}", "TFP", job.timeout_s,
+                                   verbose=False)
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+    risk: dict[str, float] = {}
+    original = ArithmeticSharedTensor.div_
+    ours = str(Path(__file__).parent)
+
+    def div_(self, y):
+        if isinstance(y, int) or (isinstance(y, float) and int(y) == y) or (torch.is_tensor(y) and not y.is_floating_point()):
+            stack = traceback.extract_stack(limit=30)[:-1]
+            mine = [f"{f.name}: {f.line.strip()}" if f.name == "forward" else f.name for f in stack
+                    if f.filename.startswith(ours)]
+            where = mine[-1] if mine else "?"
+            if not stack[-1].filename.startswith(ours):
+                theirs = [f.name for f in stack if "crypten" in f.filename and f.name not in ("div_", "div", "mul",
+                          "mul_", "_arithmetic_function", "_arithmetic_function_", "__mul__", "__imul__", "square")]
+                where += f">{theirs[-1]}" if theirs else ""
+            risk[where] = risk.get(where, 0.0) + float(self.share.abs().double().sum()) / 2.0**RING_BITS
+        return original(self, y)
+
+    weights = torch.load(job.weights_path, weights_only=True)
+    inputs = torch.load(job.inputs_path, weights_only=True)
+    model = build_mpc_bert(job.spec, weights).encrypt(src=0).eval()
+    ArithmeticSharedTensor.div_ = div_
+    try:
+        ids, mask = inputs["input_ids"], inputs["attention_mask"].float()
+        for lo in range(0, len(ids), job.batch_size):
+            hi = min(lo + job.batch_size, len(ids))
+            x = ct.cryptensor(torch.nn.functional.one_hot(ids[lo:hi], job.spec.vocab_size).float())
+            model(x, ct.cryptensor(mask[lo:hi]))
+    finally:
+        ArithmeticSharedTensor.div_ = original
+        crypten_compat.leave_party()
+    return risk
+
+
+def truncation_risk(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    batch_size: int = 8, timeout_s: float = 600.0) -> dict[str, float]:
+    """The expected number of wrapped truncations when `model` runs under two-party CrypTen on these inputs,
+    per place: a function of `approximations` (e.g. 'two_quad', 'layer_norm>square_': where it called CrypTen)
+    or a line of the model's forward ('forward: scores = q.matmul(k.transpose(2, 3))>matmul').
+
+    CrypTen truncates a product with two parties by dividing each share locally. That is off by about 2^48
+    (2^32 in real units: a logit of 1e9) when the shares wrap around the 64-bit ring, which happens with
+    probability |x| / 2^64 for an element whose double-precision fixed-point value is x: a rare event per
+    element, a frequent one over the millions of products of a Transformer when values reach thousands.
+    Computed exactly from the model's MPC forward, run by a single CrypTen party on the (plaintext) inputs.
+    """
+    spec = BertSpec.of(model)
+    with tempfile.TemporaryDirectory(prefix="mpcformer_risk_") as tmp:
+        job = InferenceJob(spec, str(Path(tmp) / "weights.pt"), str(Path(tmp) / "inputs.pt"),
+                           tuple(input_ids.shape), "TFP", batch_size, timeout_s)
+        torch.save(export_weights(model), job.weights_path)
+        torch.save({"input_ids": input_ids.long(), "attention_mask": attention_mask.long()}, job.inputs_path)
+        (risk,) = run_processes(_risk_party, 1, args=(job,), init_group=False, timeout_s=timeout_s)
+    return dict(sorted(risk.items(), key=lambda kv: -kv[1]))

@@ -6,7 +6,7 @@ import torch
 
 from mpcformer.bench import run_bench, speedups, summarise
 from mpcformer.convert import to_student
-from mpcformer.private_inference import calibrate_layer_norms
+from mpcformer.private_inference import calibrate_layer_norms, truncation_risk
 
 LENGTH = 32
 BOUNDS = {"gelu": 2e-2, "quad": 1e-3, "softmax": 2e-2, "2relu": 1e-2, "2quad": 1e-2}
@@ -28,12 +28,12 @@ def minilm():
     models = {"quad+2quad": to_student(model, "quad+2quad"), "gelu+softmax": to_student(model, "gelu+softmax")}
     for m in models.values():
         calibrate_layer_norms(m, calib["input_ids"], calib["attention_mask"])
-    return ids, acts, models
+    return ids, acts, models, calib
 
 
 @pytest.mark.timeout(300)
 def test_functions_and_models_agree_with_plaintext_and_approximations_are_cheaper(minilm):
-    ids, acts, models = minilm
+    ids, acts, models, _ = minilm
     functions = [(f, LENGTH) for f in BOUNDS]
     df = summarise(run_bench(functions, models, [LENGTH], acts, ids, provider="TFP", timeout_s=240))
     fn = df[df.kind == "function"].set_index("case")
@@ -51,3 +51,25 @@ def test_functions_and_models_agree_with_plaintext_and_approximations_are_cheape
     assert m.loc["quad+2quad", "MB_p0"] < m.loc["gelu+softmax", "MB_p0"]
     sp = speedups(df, {"quad": "gelu"}, column="MB_p0")
     assert sp["speedup (MB_p0)"].iloc[0] > 1
+
+
+def _by_function(risk: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in risk.items():
+        name = key.split(">")[0].split(":")[0]
+        out[name] = out.get(name, 0.0) + value
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_no_product_under_mpc_is_large_enough_to_risk_a_wrapped_truncation(minilm):
+    """Expected wrapped truncations (each one a logit off by ~1e9) of the first two MiniLM layers on 16 real
+    snippets. Written naively (squaring x + c, x and the centred LayerNorm input; CrypTen's reciprocal, which
+    forms 1/t^2) the student expects 0.030 of them here, 0.022 from the approximations alone; as written 0.002.
+    Over 32 snippets of the whole fine-tuned model: 0.48 naively, 0.031 as written."""
+    _, _, models, calib = minilm
+    risk = _by_function(truncation_risk(models["quad+2quad"], calib["input_ids"], calib["attention_mask"],
+                                        batch_size=8))
+    approximations = sum(risk.get(f, 0) for f in ("two_quad", "_normalise", "quad_gelu", "_newton_reciprocal"))
+    assert 0 < sum(risk.values()) < 5e-3, risk
+    assert approximations < 1e-3 and risk.get("layer_norm", 0) < 2e-3, risk

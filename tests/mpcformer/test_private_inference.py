@@ -93,3 +93,17 @@ def test_bad_inputs_are_user_errors(tiny, batch):
 def test_weight_shapes_are_public_and_match_the_export(tiny):
     w = export_weights(to_student(tiny, "quad+2quad"))
     assert {k: tuple(v.shape) for k, v in w.items()} == weight_shapes(BertSpec.of(tiny))
+
+
+@pytest.mark.parametrize("scale", [4.0**-4, 1.0, 4.0**3])
+def test_layer_norm_with_a_public_scale_is_layer_norm(scale):
+    """The MPC LayerNorm scales its input (large variances) or its variance (small ones) by a public power of
+    four; in exact arithmetic that changes nothing."""
+    from mpcformer.private_inference import layer_norm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 16, generator=g, dtype=torch.float64) * torch.tensor([0.03, 1.0, 300.0],
+                                                                               dtype=torch.float64)[:, None, None]
+    w, b = torch.randn(16, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(layer_norm(x, w, b, 1e-12, scale),
+                               torch.nn.functional.layer_norm(x, (16,), w, b, 1e-12))
