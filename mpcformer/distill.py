@@ -190,12 +190,18 @@ def distill(student: nn.Module, teacher: nn.Module, data: Encoded, stage1: Train
 
 @torch.no_grad()
 def predict(model: nn.Module, data: Encoded, batch_size: int = 128) -> torch.Tensor:
+    """Logits in `data`'s order; examples are batched by length, so each batch is padded only to its longest."""
     model.eval()
-    out = []
+    order = torch.argsort(data.attention_mask.sum(1), stable=True)
+    out = torch.empty(0)
     for lo in range(0, len(data), batch_size):
-        b = data.batch(torch.arange(lo, min(lo + batch_size, len(data))))
-        out.append(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits)
-    return torch.cat(out)
+        idx = order[lo:lo + batch_size]
+        b = data.batch(idx)
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        if out.numel() == 0:
+            out = logits.new_empty(len(data), logits.shape[-1])
+        out[idx] = logits
+    return out
 
 
 def accuracy(model: nn.Module, data: Encoded, batch_size: int = 128) -> float:

@@ -28,7 +28,8 @@ from common.results import beside_paper  # noqa: E402
 from mpcformer import bench as B  # noqa: E402
 from mpcformer.convert import Approximation, to_student  # noqa: E402
 from mpcformer.distill import Encoded, TrainConfig, accuracy, distill, encode, fine_tune, predict  # noqa: E402
-from mpcformer.private_inference import calibrate_layer_norms, check_against_plaintext, private_inference  # noqa: E402
+from mpcformer.private_inference import (calibrate_layer_norms, check_against_plaintext, private_inference,  # noqa: E402
+                                         truncation_risk)
 from reproduce import app  # noqa: E402
 
 log = logging.getLogger("reproduce.mpcformer")
@@ -218,12 +219,15 @@ def mpc_accuracy(ctx, students: dict, exact, data: Encoded) -> pd.DataFrame:
                                 batch_size=int(cfg.mpc_eval.batch_size), timeout_s=float(cfg.mpc.timeout_s))
         check = check_against_plaintext(model, sub.input_ids, sub.attention_mask, res.logits)
         plain_pred = predict(model, sub).argmax(-1)
+        risk = truncation_risk(model, sub.input_ids, sub.attention_mask, batch_size=int(cfg.mpc_eval.batch_size),
+                               timeout_s=float(cfg.mpc.timeout_s))
         rows.append({"model": f"{a.label} (distilled)", "provider": cfg.mpc.provider, "examples": n,
                      "length": int(sub.input_ids.shape[1]),
                      "acc_mpc": 100 * float((res.logits.argmax(-1) == sub.labels).float().mean()),
                      "acc_plaintext": 100 * float((plain_pred == sub.labels).float().mean()),
                      "label_agreement": 100 * check["label_agreement"],
                      "max_abs_logit_error": check["max_abs_logit_error"],
+                     "expected_wraps": sum(risk.values()),
                      "wall_s": res.wall_s, "s_per_example": res.wall_s / n,
                      "MB_p0": res.party(0).bytes / 1e6, "MB_p1": res.party(1).bytes / 1e6,
                      "rounds_p0": res.party(0).rounds, "rounds_p1": res.party(1).rounds})
@@ -350,8 +354,10 @@ def run(ctx: app.RunContext) -> None:
                        "Paper columns: IMDb, BERT-base, length 512.")
     ctx.out.table("mpc_accuracy", mpc, title="The distilled student under MPC (test subset)",
                   note="acc_mpc: labels from the logits party 1 revealed; acc_plaintext: the same student in "
-                       "plaintext on the same examples; label_agreement: MPC vs plaintext predictions. Times on a "
-                       "shared 2-core machine, loopback (noisy).")
+                       "plaintext on the same examples; label_agreement: MPC vs plaintext predictions; expected_wraps: the "
+                       "expected number of two-party truncations that wrap around the ring in this run (each puts "
+                       "~1e9 into one value), computed exactly by mpcformer.private_inference.truncation_risk. "
+                       "Times on a shared 2-core machine, loopback (noisy).")
     fn = costs[costs.kind == "function"].drop(columns="kind")
     paper_fn = pd.DataFrame(paper["functions"])
     ctx.out.table("functions", fn, title="Per function under CrypTen: wall time, rounds and MB per party",

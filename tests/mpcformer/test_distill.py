@@ -8,7 +8,7 @@ from common.checkpoint import load_checkpoint
 from common.errors import UserError
 from mpcformer.convert import to_student
 from mpcformer.distill import (Encoded, Stage1Loss, Stage2Loss, TrainConfig, check_tokenizer, distill, encode,
-                               fine_tune, task_loss, train)
+                               fine_tune, predict, task_loss, train)
 
 from .conftest import tiny_bert
 
@@ -95,3 +95,16 @@ def test_tokenizer_must_match_the_model():
         encode(tok, ["a fine film"], [1], 1000, tiny_bert(vocab_size=tok.vocab_size))
     enc = encode(tok, ["a fine film", "dull"], [1, 0], 16, tiny_bert(vocab_size=tok.vocab_size))
     assert enc.input_ids.shape == (2, 16) and enc.labels.tolist() == [1, 0]
+
+
+def test_predict_batches_by_length_and_returns_logits_in_the_original_order(tiny):
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([9, 3, 12, 5, 12, 2, 7])
+    ids = torch.randint(5, 100, (7, 12), generator=g)
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+    ids = ids * mask
+    data = Encoded(ids, mask, torch.zeros(7, dtype=torch.long))
+    with torch.no_grad():
+        alone = torch.cat([tiny(input_ids=ids[i:i + 1, :n], attention_mask=mask[i:i + 1, :n]).logits
+                           for i, n in enumerate(lengths.tolist())])
+    torch.testing.assert_close(predict(tiny, data, batch_size=3), alone, atol=1e-5, rtol=1e-5)
