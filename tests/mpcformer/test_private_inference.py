@@ -107,3 +107,27 @@ def test_layer_norm_with_a_public_scale_is_layer_norm(scale):
     w, b = torch.randn(16, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
     torch.testing.assert_close(layer_norm(x, w, b, 1e-12, scale),
                                torch.nn.functional.layer_norm(x, (16,), w, b, 1e-12))
+
+
+def _square_party(rank: int, nprocs: int, value: float, n: int) -> int | None:
+    import os
+
+    from mpcformer import crypten_compat
+
+    ct = crypten_compat.join_party(rank, 2, f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}", "TFP", 120)
+    x = ct.cryptensor(torch.full((n,), value), src=0)
+    out = x.square().get_plain_text()
+    crypten_compat.leave_party()
+    return int(((out - value**2).abs() > 1e6).sum()) if rank == 0 else None
+
+
+@pytest.mark.timeout(180)
+def test_two_party_truncation_wraps_at_the_rate_truncation_risk_assumes():
+    """Squaring 12M secret 60s: each product truncation wraps (an error of 2^32) with probability
+    3600 / 2^32, so about 10 elements come out wrong; the same count `truncation_risk` adds up for a model."""
+    from common.distributed import run_processes
+
+    n, value = 12_000_000, 60.0
+    wrong, _ = run_processes(_square_party, 2, args=(value, n), init_group=False, timeout_s=150)
+    expected = n * value**2 / 2**32  # 10.06
+    assert 1 <= wrong <= 30, (wrong, expected)
