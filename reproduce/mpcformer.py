@@ -194,6 +194,40 @@ def train_all(ctx, tok, teacher, data: dict[str, Encoded], approxs: list[Approxi
 
 
 CALIBRATION_EXAMPLES = 64
+DIAGNOSTIC_EXAMPLES = 64
+
+
+@torch.no_grad()
+def cls_spread(model, data: Encoded, n: int = DIAGNOSTIC_EXAMPLES) -> float:
+    """How much the final [CLS] representation (all the classifier sees) varies across examples: the mean
+    over features of its standard deviation over the first `n` examples. Near 0: every input looks alike."""
+    b = data.batch(torch.arange(min(n, len(data))))
+    out = model.eval()(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
+    return float(out.hidden_states[-1][:, 0].std(0).mean())
+
+
+def embedding_gradient(model, data: Encoded, n: int = 16) -> float:
+    """Norm of the label loss's gradient reaching the embeddings on the first `n` training examples (no
+    dropout): how much signal fine-tuning or distillation sends to the lower layers."""
+    from mpcformer.distill import task_loss
+
+    model.eval()
+    params = [p for p in model.base_model.embeddings.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(task_loss(model, data.batch(torch.arange(min(n, len(data))))), params)
+    return float(torch.sqrt(sum(g.square().sum() for g in grads)))
+
+
+def diagnostics(teacher, students: dict, data: dict[str, Encoded], approxs) -> pd.DataFrame:
+    """Per approximation: [CLS] spread of the distilled student and the gradient reaching the embeddings of
+    the student as it starts (the teacher's weights), each beside the teacher's."""
+    t_spread, t_grad = cls_spread(teacher, data["test"]), embedding_gradient(teacher, data["train"])
+    rows = []
+    for a in approxs:
+        rows.append({"approximation": a.label, "cls_spread_distilled": cls_spread(students[a.name], data["test"]),
+                     "cls_spread_teacher": t_spread,
+                     "embedding_grad_at_start": embedding_gradient(to_student(teacher, a), data["train"]),
+                     "embedding_grad_teacher": t_grad})
+    return pd.DataFrame(rows)
 
 
 def calibrate(models, data: Encoded) -> None:
@@ -324,6 +358,7 @@ def run(ctx: app.RunContext) -> None:
     data = {k: encode(tok, df["text"], df["label"], L, teacher) for k, df in splits.items() if k in ("train", "test")}
 
     teacher_acc, acc, students = train_all(ctx, tok, teacher, data, approxs)
+    diag = diagnostics(teacher, students, data, approxs)
     exact = to_student(teacher, "gelu+softmax")
     calibrate([exact, teacher, *students.values()], data["train"])
     mpc = mpc_accuracy(ctx, students, exact, data["test"])
@@ -352,6 +387,13 @@ def run(ctx: app.RunContext) -> None:
                        f"Speedup: measured whole-model wall time of the exact model over the student under MPC at "
                        f"length {longest}, batch 1, provider {provider} (only the students listed in bench.models are timed). "
                        "Paper columns: IMDb, BERT-base, length 512.")
+    ctx.out.table("diagnostics", diag, title="Why a student does or does not learn: [CLS] spread and gradient "
+                  "at the embeddings",
+                  note=f"cls_spread: standard deviation over the first {DIAGNOSTIC_EXAMPLES} test examples of the "
+                       "final [CLS] representation (all the classifier sees), averaged over features; near 0 means "
+                       "the student answers the same for every input. embedding_grad: norm of the label loss's "
+                       "gradient reaching the embeddings on 16 training examples, for the student as it starts "
+                       "(the teacher's weights with the approximations swapped in) and for the teacher.")
     ctx.out.table("mpc_accuracy", mpc, title="The distilled student under MPC (test subset)",
                   note="acc_mpc: labels from the logits party 1 revealed; acc_plaintext: the same student in "
                        "plaintext on the same examples; label_agreement: MPC vs plaintext predictions; expected_wraps: the "
