@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 QUAD_C = 5.0
-SOFTMAX_MASK_SHIFT = 64.0  # masked scores sit this far below the row max: exp() of them is ~1e-28
+SOFTMAX_MASK_SHIFT = 64  # an integer (exact to multiply by under MPC); masked scores sit this far below the row max: exp() of them is ~1e-28
 
 
 def _is_plain(x: Any) -> bool:
@@ -143,7 +143,7 @@ def softmax(scores, mask=None):
             scores = scores.masked_fill(m == 0, torch.finfo(scores.dtype).min)
         return torch.softmax(scores, dim=-1)
     if m is not None:
-        scores = scores + (m - 1.0) * int(SOFTMAX_MASK_SHIFT)  # an integer: exact, no truncation
+        scores = scores + (m - 1.0) * SOFTMAX_MASK_SHIFT
     shifted = scores - scores.max(dim=-1, keepdim=True)[0]
     # exp-sums lie in [1, n]; divided by sqrt(n) they stay where CrypTen's reciprocal is accurate
     return _normalise(shifted.exp(), m, divisor=math.sqrt(scores.size(-1)))

@@ -11,6 +11,7 @@ functions of `approximations`, the same code the plaintext student runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -329,6 +330,16 @@ def _party(rank: int, nprocs: int, job: InferenceJob) -> PartyReport:
                        int(stats["rounds"]), int(stats["bytes"]), sent)
 
 
+@contextlib.contextmanager
+def _job_files(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """(weights file, inputs file) in a temporary directory: what the model owner and the input owner read."""
+    with tempfile.TemporaryDirectory(prefix="mpcformer_") as tmp:
+        paths = (str(Path(tmp) / "weights.pt"), str(Path(tmp) / "inputs.pt"))
+        torch.save(export_weights(model), paths[0])
+        torch.save({"input_ids": input_ids.long(), "attention_mask": attention_mask.long()}, paths[1])
+        yield paths
+
+
 @dataclass
 class PrivateResult:
     logits: torch.Tensor  # what party 1 learned
@@ -363,11 +374,9 @@ def private_inference(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     if int(input_ids.max()) >= spec.vocab_size or int(input_ids.min()) < 0:
         raise UserError(f"token ids outside the model's vocabulary of {spec.vocab_size}: wrong tokenizer?")
     nprocs = PARTIES + (provider == "TTP")
-    with tempfile.TemporaryDirectory(prefix="mpcformer_") as tmp:
-        job = InferenceJob(spec, str(Path(tmp) / "weights.pt"), str(Path(tmp) / "inputs.pt"),
-                           tuple(input_ids.shape), provider, batch_size, timeout_s, audit, die_at_layer)
-        torch.save(export_weights(model), job.weights_path)
-        torch.save({"input_ids": input_ids.long(), "attention_mask": attention_mask.long()}, job.inputs_path)
+    with _job_files(model, input_ids, attention_mask) as (weights_path, inputs_path):
+        job = InferenceJob(spec, weights_path, inputs_path, tuple(input_ids.shape), provider, batch_size, timeout_s,
+                           audit, die_at_layer)
         try:
             reports = run_processes(_party, nprocs, args=(job,), init_group=False, timeout_s=timeout_s * 2 + 60,
                                     grace_s=timeout_s + 30)
@@ -451,10 +460,7 @@ def truncation_risk(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     Computed exactly from the model's MPC forward, run by a single CrypTen party on the (plaintext) inputs.
     """
     spec = BertSpec.of(model)
-    with tempfile.TemporaryDirectory(prefix="mpcformer_risk_") as tmp:
-        job = InferenceJob(spec, str(Path(tmp) / "weights.pt"), str(Path(tmp) / "inputs.pt"),
-                           tuple(input_ids.shape), "TFP", batch_size, timeout_s)
-        torch.save(export_weights(model), job.weights_path)
-        torch.save({"input_ids": input_ids.long(), "attention_mask": attention_mask.long()}, job.inputs_path)
+    with _job_files(model, input_ids, attention_mask) as (weights_path, inputs_path):
+        job = InferenceJob(spec, weights_path, inputs_path, tuple(input_ids.shape), "TFP", batch_size, timeout_s)
         (risk,) = run_processes(_risk_party, 1, args=(job,), init_group=False, timeout_s=timeout_s)
     return dict(sorted(risk.items(), key=lambda kv: -kv[1]))
