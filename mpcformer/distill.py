@@ -193,15 +193,11 @@ def predict(model: nn.Module, data: Encoded, batch_size: int = 128) -> torch.Ten
     """Logits in `data`'s order; examples are batched by length, so each batch is padded only to its longest."""
     model.eval()
     order = torch.argsort(data.attention_mask.sum(1), stable=True)
-    out = torch.empty(0)
+    out = []
     for lo in range(0, len(data), batch_size):
-        idx = order[lo:lo + batch_size]
-        b = data.batch(idx)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        if out.numel() == 0:
-            out = logits.new_empty(len(data), logits.shape[-1])
-        out[idx] = logits
-    return out
+        b = data.batch(order[lo:lo + batch_size])
+        out.append(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits)
+    return torch.cat(out)[torch.argsort(order)]
 
 
 def accuracy(model: nn.Module, data: Encoded, batch_size: int = 128) -> float:

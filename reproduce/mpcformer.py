@@ -27,7 +27,8 @@ from common.errors import UserError, require  # noqa: E402
 from common.results import beside_paper  # noqa: E402
 from mpcformer import bench as B  # noqa: E402
 from mpcformer.convert import Approximation, to_student  # noqa: E402
-from mpcformer.distill import Encoded, TrainConfig, accuracy, distill, encode, fine_tune, predict  # noqa: E402
+from mpcformer.distill import (Encoded, TrainConfig, accuracy, distill, encode, fine_tune, predict,  # noqa: E402
+                               task_loss)
 from mpcformer.private_inference import (calibrate_layer_norms, check_against_plaintext, private_inference,  # noqa: E402
                                          truncation_risk)
 from reproduce import app  # noqa: E402
@@ -210,8 +211,6 @@ def cls_spread(model, data: Encoded, n: int = DIAGNOSTIC_EXAMPLES) -> float:
 def embedding_gradient(model, data: Encoded, n: int = 16) -> float:
     """Norm of the label loss's gradient reaching the embeddings on the first `n` training examples (no
     dropout): how much signal fine-tuning or distillation sends to the lower layers."""
-    from mpcformer.distill import task_loss
-
     model.eval()
     params = [p for p in model.base_model.embeddings.parameters() if p.requires_grad]
     grads = torch.autograd.grad(task_loss(model, data.batch(torch.arange(min(n, len(data))))), params)
