@@ -15,8 +15,10 @@ Two modes:
 * `improved` prices each stage on the GPUs it runs on (the slowest type in it), uses measured micro-batch
   sizes when the profile has them, takes the slowest replica's transfers and the slowest link of each
   all-reduce ring, adds tensor-parallel all-reduces when the profile lacks them, counts a stage's blocking
-  send/recv in the slowest stage, adds a per-message latency where the nodes give one, partitions
-  optimally, and leaves out stages that do not fit in memory.
+  send/recv in the slowest stage, shares each node's NIC among the data-parallel rings that cross it at
+  the end of the step (one ring per tensor-parallel rank and stage), optionally a fixed cost per layer and
+  micro-batch (`Profiles.fixed_s`, fitted on measured runs), adds a per-message latency where the nodes give one (`Node.latency_us`, default 0),
+  partitions optimally, and leaves out stages that do not fit in memory.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class CostModel:
         lat = np.array([nd.latency_us for nd in nodes]) * 1e-6
         self.lat = np.zeros((n, n)) if mode == "released" else np.maximum(lat[:, None], lat[None, :])
         self.node_gpu = [nd.gpu for nd in nodes]
+        self.nic = inter.astype(np.float64)
         self.params = memory.param_matrix(self.model)
         self.released = mode == "released"
         self._times = lru_cache(maxsize=None)(self._layer_times)
@@ -122,6 +125,19 @@ class CostModel:
         return 4 * np.array(one)
 
     # ------------------------------------------------------------------------------------ communication
+    def shared_gbps(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """Bandwidth of each of the concurrent transfers src[i] -> dst[i] (node indices): a transfer between two
+        nodes gets its share of the busier of the two NICs; one inside a node runs at the intra-node rate."""
+        src, dst = np.asarray(src).ravel(), np.asarray(dst).ravel()
+        n = len(self.nic)
+        cross = src != dst
+        out_flows = np.bincount(src[cross], minlength=n)
+        in_flows = np.bincount(dst[cross], minlength=n)
+        bw = self.bw[src, dst].astype(np.float64)
+        bw[cross] = np.minimum(self.nic[src[cross]] / out_flows[src[cross]],
+                               self.nic[dst[cross]] / in_flows[dst[cross]])
+        return bw
+
     def cuts(self, s: Strategy, grid: np.ndarray | None = None) -> np.ndarray:
         """(pp-1, L-1): seconds to move the activation of layer l across cut j (stage j -> j+1)."""
         grid = self.grid(s) if grid is None else grid
@@ -130,7 +146,9 @@ class CostModel:
                          else l.out_elems) / (s.tp if l.out_split else 1) for l in layers[:-1]]) * s.mbs
         c = np.zeros((max(s.pp - 1, 0), len(layers) - 1))
         for j in range(s.pp - 1):
-            gbps = self.bw[grid[j], grid[j + 1]].min(axis=1)  # slowest tensor-parallel pair, per replica
+            # slowest tensor-parallel pair, per replica (sharing the NICs among the cut's concurrent sends was
+            # tried and lowered the rank correlation on the released trials: the sends are spread in time)
+            gbps = self.bw[grid[j], grid[j + 1]].min(axis=1)
             lat = self.lat[grid[j], grid[j + 1]].max(axis=1)
             bits = 1.0 if self.released else 2 * self.act_bits / BITS_PER_ELEM  # activation forward, gradient back
             per_replica = bits * transfer_s(vol[None, :], gbps[:, None]) + 2 * lat[:, None]
@@ -144,13 +162,15 @@ class CostModel:
         grid = self.grid(s) if grid is None else grid
         bounds = np.concatenate([[0], np.cumsum(partition)])
         worst = 0.0
+        # every stage and tensor-parallel rank runs its ring at the end of the step, sharing the NICs
+        shared = None if self.released else self.shared_gbps(grid, np.roll(grid, -1, axis=1)).reshape(grid.shape)
         for j in range(s.pp):
             ring = grid[j]  # (dp, tp)
             if self.released:  # the released loop keeps only the link from the last replica to the first
                 gbps, lat = float(np.min(self.bw[ring[-1], ring[0]])), 0.0
             else:
                 nxt = np.roll(ring, -1, axis=0)
-                gbps, lat = float(np.min(self.bw[ring, nxt])), float(np.max(self.lat[ring, nxt]))
+                gbps, lat = float(np.min(shared[j])), float(np.max(self.lat[ring, nxt]))
             params = self.params[bounds[j], bounds[j + 1]] / s.tp
             worst = max(worst, 2.0 * (s.dp - 1) / s.dp * transfer_s(params, gbps) + 2 * (s.dp - 1) * lat)
         return worst

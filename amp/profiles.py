@@ -35,6 +35,9 @@ class Profiles:
     notes: dict[str, str] = field(default_factory=dict)
     # time(mbs) = time(m0) * (mbs / m0) ** exponent beyond the measured sizes (1 = linear), per GPU type
     mbs_exponent: dict[str, float] = field(default_factory=dict)
+    # seconds per layer and micro-batch that do not grow with its size (kernel launches, the latency of the
+    # tensor-parallel all-reduces), per tensor-parallel degree: time(mbs) = c + (time(1) - c) * mbs
+    fixed_s: dict[int, float] = field(default_factory=dict)
 
     def gpus(self) -> list[str]:
         return sorted({k[0] for k in self.times})
@@ -60,6 +63,10 @@ class Profiles:
             return self.times[(gpu, tp, have[0])] * (mbs / have[0])
         if len(have) == 1:
             m0 = have[0]
+            if m0 == 1 and tp in self.fixed_s:
+                t1 = self.times[(gpu, tp, 1)]
+                c = np.minimum(self.fixed_s[tp], t1)
+                return c + (t1 - c) * mbs
             return self.times[(gpu, tp, m0)] * (mbs / m0) ** self.mbs_exponent.get(gpu, 1.0)
         stack = np.stack([self.times[(gpu, tp, m)] for m in have])  # (M, L)
         xs = np.asarray(have, dtype=np.float64)
@@ -70,7 +77,13 @@ class Profiles:
     def with_mbs_exponent(self, exponents: dict[str, float]) -> "Profiles":
         """A copy whose unmeasured micro-batch sizes scale as mbs ** exponent (per GPU type)."""
         return Profiles(self.times, self.tp_comm_included, self.source, dict(self.notes),
-                        {**self.mbs_exponent, **exponents})
+                        {**self.mbs_exponent, **exponents}, dict(self.fixed_s))
+
+    def with_fixed_cost(self, fixed_s: dict[int, float]) -> "Profiles":
+        """A copy whose unmeasured micro-batch sizes cost c + (time(1) - c) * mbs per layer, c = fixed_s[tp]
+        (fitted on measured runs: `amp.trials.fit_fixed_costs`)."""
+        return Profiles(self.times, self.tp_comm_included, self.source, dict(self.notes), dict(self.mbs_exponent),
+                        {**self.fixed_s, **{int(k): float(v) for k, v in fixed_s.items()}})
 
     def blended(self, share: dict[str, float], tp: int, mbs: int, linear: bool = True) -> np.ndarray:
         """One profile for a mixed cluster, weighted by each GPU type's share (the released model's
