@@ -79,6 +79,7 @@ class CostModel:
         self.lat = np.zeros((n, n)) if mode == "released" else np.maximum(lat[:, None], lat[None, :])
         self.node_gpu = [nd.gpu for nd in nodes]
         self.nic = inter.astype(np.float64)
+        self.node_gpus = np.array([nd.gpus for nd in nodes])
         self.params = memory.param_matrix(self.model)
         self.released = mode == "released"
         self._times = lru_cache(maxsize=None)(self._layer_times)
@@ -86,8 +87,8 @@ class CostModel:
     # ------------------------------------------------------------------------------------------ layout
     def grid(self, s: Strategy) -> np.ndarray:
         """Node index of every rank, shaped (pp, dp, tp)."""
-        order = s.placement if s.placement is not None else range(len(self.cluster.nodes))
-        gpu_nodes = np.concatenate([[i] * self.cluster.nodes[i].gpus for i in order])
+        order = np.asarray(s.placement if s.placement is not None else range(len(self.cluster.nodes)))
+        gpu_nodes = np.repeat(order, self.node_gpus[order])
         return gpu_nodes.reshape(s.pp, s.dp, s.tp)
 
     def stage_gpu_types(self, s: Strategy, grid: np.ndarray | None = None) -> list[list[str]]:

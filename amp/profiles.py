@@ -207,3 +207,19 @@ def measure(layers: Sequence["torch.nn.Module"], make_input: Callable[[int], "to
         times[(gpu, tp, mbs)] = np.asarray(per)
         log.info("profiled %d layers at micro-batch %d: %.4f s in all", len(per), mbs, sum(per))
     return Profiles(times, tp_comm_included=False, source=f"measured on this machine ({gpu})")
+
+
+def for_setup(setup, path=None) -> Profiles:
+    """The profile a plan of `setup` uses: the file at `path` (`python -m amp.profile` output or the plain
+    {gpu: {tp: [forward s per layer]}} form), else the released one when it covers the cluster's GPU types,
+    else one estimated from FLOPs."""
+    if path:
+        return load_json(path, setup.model)
+    try:
+        prof = released(setup.model)
+        if all(g in prof.gpus() for g in setup.cluster.gpu_types):
+            return prof
+    except UserError:
+        if setup.model.profile_name == "transgan":
+            raise
+    return from_flops(setup.model, setup.cluster.gpu_types)

@@ -14,6 +14,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from tqdm import tqdm
+
 from amp.cost_model import CostModel, Prediction
 from amp.profiles import Profiles
 from amp.specs import Setup, Strategy
@@ -22,6 +24,7 @@ from common.errors import require
 log = logging.getLogger(__name__)
 
 MAX_PLACEMENTS = 24
+PROGRESS_GPUS = 512
 
 
 def divisors(n: int) -> list[int]:
@@ -84,14 +87,20 @@ class SearchResult:
         return self.ranked[0]
 
 
-def search(setup: Setup, profiles: Profiles, mode: str = "improved", schedule: str = "1f1b") -> SearchResult:
+def search(setup: Setup, profiles: Profiles, mode: str = "improved", schedule: str = "1f1b",
+           progress: bool | None = None) -> SearchResult:
     """Rank every candidate by predicted iteration time (released mode: the released model, one placement,
-    no memory filter)."""
+    no memory filter). `progress`: a progress bar on stderr (default: clusters of PROGRESS_GPUS GPUs or more)."""
     t0 = time.perf_counter()
     cm = CostModel(setup, profiles, mode, schedule)
     places = [None] if mode == "released" else placements(setup)
+    cands = candidates(setup)
+    if progress is None:
+        progress = setup.cluster.num_gpus >= PROGRESS_GPUS
+    log.info("%s search of %s: %d candidates x %d placements on %d GPUs", mode, setup.name or "setup", len(cands),
+             len(places), setup.cluster.num_gpus)
     preds = []
-    for s in candidates(setup):
+    for s in tqdm(cands, desc=f"search {setup.name}", unit="strategy", disable=not progress):
         best = None
         for place in places:
             p = cm.predict(Strategy(s.tp, s.dp, s.pp, s.mbs, placement=place))
