@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -145,21 +146,33 @@ def from_flops(model: Model, gpus: Sequence[str], tps: Sequence[int] = (1, 2, 4,
 
 
 def load_json(path, model: Model, mbs: int = 1) -> Profiles:
-    """Profiles from a JSON file `{gpu: {tp: [forward seconds per layer at micro-batch mbs]}}` (backward is
-    taken as 2 x forward, as in the released model)."""
+    """Profiles from a `python -m amp.profile` file (measured forward and backward per micro-batch size), or
+    from a plain `{gpu: {tp: [forward seconds per layer at micro-batch mbs]}}` (backward taken as 2 x forward,
+    as in the released model)."""
     from pathlib import Path
 
     p = Path(path)
     require(p.is_file(), f"no profile file {p}")
+    tp_comm = True
     try:
         table = json.loads(p.read_text())
-        times = {(g, int(t), mbs): 3.0 * np.asarray(v, dtype=np.float64) for g, per in table.items()
-                 for t, v in per.items()}
-    except (ValueError, AttributeError, TypeError) as exc:
+        if table.get("format") == "amp-profile/1":  # python -m amp.profile: measured forward and backward
+            from amp.specs import from_profile
+
+            from_profile(p)  # makes its GPU types known
+            times = {(g, int(t), int(m)): np.asarray(v["forward"], dtype=np.float64)
+                     + np.asarray(v["backward"], dtype=np.float64)
+                     for g, entry in table["gpus"].items() for t, per in entry["times"].items()
+                     for m, v in per.items()}
+            tp_comm = bool(table.get("tp_comm_included", False))
+        else:
+            times = {(g, int(t), mbs): 3.0 * np.asarray(v, dtype=np.float64) for g, per in table.items()
+                     for t, v in per.items()}
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
         raise UserError(f"bad profile file {p}: {exc}") from None
     for (g, _, _) in times:
         require(g in GPU_TYPES, f"profile file {p}: unknown GPU type {g!r}; known: {', '.join(GPU_TYPES)}")
-    prof = Profiles(times, tp_comm_included=True, source=str(p))
+    prof = Profiles(times, tp_comm_included=tp_comm, source=str(p))
     prof.check(model)
     return prof
 
@@ -213,6 +226,8 @@ def for_setup(setup, path=None) -> Profiles:
     """The profile a plan of `setup` uses: the file at `path` (`python -m amp.profile` output or the plain
     {gpu: {tp: [forward s per layer]}} form), else the released one when it covers the cluster's GPU types,
     else one estimated from FLOPs."""
+    if not path and Path(setup.model.profile_name).suffix == ".json":  # a model read from a profile file
+        path = setup.model.profile_name
     if path:
         return load_json(path, setup.model)
     try:

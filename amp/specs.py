@@ -144,7 +144,36 @@ def transgan(hidden: int = 1024, depth: tuple[int, int] = (12, 12), bottom: int 
                  uniform_pad=(0, 1), profile_name="transgan")
 
 
-MODEL_BUILDERS = {"gpt2": gpt2, "transgan": transgan, "transformer": transformer}
+def from_profile(path: str | Path, name: str | None = None) -> Model:
+    """The model a `python -m amp.profile` file describes (its layers' parameters, output sizes and the bytes
+    each keeps for backward, as measured); also makes the file's GPU types known."""
+    import json
+
+    p = Path(path)
+    require(p.is_file(), f"no profile file {p}")
+    try:
+        doc = json.loads(p.read_text())
+        require(doc.get("format") == "amp-profile/1", f"{p} is not an amp-profile/1 file (python -m amp.profile)")
+        for gpu, entry in doc["gpus"].items():
+            if gpu not in GPU_TYPES:
+                register_gpu(GPUType(gpu, float(entry["memory_gb"])))
+        m = doc["model"]
+        layers = []
+        for l in m["layers"]:
+            act = float(l["act_bytes"])
+            split = act * 24.0 / 34.0 if l["kind"] == "transformer" else 0.0  # Korthikanti: 24 of 34 sh split
+            layers.append(Layer(str(l["name"]), str(l["kind"]), params=float(l["params"]),
+                                out_elems=float(l["out_elems"]), out_split=l["kind"] == "head",
+                                act_fixed=act - split, act_split=split, shared=str(l.get("shared", ""))))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"bad profile file {p}: {exc}") from None
+    blocks = sum(1 for l in layers if l.kind == "transformer") or len(layers)
+    return Model(name=name or str(m.get("name", p.stem)), layers=tuple(layers), blocks=blocks,
+                 hidden=int(m.get("hidden") or 1), seq=int(m.get("seq") or 1), heads=int(m.get("heads") or 1),
+                 vocab=int(m.get("vocab") or 0), profile_name=str(p))
+
+
+MODEL_BUILDERS = {"gpt2": gpt2, "transgan": transgan, "transformer": transformer, "profile": from_profile}
 
 
 def build_model(spec: dict[str, Any]) -> Model:

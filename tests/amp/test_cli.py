@@ -83,3 +83,33 @@ def test_smoke_writes_released_ranking_and_correlations(tmp_path):
     assert rel.loc["homogeneous", "spearman"] == pytest.approx(0.935, abs=5e-3)
     assert (out / "figures" / "scatter_het_model.png").is_file()
     assert "(paper)" in (out / "tables.md").read_text()
+    speed = pd.read_csv(out / "speedup.csv")
+    rel = speed[speed["mode"] == "released"].set_index("setup")
+    assert rel.loc["het_cluster", "best_of_top_k_s"] == pytest.approx(1.28)  # the released top 10's fastest run
+    assert set(speed["mode"]) == {"released", "improved", "improved_fit"}
+    claims = json.loads((out / "claims.json").read_text())["claims"]
+    verdicts = {c["key"]: c["verdict"] for c in claims}
+    assert verdicts["amp_released_ranking"] == "holds" and verdicts["amp_faster_than_heuristic"] == "holds"
+    assert (out / "claims.md").is_file()
+
+
+@pytest.mark.timeout(120)
+def test_plan_with_a_profile_file(tmp_path):
+    import shutil
+
+    prof = tmp_path / "p.json"
+    shutil.copy(ROOT / "tests" / "amp" / "data" / "tiny_gpt2_profile.json", prof)
+    setup = tmp_path / "mixed.yaml"
+    setup.write_text(f"""
+name: tiny-mixed
+global_batch: 8
+model: {{type: profile, path: {prof}}}
+cluster:
+  nodes:
+    - {{gpu: cpu-a, gpus: 2, intra_gbps: 40, inter_gbps: 10}}
+    - {{gpu: cpu-b, gpus: 2, intra_gbps: 40, inter_gbps: 10}}
+""")
+    proc = run_cli("scale=smoke", f"plan.setup={setup}", f"plan.profile={prof}", f"results_dir={tmp_path}/r")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = pd.read_csv(tmp_path / "r" / "amp" / "smoke" / "plan.csv")
+    assert len(plan) >= 1 and plan.fits.all()

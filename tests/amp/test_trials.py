@@ -1,0 +1,77 @@
+"""The improved model's new terms by hand, and the leave-one-setup-out fit on the released trials."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from amp import trials
+from amp.cost_model import CostModel, transfer_s
+from amp.profiles import Profiles
+from amp.specs import Cluster, Layer, Model, Node, Setup, Strategy
+from reproduce.amp import TRIALS
+
+PARAMS = 4e6
+
+
+def test_fixed_cost_per_micro_batch_by_hand():
+    prof = Profiles({("V100", 1, 1): np.array([0.010, 0.002])}).with_fixed_cost({1: 0.004})
+    # c + (t1 - c) * mbs, c capped at the layer's own time
+    np.testing.assert_allclose(prof.layer_times("V100", 1, 4, linear=False), [0.004 + 0.006 * 4, 0.002])
+    np.testing.assert_allclose(prof.layer_times("V100", 1, 4, linear=True), [0.040, 0.008])  # released: linear
+    np.testing.assert_allclose(prof.layer_times("V100", 1, 1, linear=False), [0.010, 0.002])
+
+
+def two_nodes(gpus=2):
+    layers = (Layer("a", "transformer", params=PARAMS, out_elems=1e5), Layer("b", "transformer", params=PARAMS,
+                                                                          out_elems=1e5))
+    nodes = (Node("V100", gpus, intra_gbps=100, inter_gbps=10), Node("V100", gpus, intra_gbps=100, inter_gbps=10))
+    prof = Profiles({("V100", 1, 1): np.array([0.01, 0.01]), ("V100", 2, 1): np.array([0.006, 0.006])})
+    return Setup("two", Model("m", layers, 2, 8, 8, 1), Cluster(nodes), 8), prof
+
+
+def test_nic_shared_by_the_rings_that_cross_it():
+    setup, prof = two_nodes()
+    s = Strategy(tp=2, dp=2, pp=1, mbs=1, partition=(2,))
+    # two rings (one per tensor-parallel rank) cross between the nodes: each gets half of the 10 Gbps NIC
+    expected = 2 * (2 - 1) / 2 * transfer_s(2 * PARAMS / 2, 10 / 2)
+    assert CostModel(setup, prof, "improved").dp_allreduce(s, [2]) == pytest.approx(expected, rel=1e-12)
+    released = CostModel(setup, prof, "released").dp_allreduce(s, [2])
+    assert released == pytest.approx(2 * (2 - 1) / 2 * transfer_s(2 * PARAMS / 2, 10), rel=1e-12)
+    # one ring (tp1 dp4 over both nodes) has the NIC to itself
+    s1 = Strategy(tp=1, dp=4, pp=1, mbs=2, partition=(2,))
+    one = CostModel(setup, prof, "improved").dp_allreduce(s1, [2])
+    assert one == pytest.approx(2 * 3 / 4 * transfer_s(2 * PARAMS, 10), rel=1e-12)
+
+
+def test_fit_never_reads_the_held_out_setup():
+    rows = [{"setup": s, "tp": 1, "fixed_s": c, "sum": e, "count": 1}
+            for s, best in (("a", 0.002), ("b", 0.002), ("c", 0.009)) for c, e in
+            ((0.002, abs(0.002 - best)), (0.009, abs(0.009 - best)))]
+    errors = pd.DataFrame(rows)
+    assert trials.fit_fixed_costs(errors, exclude="c") == {1: 0.002}
+    changed = errors.copy()
+    changed.loc[changed.setup == "c", "sum"] = [1e9, 0.0]  # whatever c says, its own fit ignores it
+    assert trials.fit_fixed_costs(changed, exclude="c") == {1: 0.002}
+    assert trials.fit_fixed_costs(errors, exclude="a") != trials.fit_fixed_costs(changed, exclude="a")
+
+
+@pytest.fixture(scope="module")
+def released_trials():
+    return trials.load_trials(TRIALS)
+
+
+def test_leave_one_setup_out_correlations(released_trials):
+    """The improved model with the fixed cost fitted on the other two setups (targets 0.95/0.80/0.90; the
+    measured values are asserted so a regression fails)."""
+    from amp import profiles
+    from amp.specs import load_setup
+
+    fits = trials.leave_one_setup_out(released_trials, grid=np.round(np.arange(0.0, 0.0161, 0.001), 4))
+    floor = {"homogeneous": 0.92, "het_cluster": 0.78, "het_model": 0.95}
+    for name, fixed in fits.items():
+        setup = load_setup(name)
+        prof = profiles.released(setup.model)
+        df = trials.trial_predictions(setup, prof, released_trials[released_trials.setting == name],
+                                      prof.with_fixed_cost(fixed))
+        assert trials.correlations(df, "improved_fit")["spearman"] >= floor[name], name
+        assert df[df.timed].fits.all()  # no trial that ran with a time is called out of memory
