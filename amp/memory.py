@@ -6,6 +6,8 @@ A GPU of pipeline stage j holds
     without ZeRO, as in the paper's runs);
   * the activations of every micro-batch in flight: min(pp - j, B) under 1F1B, B under GPipe; per layer
     and sample as `Layer.act_bytes(tp)` gives (Korthikanti et al. 2022 for transformer blocks);
+  * at the backward of the output layer, the gradient of the logits in fp32 and fp16 (6 bytes a logit per
+    sample: Megatron's cross-entropy upcasts the fp16 logits), on top of what is stored;
   * RESERVED_BYTES of runtime (CUDA context, communication buffers, allocator slack).
 """
 
@@ -42,6 +44,15 @@ def param_matrix(model: Model) -> np.ndarray:
     return P
 
 
+LOGIT_GRAD_BYTES = 6.0
+
+
+def transient_bytes(model: Model, tp: int) -> np.ndarray:
+    """Per layer and sample: memory its backward allocates beyond what is stored (the logits' gradient)."""
+    return np.array([LOGIT_GRAD_BYTES * l.out_elems / (tp if l.out_split else 1) if l.kind == "head" else 0.0
+                     for l in model.layers])
+
+
 def in_flight(pp: int, stage: int, micro_batches: int, schedule: str = "1f1b") -> int:
     if schedule == "gpipe":
         return micro_batches
@@ -58,8 +69,12 @@ def stage_memory_matrix(model: Model, tp: int, mbs: int, pp: int, micro_batches:
     act = np.concatenate([[0.0], np.cumsum([l.act_bytes(tp) for l in model.layers])])
     A = act[None, :] - act[:, None]  # A[a, b] = activation bytes per sample of layers a..b-1
     flights = np.array([in_flight(pp, j, micro_batches, schedule) for j in range(pp)], dtype=np.float64)
-    M = bytes_per_param * P[None] / tp + act_scale * mbs * flights[:, None, None] * A[None] + reserved
     a, b = np.meshgrid(np.arange(L + 1), np.arange(L + 1), indexing="ij")
+    T = np.zeros((L + 1, L + 1))
+    for h, t in enumerate(transient_bytes(model, tp)):
+        if t > 0:
+            T = np.where((a <= h) & (h < b), np.maximum(T, t), T)
+    M = bytes_per_param * P[None] / tp + act_scale * mbs * (flights[:, None, None] * A[None] + T[None]) + reserved
     M[:, b <= a] = np.inf
     return M
 
@@ -69,12 +84,14 @@ def stage_memory(model: Model, tp: int, mbs: int, partition: list[int] | tuple[i
                  reserved: float = RESERVED_BYTES) -> list[float]:
     """Bytes per GPU of each stage of a given partition (`act_scale` = 2 for fp32 activations)."""
     pp = len(partition)
+    transient = transient_bytes(model, tp)
     out, a = [], 0
     for j, n in enumerate(partition):
         b = a + n
         acts = sum(l.act_bytes(tp) for l in model.layers[a:b])
+        peak = float(max(transient[a:b], default=0.0))
         out.append(bytes_per_param * stage_params(model, a, b) / tp
-                   + act_scale * mbs * in_flight(pp, j, micro_batches, schedule) * acts + reserved)
+                   + act_scale * mbs * (in_flight(pp, j, micro_batches, schedule) * acts + peak) + reserved)
         a = b
     return out
 
