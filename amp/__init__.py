@@ -9,7 +9,10 @@
     print(result.best.strategy, result.best.total_s)
 
 Modules: `specs` (models, GPUs, nodes, clusters, strategies), `profiles` (published, FLOP-estimated or
-measured per-layer times), `cost_model` (`released` and `improved` modes), `memory`, `partition` (the
-dynamic program), `search`, `baselines` (Megatron-style heuristic), `validate` (runs a strategy for real on
-torch.distributed and compares), `bench` (`python -m amp.bench`: search times).
+measured per-layer times), `profile` (`python -m amp.profile`: profile your own model here), `cost_model`
+(`released` and `improved` modes), `memory`, `partition` (the dynamic program), `search`, `baselines` (two
+heuristics), `trials` (the released measured trials, correlations, the leave-one-setup-out fit),
+`comparison` (AMP against the heuristics by measured times), `study` (one paper setup end to end), `claims`
+(the paper's claims decided from the tables), `validate` (runs a strategy for real on torch.distributed and
+compares), `bench` (`python -m amp.bench`: search times).
 """

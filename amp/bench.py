@@ -34,7 +34,8 @@ def bench(setups=PAPER_SETUPS, big: bool = True, repeats: int = 1) -> list[dict]
                 result = search(setup, prof, mode)
                 best_s = min(best_s, time.perf_counter() - t0)
             rows.append({"setup": name, "gpus": setup.cluster.num_gpus, "mode": mode,
-                         "candidates": result.evaluated, "infeasible": len(result.infeasible), "search_s": best_s, "target_s": TARGET_S[name],
+                         "candidates": result.evaluated, "infeasible": len(result.infeasible), "search_s": best_s,
+                         "target_s": TARGET_S[name],
                          "best": result.best.strategy.label(), "predicted_s": result.best.total_s})
     return rows
 

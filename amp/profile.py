@@ -288,9 +288,8 @@ def profile_document(blocks: Blocks, gpu: str, max_mbs: int, repeats: int = 3, d
         for mbs, t in m["times"].items():
             ar = by_size[str(int(mbs) * blocks.seq * blocks.hidden)]
             is_block = [k == "transformer" for k in blocks.kinds]
-            per_tp[tp][mbs] = {"forward": [f / int(tp) + (2 * ar if b else 0.0) for f, b in zip(t["forward"], is_block)],
-                               "backward": [f / int(tp) + (2 * ar if b else 0.0)
-                                            for f, b in zip(t["backward"], is_block)]}
+            per_tp[tp][mbs] = {k: [f / int(tp) + (2 * ar if b else 0.0) for f, b in zip(t[k], is_block)]
+                               for k in ("forward", "backward")}
     return {"format": FORMAT, "model": {"name": blocks.name, "hidden": blocks.hidden, "seq": blocks.seq,
                                         "heads": blocks.heads, "vocab": blocks.vocab, "layers": m["layers"]},
             "gpus": {gpu: {"memory_gb": memory_gb, "device": m["device"], "times": per_tp}},

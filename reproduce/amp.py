@@ -118,7 +118,8 @@ def dry_run(cfg, setups) -> None:
         print(f"  search {s.name}: {s.model.name} on {s.cluster.num_gpus} GPUs ({', '.join(s.cluster.gpu_types)}), "
               f"modes {list(cfg.modes)}; compare with {TRIALS.name}")
     if cfg.big_cluster:
-        print(f"  search {bench.BIG}: 16,384 GPUs of three generations (improved mode)")
+        print(f"  search {', '.join(bench.BIG_SETUPS)}: 1,024 and 16,384 GPUs of two and three GPU generations "
+              "(improved mode)")
     if cfg.validate.enabled:
         print(f"  run {len(cfg.validate.strategies)} strategies of a tiny GPT for real "
               f"(<= {cfg.validate.max_processes} processes, {cfg.validate.steps} steps)")
@@ -131,7 +132,8 @@ def run(ctx: app.RunContext) -> None:
     if cfg.plan.setup:
         setup = load_setup(cfg.plan.setup)  # checks the file before anything runs
         if ctx.dry_run:
-            print(f"plan: search {setup.name} ({setup.cluster.num_gpus} GPUs, {setup.model.name}) in {cfg.plan.mode} mode")
+            print(f"plan: search {setup.name} ({setup.cluster.num_gpus} GPUs, {setup.model.name}) in "
+                  f"{cfg.plan.mode} mode")
             return
         return plan(ctx, cfg)
     setups = [load_setup(n) for n in cfg.setups]

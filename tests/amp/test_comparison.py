@@ -2,7 +2,6 @@
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from amp import baselines, claims, comparison
 from amp.search import placements
