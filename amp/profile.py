@@ -201,6 +201,21 @@ def _median_time(fn: Callable[[], None], device: torch.device, repeats: int, war
     return float(sorted(ts)[len(ts) // 2])
 
 
+def _backward_time(layer: nn.Module, inp: torch.Tensor, grad: torch.Tensor | None, device: torch.device,
+                   repeats: int) -> float:
+    """Median seconds of the layer's backward alone (each repeat builds its graph untimed first)."""
+    ts = []
+    for i in range(repeats + 1):
+        out = layer(inp)
+        _sync(device)
+        t0 = time.perf_counter()
+        out.backward(grad)
+        _sync(device)
+        if i:  # the first is a warm-up
+            ts.append(time.perf_counter() - t0)
+    return float(sorted(ts)[len(ts) // 2])
+
+
 def _saved_bytes(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The layer's output and the bytes autograd keeps for its backward (each storage once, parameters not
     counted)."""
@@ -233,12 +248,7 @@ def measure_blocks(blocks: Blocks, max_mbs: int = 4, repeats: int = 3, device: s
             out, saved = _saved_bytes(layer, inp)
             grad = torch.randn_like(out) if out.is_floating_point() else None
             fwd.append(_median_time(lambda: layer(inp), dev, repeats))
-
-            def step(layer=layer, inp=inp, grad=grad):
-                layer(inp).backward(grad)
-
-            both = _median_time(step, dev, repeats)
-            bwd.append(max(both - fwd[-1], 0.0))
+            bwd.append(_backward_time(layer, inp, grad, dev, repeats))
             layer.zero_grad(set_to_none=True)
             if mbs == 1:
                 shared = blocks.tied and i in (0, len(layers) - 1)
