@@ -13,6 +13,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from tqdm import tqdm
 
@@ -47,6 +48,24 @@ def candidates(setup: Setup) -> list[Strategy]:
     return [s for mbs in sorted(out) for s in out[mbs]]
 
 
+def distinct_permutations(counts: list[int]) -> Iterator[tuple[int, ...]]:
+    """Every distinct sequence holding `counts[k]` copies of k, in lexicographic order, each visited once
+    (11 nodes of one kind and 1 of another give 12 sequences, not 12! permutations)."""
+    total = sum(counts)
+
+    def rec(prefix: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+        if len(prefix) == total:
+            yield prefix
+            return
+        for k, c in enumerate(counts):
+            if c:
+                counts[k] -= 1
+                yield from rec((*prefix, k))
+                counts[k] += 1
+
+    return rec(())
+
+
 def placements(setup: Setup) -> list[tuple[int, ...] | None]:
     """Distinct node orders by node kind (all of them for small clusters, contiguous blocks of each kind in
     every order of the kinds for large ones). A homogeneous cluster has one."""
@@ -59,15 +78,11 @@ def placements(setup: Setup) -> list[tuple[int, ...] | None]:
     labels = [list(kinds).index(nd) for nd in nodes]
     orders: list[tuple[int, ...]] = []
     if len(nodes) <= 12:
-        seen = set()
-        for perm in itertools.permutations(labels):
-            if perm in seen:
-                continue
-            seen.add(perm)
+        counts = [len(v) for v in kinds.values()]
+        perms = itertools.chain([tuple(labels)], (p for p in distinct_permutations(counts) if p != tuple(labels)))
+        for perm in itertools.islice(perms, MAX_PLACEMENTS):
             pools = {k: list(v) for k, v in enumerate(kinds.values())}
             orders.append(tuple(pools[k].pop(0) for k in perm))
-            if len(orders) >= MAX_PLACEMENTS:
-                break
     if not orders or len(nodes) > 12:
         orders = [tuple(i for k in perm for i in kinds[k]) for perm in itertools.permutations(list(kinds))]
     return orders

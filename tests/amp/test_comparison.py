@@ -70,3 +70,15 @@ def test_claims_are_decided_from_the_tables():
     assert slower["amp_faster_than_heuristic"] == DOES_NOT_HOLD
     close = {c.key: c.verdict for c in claims.amp_claims(*tables(spearman=(0.935, 0.69, 0.853)))}
     assert close["amp_cost_model_rank_correlation"] == HOLDS
+
+
+def test_distinct_placements_without_walking_every_permutation():
+    import itertools
+
+    from amp.search import distinct_permutations
+
+    got = list(distinct_permutations([11, 1]))  # 12 distinct orders, not 12! permutations
+    assert len(got) == 12 and len(set(got)) == 12
+    assert sorted(set(itertools.permutations([0, 0, 1, 1, 2]))) == list(distinct_permutations([2, 2, 1]))
+    setup = load_setup("het_cluster")
+    assert placements(setup)[0] == (0, 1, 2, 3) and len(placements(setup)) == 4
