@@ -74,3 +74,15 @@ def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
     assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize("family, sizes", [
+    ("bert", {"num_hidden_layers": "2", "hidden_size": "32", "num_attention_heads": "2", "intermediate_size": "64",
+              "vocab_size": "128", "max_position_embeddings": "16"}),
+    ("llama", {"num_hidden_layers": "2", "hidden_size": "32", "num_attention_heads": "2", "num_key_value_heads": "2",
+               "intermediate_size": "64", "vocab_size": "128", "max_position_embeddings": "16"}),
+])
+def test_bert_and_llama_configs(family, sizes):
+    m = profile.measure_blocks(profile.transformers_blocks(family, sizes), max_mbs=1, repeats=1, device="cpu")
+    assert [l["kind"] for l in m["layers"]] == ["embedding", "transformer", "transformer", "head"]
+    assert m["layers"][1]["out_elems"] == 16 * 32 and all(t > 0 for t in m["times"]["1"]["forward"][1:3])
