@@ -1,0 +1,41 @@
+"""The data-parallel gradient all-reduce: one flat buffer per call.
+
+Hand-written rather than DistributedDataParallel: DDP all-reduces during every backward, so under a pipeline
+schedule it fires once per micro-batch unless each is wrapped in `no_sync`, and its buckets hide the one message
+per step that a cost model counts. Here the caller says when: once, after the last micro-batch's backward.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from common.collectives import CountingComm
+
+
+@torch.no_grad()
+def all_reduce_gradients(params: Iterable[torch.nn.Parameter], comm: CountingComm | None = None,
+                         group=None, average: bool = True) -> None:
+    """Sum (or average) the gradients of `params` over the data-parallel ranks with one flat all-reduce.
+
+    `comm` (counts the message) or else `group` (None: every rank). Parameters without a gradient are left out.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if comm is not None:
+        world = comm.world_size
+    else:
+        world = dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+    if world == 1 or not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    if comm is not None:
+        comm.all_reduce(flat)
+    else:
+        dist.all_reduce(flat, group=group)
+    if average:
+        flat /= world
+    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
