@@ -26,8 +26,12 @@ import torch.nn.functional as F
 
 from amp import memory, profiles
 from amp.specs import Cluster, GPUType, Model, Node, Setup, Strategy, register_gpu, transformer
-from common.collectives import nbytes
+from common.collectives import CountingComm, nbytes
 from common.errors import require
+from common.parallel import (SCHEDULES, all_reduce_gradients, build_grid, link_bench, pipeline_step,
+                             schedule_order)
+from common.parallel import tensor_parallel as tpl
+from common.parallel.mesh import device_of
 
 log = logging.getLogger(__name__)
 
@@ -50,63 +54,21 @@ class TinyGPT:
 
 
 # ----------------------------------------------------------------------------------- tensor parallel
-class _CopyToTP(torch.autograd.Function):
-    """Identity forward, all-reduce of the gradient backward (input of a column-parallel layer)."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x
-
-    @staticmethod
-    def backward(ctx, g):
-        g = g.contiguous()
-        dist.all_reduce(g, group=ctx.group)
-        return g, None
-
-
-class _ReduceFromTP(torch.autograd.Function):
-    """All-reduce forward, identity backward (output of a row-parallel layer)."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        x = x.contiguous()
-        dist.all_reduce(x, group=group)
-        return x
-
-    @staticmethod
-    def backward(ctx, g):
-        return g, None
-
-
-class _GatherLastDim(torch.autograd.Function):
-    """Concatenate the shards of the last dimension; the backward keeps this rank's slice."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group, ctx.n = group, x.shape[-1]
-        ctx.rank = dist.get_rank(group)
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(parts, x.contiguous(), group=group)
-        return torch.cat(parts, dim=-1)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g[..., ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n].contiguous(), None
-
-
 class TPContext:
-    def __init__(self, rank: int = 0, size: int = 1, group=None):
-        self.rank, self.size, self.group = rank, size, group
+    """This rank's tensor-parallel index, degree and communicator (None: one rank; the regions are then
+    identities), for the blocks below; the regions themselves are `common.parallel.tensor_parallel`."""
+
+    def __init__(self, rank: int = 0, size: int = 1, comm: CountingComm | None = None):
+        self.rank, self.size, self.comm = rank, size, comm
 
     def copy(self, x):
-        return _CopyToTP.apply(x, self.group) if self.size > 1 else x
+        return tpl.copy_to_tp(x, self.comm)
 
     def reduce(self, x):
-        return _ReduceFromTP.apply(x, self.group) if self.size > 1 else x
+        return tpl.reduce_from_tp(x, self.comm)
 
     def gather(self, x):
-        return _GatherLastDim.apply(x, self.group) if self.size > 1 else x
+        return tpl.gather_from_tp(x, self.comm)
 
 
 def full_weights(cfg: TinyGPT) -> dict[str, torch.Tensor]:
@@ -215,23 +177,6 @@ def reference_step(cfg: TinyGPT) -> tuple[float, dict[str, torch.Tensor]]:
 
 
 # --------------------------------------------------------------------------------------- the run
-def _groups(tp: int, dp: int, pp: int, rank: int):
-    """Create every tensor- and data-parallel group (all ranks, same order) and return this rank's."""
-    tp_group = dp_group = None
-    for p in range(pp):
-        for d in range(dp):
-            ranks = [p * dp * tp + d * tp + t for t in range(tp)]
-            g = dist.new_group(ranks) if tp > 1 else None
-            if rank in ranks:
-                tp_group = g
-        for t in range(tp):
-            ranks = [p * dp * tp + d * tp + t for d in range(dp)]
-            g = dist.new_group(ranks) if dp > 1 else None
-            if rank in ranks:
-                dp_group = g
-    return tp_group, dp_group
-
-
 def _count_saved_bytes(fn, params):
     """Run fn() and sum the bytes autograd keeps for backward (each storage once, parameters excluded)."""
     seen, total = {p.untyped_storage().data_ptr() for p in params}, [0]
@@ -249,75 +194,58 @@ def _count_saved_bytes(fn, params):
 
 
 def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: int, warmup: int) -> dict:
-    """One rank of a tp x dp x pp run: returns its step times, losses, gradients and memory counts."""
+    """One rank of a tp x dp x pp run: returns its step times, losses, gradients, memory and message counts.
+
+    `strategy` is (tp, dp, pp, mbs, partition[, schedule]); the schedule is "gpipe" (default) or "1f1b"."""
     cfg = TinyGPT(**cfg_dict)
-    tp, dp, pp, mbs, partition = strategy
+    tp, dp, pp, mbs, partition, schedule = (*strategy, "gpipe")[:6]
     require(tp * dp * pp == world, f"tp*dp*pp = {tp * dp * pp} but {world} processes")
-    t_rank, d_rank, p_rank = rank % tp, (rank // tp) % dp, rank // (tp * dp)
-    tp_group, dp_group = _groups(tp, dp, pp, rank)
-    tpc = TPContext(t_rank, tp, tp_group)
-    dev = (torch.device("cuda", rank % torch.cuda.device_count()) if dist.get_backend() == "nccl"
-           else torch.device("cpu"))
-    all_layers = build_layers(cfg, tpc)
-    start = sum(partition[:p_rank])
-    stage = nn.ModuleList(all_layers[start:start + partition[p_rank]]).to(dev)
-    first, last = p_rank == 0, p_rank == pp - 1
-    prev_rank, next_rank = rank - tp * dp, rank + tp * dp
-    opt = torch.optim.Adam(stage.parameters(), lr=1e-3)
+    grid = build_grid(tp=tp, pp=pp, dp=dp)
+    dev = device_of(grid)
+    all_layers = build_layers(cfg, TPContext(grid.tp_rank, tp, grid.tp_comm))
+    start = sum(partition[:grid.stage])
+    stage = nn.ModuleList(all_layers[start:start + partition[grid.stage]]).to(dev)
+    params = list(stage.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
     per_replica = cfg.global_batch // dp
     n_micro = per_replica // mbs
-    act_shape = (mbs, cfg.seq, cfg.hidden)
-
-    def run_stage(x):
-        for layer in stage:
-            x = layer(x)
-        return x
+    prev_rank = None if grid.first else grid.peer(grid.stage - 1)
+    next_rank = None if grid.last else grid.peer(grid.stage + 1)
 
     def step(i: int, count: bool = False):
-        x_all, y_all = (t[d_rank * per_replica:(d_rank + 1) * per_replica].to(dev) for t in batch(cfg, i))
-        inputs, outputs, saved, loss_sum = [], [], 0, 0.0
-        for m in range(n_micro):  # GPipe: all forwards ...
-            sl = slice(m * mbs, (m + 1) * mbs)
-            if first:
-                inp = x_all[sl]
-            else:
-                inp = torch.empty(act_shape, device=dev)
-                dist.recv(inp, prev_rank)
-                inp.requires_grad_(True)
-            if count:
-                out, nbytes = _count_saved_bytes(lambda: run_stage(inp), list(stage.parameters()))
-                saved += nbytes
-            else:
-                out = run_stage(inp)
-            if last:
-                out = F.cross_entropy(out.flatten(0, 1), y_all[sl].flatten()) / n_micro
-                loss_sum += float(out.detach())
-            else:
-                dist.send(out.detach().contiguous(), next_rank)
-            inputs.append(inp)
-            outputs.append(out)
-        for m in reversed(range(n_micro)):  # ... then all backwards
-            if last:
-                outputs[m].backward()
-            else:
-                g = torch.empty(act_shape, device=dev)
-                dist.recv(g, next_rank)
-                outputs[m].backward(g)
-            if not first:
-                dist.send(inputs[m].grad.contiguous(), prev_rank)
-        if dp > 1:  # data-parallel all-reduce of this stage's gradients, one flat buffer
-            grads = [p.grad for p in stage.parameters()]
-            flat = torch.cat([g.flatten() for g in grads]) / dp
-            dist.all_reduce(flat, group=dp_group)
-            off = 0
-            for g in grads:
-                g.copy_(flat[off:off + g.numel()].view_as(g))
-                off += g.numel()
-        return loss_sum, saved
+        x_all, y_all = (t[grid.dp_rank * per_replica:(grid.dp_rank + 1) * per_replica].to(dev) for t in batch(cfg, i))
+        saved = [0] * n_micro
+
+        def stage_fn(x, m):
+            x = x_all[m * mbs:(m + 1) * mbs] if x is None else x
+
+            def run():
+                y = x
+                for layer in stage:
+                    y = layer(y)
+                return y
+
+            if not count:
+                return run()
+            out, saved[m] = _count_saved_bytes(run, params)
+            return out
+
+        def loss_fn(out, m):
+            return F.cross_entropy(out.flatten(0, 1), y_all[m * mbs:(m + 1) * mbs].flatten()) / n_micro
+
+        total = pipeline_step(stage_fn, loss_fn, grid.pp_comm, grid.stage, pp, n_micro, (mbs, cfg.seq, cfg.hidden),
+                              prev_rank, next_rank, schedule=schedule, device=dev)
+        if grid.dp_comm is not None:
+            all_reduce_gradients(params, grid.dp_comm)
+        alive = peak = 0  # activations held at once, in the order the schedule ran the micro-batches
+        for kind, m in schedule_order(schedule, pp, grid.stage, n_micro):
+            alive += saved[m] if kind == "F" else -saved[m]
+            peak = max(peak, alive)
+        return 0.0 if total is None else float(total), peak
 
     loss0, saved = step(0, count=True)
     grads = {}
-    if first:
+    if grid.first:
         grads["tok"] = stage[0].tok.grad.cpu().clone()
     for layer in stage:
         if layer is all_layers[2]:
@@ -326,6 +254,10 @@ def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: 
             grads["head"] = layer.w.grad.cpu().clone()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    def calls(comm, ops=None):
+        return 0 if comm is None else sum(v.calls for k, v in comm.stats.items() if ops is None or k in ops)
+
+    messages = {"tp": calls(grid.tp_comm), "pp_send": calls(grid.pp_comm, ("send",)), "dp": calls(grid.dp_comm)}
     times = []
     for i in range(1, steps + warmup + 1):
         dist.barrier()
@@ -338,53 +270,75 @@ def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: 
         dist.barrier()
         if i > warmup:
             times.append(time.perf_counter() - t0)
-    n_param = sum(p.numel() for p in stage.parameters())
+    n_param = sum(p.numel() for p in params)
     state_bytes = sum(nbytes(t) for st in opt.state.values() for t in st.values()
                       if torch.is_tensor(t) and t.dim() > 0)
-    return {"rank": rank, "stage": p_rank, "tp_rank": t_rank, "dp_rank": d_rank, "loss0": loss0,
-            "times": times, "grads": grads, "param_elems": n_param,
+    return {"rank": rank, "stage": grid.stage, "tp_rank": grid.tp_rank, "dp_rank": grid.dp_rank, "loss0": loss0,
+            "schedule": schedule, "times": times, "grads": grads, "param_elems": n_param,
             "param_bytes": n_param * 4, "grad_bytes": n_param * 4, "optimizer_bytes": state_bytes,
-            "saved_activation_bytes": saved}
+            "saved_activation_bytes": saved, "messages": messages}
+
+
+def _link_rows(world: int, group_sizes: list[int], dev) -> list[dict]:
+    """The link micro-benchmark on this session's processes: ping-pong between ranks 0 and 1, and all-reduce
+    over groups of each size (all groups of a size at once, as they run in the strategies)."""
+    sizes = link_bench.default_sizes(8 << 20, 6)
+    rows = link_bench.ping_pong(sizes, 0, 1, repeats=15, stat="median", device=dev)
+    for g in group_sizes:
+        grid = build_grid(tp=g, pp=world // g)
+        rows += link_bench.all_reduce(sizes, grid.tp_comm.group, repeats=15, stat="median", device=dev)
+    return rows
 
 
 def _session_worker(rank: int, world: int, cfg_dict: dict, strategies: list[tuple], steps: int, warmup: int,
-                    measure: bool, mbs_list: tuple[int, ...]) -> dict:
-    """One process of a session: optionally time the link and profile the layers (all ranks at once, so the
+                    measure: bool, mbs_list: tuple[int, ...], tp_list: tuple[int, ...] = (1,)) -> dict:
+    """One process of a session: optionally time the links and profile the layers (all ranks at once, so the
     CPU is shared as in the runs), then run each strategy in turn."""
     out: dict = {}
-    dev = (torch.device("cuda", rank % torch.cuda.device_count()) if dist.get_backend() == "nccl"
-           else torch.device("cpu"))
+    dev = device_of()
     if measure:
         if world >= 2:
-            small, big = _pingpong(rank, world, (4, 8 << 20), 20, dev) if rank < 2 else (0.0, 0.0)
-            out["link"] = (small, big)
+            out["link"] = _link_rows(world, sorted({g for st in strategies for g in st[:2] if 1 < g <= world}
+                                                   | {2}), dev)
         dist.barrier()
-        out["profile"] = profile_layers(TinyGPT(**cfg_dict), mbs_list, device=dev).times
+        out["profile"] = {}
+        for t in tp_list:
+            out["profile"].update(profile_layers(TinyGPT(**cfg_dict), mbs_list, device=dev, tp=t).times)
         dist.barrier()
     out["runs"] = [train_worker(rank, world, cfg_dict, st, steps, warmup) for st in strategies]
     return out
 
 
+def _pack(s: Strategy, schedule: str) -> tuple:
+    require(schedule in SCHEDULES, f"unknown pipeline schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    return (s.tp, s.dp, s.pp, s.mbs, tuple(s.partition), schedule)
+
+
 def run_session(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: int = 2, measure: bool = False,
-                timeout_s: float = 120.0) -> list[dict]:
-    """Run strategies of one process count on a single set of spawned processes (one result per rank)."""
+                timeout_s: float = 120.0, schedules: str | list[str] = "gpipe") -> list[dict]:
+    """Run strategies of one process count on a single set of spawned processes (one result per rank).
+    `schedules`: one pipeline schedule for all, or one per strategy."""
     from common.distributed import run_processes
 
     worlds = {s.tp * s.dp * s.pp for s in strategies}
     require(len(worlds) == 1, f"a session runs strategies of one process count, got {sorted(worlds)}")
     for s in strategies:
         require(len(s.partition) == s.pp, f"strategy {s.label()} needs a partition of {s.pp} stages")
-    packed = [(s.tp, s.dp, s.pp, s.mbs, tuple(s.partition)) for s in strategies]
+    schedules = [schedules] * len(strategies) if isinstance(schedules, str) else list(schedules)
+    require(len(schedules) == len(strategies), "give one schedule, or one per strategy")
+    packed = [_pack(s, sch) for s, sch in zip(strategies, schedules)]
     world = worlds.pop()
     backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world else "gloo"
     return run_processes(_session_worker, world, args=(asdict(cfg), packed, steps, warmup, measure,
-                                                       tuple(sorted({s.mbs for s in strategies}))),
+                                                       tuple(sorted({s.mbs for s in strategies})),
+                                                       tuple(sorted({s.tp for s in strategies} | {1}))),
                          timeout_s=timeout_s, backend=backend)
 
 
-def run_strategy(cfg: TinyGPT, s: Strategy, steps: int = 5, warmup: int = 2, timeout_s: float = 120.0) -> list[dict]:
+def run_strategy(cfg: TinyGPT, s: Strategy, steps: int = 5, warmup: int = 2, timeout_s: float = 120.0,
+                 schedule: str = "gpipe") -> list[dict]:
     """Train `steps` timed iterations of `s` on tp*dp*pp local processes; one result per rank."""
-    return [r["runs"][0] for r in run_session(cfg, [s], steps, warmup, False, timeout_s)]
+    return [r["runs"][0] for r in run_session(cfg, [s], steps, warmup, False, timeout_s, schedule)]
 
 
 def measured_time(results: list[dict]) -> float:
@@ -394,52 +348,29 @@ def measured_time(results: list[dict]) -> float:
 
 
 # ----------------------------------------------------------------------- this machine for the planner
-def _pingpong(rank: int, world: int, sizes: tuple[int, ...], reps: int, device="cpu") -> list[float]:
-    """One-way seconds per message of each size between ranks 0 and 1 (median round trip / 2: robust to the
-    stalls of a shared machine)."""
-    out = []
-    for nbytes in sizes:
-        buf = torch.zeros(max(nbytes // 4, 1), device=device)
-
-        def round_trip():
-            if rank == 0:
-                dist.send(buf, 1)
-                dist.recv(buf, 1)
-            else:
-                dist.recv(buf, 0)
-                dist.send(buf, 0)
-
-        for _ in range(3):  # gloo connects lazily
-            round_trip()
-        dist.barrier()
-        trips = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            round_trip()
-            trips.append(time.perf_counter() - t0)
-        out.append(statistics.median(trips) / 2)
-    return out
+def _link_worker(rank: int, world: int) -> list[dict]:
+    return link_bench.ping_pong(link_bench.default_sizes(8 << 20, 6), 0, 1, repeats=15, stat="median")
 
 
 def measure_link(timeout_s: float = 60.0) -> tuple[float, float]:
-    """(bandwidth in Gbps, latency in microseconds) of gloo send/recv between two local processes."""
+    """(bandwidth in Gbps, latency in microseconds) of send/recv between two local processes, fitted to the
+    link micro-benchmark's ping-pong times."""
     from common.distributed import run_processes
 
-    big_bytes = 8 << 20
-    small, big = run_processes(_pingpong, 2, args=((4, big_bytes), 20), timeout_s=timeout_s)[0]
-    gbps = big_bytes * 8 / max(big - small, 1e-9) / 1e9
-    return gbps, small * 1e6
+    link = link_bench.fit_link(run_processes(_link_worker, 2, timeout_s=timeout_s)[0]).link
+    return link.gbps, link.latency_s * 1e6
 
 
-def profile_layers(cfg: TinyGPT, mbs_list=(1, 2, 4), repeats: int = 5,
-                   device: torch.device | str = "cpu") -> profiles.Profiles:
-    """Forward+backward time of each layer of the tiny GPT on `device` (one thread on a CPU)."""
+def profile_layers(cfg: TinyGPT, mbs_list=(1, 2, 4), repeats: int = 5, device: torch.device | str = "cpu",
+                   tp: int = 1) -> profiles.Profiles:
+    """Forward+backward time of each layer of the tiny GPT on `device` (one thread on a CPU); with tp > 1,
+    of one tensor-parallel shard of each layer (no communication: the cost model adds it)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        layers = [layer.to(device) for layer in build_layers(cfg)]
+        layers = [layer.to(device) for layer in build_layers(cfg, TPContext(0, tp, None))]
         return profiles.measure(layers, lambda m: batch(cfg)[0][:m].to(device),
-                                mbs_list=mbs_list, gpu="local", repeats=repeats)
+                                mbs_list=mbs_list, gpu="local", tp=tp, repeats=repeats)
     finally:
         torch.set_num_threads(threads)
 
@@ -451,56 +382,147 @@ def local_setup(cfg: TinyGPT, world: int, gbps: float, latency_us: float, memory
     return Setup("local", cfg.spec(), Cluster((node,), name="local"), cfg.global_batch)
 
 
-def predicted_memory(cfg: TinyGPT, s: Strategy) -> list[dict]:
+def predicted_memory(cfg: TinyGPT, s: Strategy, schedule: str = "gpipe") -> list[dict]:
     """Per stage: the memory model's parameter/gradient/optimizer bytes (fp32 Adam: 16 per parameter) and
-    activation bytes (fp32: twice the fp16 figures) under GPipe."""
+    activation bytes (fp32: twice the fp16 figures) of the micro-batches in flight under `schedule`."""
     model = cfg.spec()
     B = s.micro_batches(cfg.global_batch)
     out, a = [], 0
     for j, n in enumerate(s.partition):
         params = memory.stage_params(model, a, a + n) / s.tp
-        acts = sum(l.act_bytes(s.tp) for l in model.layers[a:a + n]) * 2 * s.mbs * memory.in_flight(s.pp, j, B, "gpipe")
+        acts = (sum(l.act_bytes(s.tp) for l in model.layers[a:a + n]) * 2 * s.mbs
+                * memory.in_flight(s.pp, j, B, schedule))
         out.append({"stage": j, "param_elems": params, "state_bytes": 16 * params, "activation_bytes": acts})
         a += n
     return out
 
 
+# ------------------------------------------------------------------------------- per-message latency
+@dataclass(frozen=True)
+class Latencies:
+    """Seconds per message, from the link micro-benchmark's fits: a point-to-point send, and one all-reduce
+    call over a group of each size (gloo's all-reduce is several messages and a synchronisation)."""
+
+    p2p_s: float
+    all_reduce_s: dict[int, float]
+
+    def all_reduce(self, n: int) -> float:
+        if n <= 1:
+            return 0.0
+        if n in self.all_reduce_s:
+            return self.all_reduce_s[n]
+        m, a = max(self.all_reduce_s.items())  # a ring: 2(n-1) steps
+        return a * (n - 1) / (m - 1)
+
+
+def message_counts(cfg: TinyGPT, s: Strategy) -> dict[str, object]:
+    """The messages of one training step of the tiny GPT under `s`, as the runtime sends them.
+
+    Per micro-batch and stage: each transformer block all-reduces twice forward (`reduce_from_tp` after the
+    attention and MLP projections) and twice backward (`copy_to_tp` before QKV and the first MLP layer); the
+    head all-gathers its vocabulary shards forward and all-reduces its input gradient backward. Each
+    micro-batch crosses each pipeline cut twice (activation forward, its gradient back). Each stage all-reduces
+    its gradients across the data-parallel replicas once per step, in one flat buffer."""
+    B = s.micro_batches(cfg.global_batch)
+    layers = cfg.spec().layers
+    tp_per_micro, a = [], 0
+    for n in s.partition:
+        kinds = [l.kind for l in layers[a:a + n]]
+        blocks = sum(k == "transformer" for k in kinds)
+        head = int(a + n == len(layers) or any(k == "head" for k in kinds)) if s.tp > 1 else 0
+        tp_per_micro.append(4 * blocks + 2 * head if s.tp > 1 else 0)
+        a += n
+    return {"micro_batches": B, "tp_per_micro_batch": tp_per_micro,
+            "tp_per_step": B * sum(tp_per_micro), "p2p_per_step": 2 * B * (s.pp - 1),
+            "dp_per_step": (1 if s.dp > 1 else 0) * s.pp}
+
+
+def message_latency(cfg: TinyGPT, s: Strategy, lat: Latencies) -> float:
+    """Seconds of per-message latency on a step's critical path, added to the cost model's prediction (which
+    here gets latency 0 and prices only bytes / bandwidth).
+
+    With M micro-batches and pp stages the schedule's critical path holds M + pp - 1 forward-backward slots of
+    the busiest stage (GPipe and 1F1B alike): each pays that stage's tensor-parallel all-reduce latencies, and
+    the bottleneck stage waits for an activation and a gradient per micro-batch (2 (M + pp - 2) sends, the fill
+    and drain crossing the other cuts). The data-parallel all-reduce adds one call.
+
+    How `amp.cost_model` could take this over: `tp_allreduce` would charge `4 x all_reduce_s(tp)` per block
+    (plus 2 for a vocabulary-parallel head) instead of `ceil(log2 tp) x` the node's p2p latency, `cuts` 1 p2p
+    latency each way per micro-batch, `dp_allreduce` one call's latency; `Node` would carry the measured
+    all-reduce latency beside `latency_us`."""
+    c = message_counts(cfg, s)
+    M, slots = c["micro_batches"], c["micro_batches"] + s.pp - 1
+    t = slots * max(c["tp_per_micro_batch"]) * lat.all_reduce(s.tp)
+    if s.pp > 1:
+        t += 2 * (M + s.pp - 2) * lat.p2p_s
+    return t + c["dp_per_step"] / s.pp * lat.all_reduce(s.dp)
+
+
+def _latencies(rows: list[dict]) -> tuple[link_bench.LinkFit, Latencies]:
+    p2p = link_bench.fit_link([r for r in rows if r["op"] == "p2p"], "p2p")
+    ar = {n: link_bench.fit_link([r for r in rows if r["op"] == "all_reduce" and r["ranks"] == n]).link.latency_s
+          for n in sorted({r["ranks"] for r in rows if r["op"] == "all_reduce"})}
+    return p2p, Latencies(p2p.link.latency_s, ar)
+
+
 def compare(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: int = 2,
-            timeout_s: float = 120.0) -> list[dict]:
-    """For each process count: time the link and profile the layers on that many processes, run its
-    strategies, and set each measured time beside the improved model's prediction (GPipe, fp32 activations
-    and Adam state, as the run does)."""
+            timeout_s: float = 120.0, schedules: tuple[str, ...] = SCHEDULES) -> list[dict]:
+    """For each process count: run the link micro-benchmark and profile the layers on that many processes, run
+    its strategies (each pipeline under every schedule in `schedules`), and set each measured time beside the
+    improved model's prediction for that schedule (fp32 activations and Adam state, as the run does) plus the
+    per-message latency (`message_latency`)."""
     from amp.cost_model import CostModel
 
     rows = []
-    by_world: dict[int, list[Strategy]] = {}
+    by_world: dict[int, list[tuple[Strategy, str]]] = {}
     for s in strategies:
-        by_world.setdefault(s.tp * s.dp * s.pp, []).append(s)
+        for sch in (schedules if s.pp > 1 else schedules[:1]):
+            by_world.setdefault(s.tp * s.dp * s.pp, []).append((s, sch))
     for world, group in by_world.items():
-        ranks = run_session(cfg, group, steps, warmup, measure=True, timeout_s=timeout_s)
-        small, big = ranks[0].get("link", (0.0, 0.0))
-        gbps = (8 << 20) * 8 / max(big - small, 1e-9) / 1e9 if world > 1 else 1e3
-        lat_us = small * 1e6
-        log.info("local link: %.2f Gbps, %.0f us per message", gbps, lat_us)
+        log.info("running %d strategies on %d processes", len(group), world)
+        ranks = run_session(cfg, [s for s, _ in group], steps, warmup, measure=True, timeout_s=timeout_s,
+                            schedules=[sch for _, sch in group])
+        if world > 1:
+            fit, lat = _latencies(ranks[0]["link"])
+            gbps = fit.link.gbps
+        else:
+            fit, lat, gbps = None, Latencies(0.0, {}), 1e3
+        log.info("local link: %.2f Gbps, %.0f us per send, all-reduce %s", gbps, lat.p2p_s * 1e6,
+                 {n: f"{a * 1e6:.0f} us" for n, a in lat.all_reduce_s.items()})
         times = {k: sum(r["profile"][k] for r in ranks) / world for k in ranks[0]["profile"]}
         prof = profiles.Profiles(times, tp_comm_included=False,
                                  source=f"measured on this machine, {world} processes at once")
-        cm = CostModel(local_setup(cfg, world, gbps, lat_us), prof, "improved", schedule="gpipe", act_bits=32,
-                       bytes_per_param=16, act_scale=2)
-        for i, s in enumerate(group):
-            pred = cm.predict(s)
+        models = {sch: CostModel(local_setup(cfg, world, gbps, 0.0), prof, "improved", schedule=sch, act_bits=32,
+                                 bytes_per_param=16, act_scale=2) for sch in SCHEDULES}
+        for i, (s, sch) in enumerate(group):
+            base = float(models[sch].predict(s).total_s)
+            latency = message_latency(cfg, s, lat)
+            pred = base + latency
             results = [r["runs"][i] for r in ranks]
             measured = measured_time(results)
-            mem = predicted_memory(cfg, s)
-            rows.append({"strategy": s.label(), "partition": " ".join(map(str, s.partition)), "processes": world,
-                         "predicted_s": float(pred.total_s), "measured_s": float(measured),
-                         "error": (pred.total_s - measured) / measured,
-                         "within_bound": max(pred.total_s / measured, measured / pred.total_s) <= TOLERANCE_RATIO,
+            mem = predicted_memory(cfg, s, sch)
+            counts = message_counts(cfg, s)
+            counted = {"tp": max(r["messages"]["tp"] for r in results),
+                       "p2p": sum(r["messages"]["pp_send"] for r in results if r["dp_rank"] == r["tp_rank"] == 0),
+                       "dp": max(r["messages"]["dp"] for r in results)}
+            ratio = max(pred / measured, measured / pred)
+            rows.append({"strategy": s.label(), "schedule": sch if s.pp > 1 else "-",
+                         "partition": " ".join(map(str, s.partition)), "processes": world,
+                         "predicted_s": pred, "bandwidth_compute_s": base, "latency_s": latency,
+                         "measured_s": float(measured), "error": (pred - measured) / measured,
+                         "ratio": ratio, "within_bound": ratio <= TOLERANCE_RATIO,
+                         "tp_messages_model": counts["micro_batches"] * max(counts["tp_per_micro_batch"]),
+                         "tp_messages_counted": counted["tp"], "p2p_messages_model": counts["p2p_per_step"],
+                         "p2p_messages_counted": counted["p2p"], "dp_messages_model": counts["dp_per_step"] // s.pp,
+                         "dp_messages_counted": counted["dp"],
                          "state_bytes_real": max(r["param_bytes"] + r["grad_bytes"] + r["optimizer_bytes"]
                                                  for r in results),
                          "state_bytes_model": max(m["state_bytes"] for m in mem),
                          "activation_bytes_real": max(r["saved_activation_bytes"] for r in results),
                          "activation_bytes_model": max(m["activation_bytes"] for m in mem),
-                         "link_gbps": gbps, "latency_us": lat_us})
-            log.info("%s: predicted %.4fs, measured %.4fs", s.label(), pred.total_s, measured)
+                         "link_gbps": gbps, "latency_us": lat.p2p_s * 1e6,
+                         "all_reduce_us": lat.all_reduce(max(s.tp, s.dp)) * 1e6,
+                         "link_fit_max_error": fit.max_rel_error if fit else 0.0})
+            log.info("%s %s: predicted %.4fs (latency %.4fs), measured %.4fs", s.label(), sch, pred, latency,
+                     measured)
     return rows

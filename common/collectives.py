@@ -136,7 +136,7 @@ class CountingComm:
         n = self.world_size
         start = time.perf_counter()
         if n > 1:
-            out = torch.empty((t.shape[0] // n, *t.shape[1:]), dtype=t.dtype)
+            out = torch.empty((t.shape[0] // n, *t.shape[1:]), dtype=t.dtype, device=t.device)
             dist.reduce_scatter_tensor(out, t.contiguous(), group=self.group)
         else:
             out = t

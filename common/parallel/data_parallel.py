@@ -7,7 +7,7 @@ per step that a cost model counts. Here the caller says when: once, after the la
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
@@ -17,24 +17,25 @@ from common.collectives import CountingComm
 
 
 @torch.no_grad()
-def all_reduce_gradients(params: Iterable[torch.nn.Parameter], comm: CountingComm | None = None,
-                         group=None, average: bool = True) -> None:
+def all_reduce_gradients(params: Iterable[torch.nn.Parameter], over: CountingComm | Any = None,
+                         average: bool = True) -> None:
     """Sum (or average) the gradients of `params` over the data-parallel ranks with one flat all-reduce.
 
-    `comm` (counts the message) or else `group` (None: every rank). Parameters without a gradient are left out.
+    `over`: a `CountingComm` (counts the message, can emulate a link), a process group, or None for every
+    rank of the default group. Parameters without a gradient are left out.
     """
     grads = [p.grad for p in params if p.grad is not None]
-    if comm is not None:
-        world = comm.world_size
+    if isinstance(over, CountingComm):
+        world = over.world_size
     else:
-        world = dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+        world = dist.get_world_size(over) if dist.is_available() and dist.is_initialized() else 1
     if world == 1 or not grads:
         return
     flat = _flatten_dense_tensors(grads)
-    if comm is not None:
-        comm.all_reduce(flat)
+    if isinstance(over, CountingComm):
+        over.all_reduce(flat)
     else:
-        dist.all_reduce(flat, group=group)
+        dist.all_reduce(flat, group=over)
     if average:
         flat /= world
     for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):

@@ -46,15 +46,15 @@ class Boundary:
         _send(payload, comm, dst)
         return payload[:1] if self._codes_differentiated else [x]
 
-    def recv_forward(self, shape: tuple[int, ...], comm: CountingComm, src: int,
-                     dtype: torch.dtype | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def recv_forward(self, shape: tuple[int, ...], comm: CountingComm, src: int, dtype: torch.dtype | None = None,
+                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Receive and decode; returns the activation and the leaves whose gradients go back."""
         dtype = dtype or torch.get_default_dtype()
         if self.forward is None:
-            (x,) = _recv([(shape, dtype)], comm, src)
+            (x,) = _recv([(shape, dtype)], comm, src, device)
             x.requires_grad_()
             return x, [x]
-        payload = _recv(self.forward.payload_spec(shape, dtype), comm, src)
+        payload = _recv(self.forward.payload_spec(shape, dtype), comm, src, device)
         if self._codes_differentiated:
             payload[0].requires_grad_()
             return self.forward.decode(payload, torch.Size(shape), dtype), payload[:1]
@@ -70,9 +70,9 @@ class Boundary:
     def recv_backward(self, outputs: list[torch.Tensor], comm: CountingComm, src: int) -> list[torch.Tensor]:
         if self.backward is not None and not self._codes_differentiated:
             shape, dtype = tuple(outputs[0].shape), outputs[0].dtype
-            payload = _recv(self.backward.payload_spec(shape, dtype), comm, src)
+            payload = _recv(self.backward.payload_spec(shape, dtype), comm, src, outputs[0].device)
             return [self.backward.decode(payload, torch.Size(shape), dtype)]
-        return _recv([(tuple(o.shape), o.dtype) for o in outputs], comm, src)
+        return _recv([(tuple(o.shape), o.dtype) for o in outputs], comm, src, outputs[0].device)
 
 
 def _send(tensors: list[torch.Tensor], comm: CountingComm, dst: int) -> None:
@@ -80,8 +80,8 @@ def _send(tensors: list[torch.Tensor], comm: CountingComm, dst: int) -> None:
         comm.isend(t.detach().contiguous(), dst)
 
 
-def _recv(spec, comm: CountingComm, src: int) -> list[torch.Tensor]:
-    return [comm.recv(torch.empty(shape, dtype=dtype), src) for shape, dtype in spec]
+def _recv(spec, comm: CountingComm, src: int, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    return [comm.recv(torch.empty(shape, dtype=dtype, device=device), src) for shape, dtype in spec]
 
 
 def schedule_order(schedule: str, pp: int, stage: int, n_micro: int) -> list[tuple[str, int]]:
@@ -116,7 +116,7 @@ def pipeline_step(stage_fn: Callable[[torch.Tensor | None, int], torch.Tensor],
                   comm: CountingComm | None, stage: int, pp: int, n_micro: int, act_shape: tuple[int, ...],
                   prev_rank: int | None = None, next_rank: int | None = None,
                   boundary_in: Boundary | None = None, boundary_out: Boundary | None = None,
-                  schedule: str = "gpipe") -> torch.Tensor | None:
+                  schedule: str = "gpipe", device: torch.device | str = "cpu") -> torch.Tensor | None:
     """One forward/backward over `n_micro` micro-batches under `schedule`.
 
     `stage_fn(x, i)` runs this stage on micro-batch i (x is None on the first stage, which reads its own
@@ -130,7 +130,9 @@ def pipeline_step(stage_fn: Callable[[torch.Tensor | None, int], torch.Tensor],
     total = None
     for kind, i in schedule_order(schedule, pp, stage, n_micro):
         if kind == "F":
-            x, leaves = (None, []) if first else boundary_in.recv_forward(act_shape, comm, prev_rank)
+            x, leaves = None, []
+            if not first:
+                x, leaves = boundary_in.recv_forward(act_shape, comm, prev_rank, device=device)
             out = stage_fn(x, i)
             if last:
                 loss = loss_fn(out, i)
