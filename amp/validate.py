@@ -279,33 +279,45 @@ def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: 
             "saved_activation_bytes": saved, "messages": messages}
 
 
-def _link_rows(world: int, group_sizes: list[int], dev) -> list[dict]:
-    """The link micro-benchmark on this session's processes: ping-pong between ranks 0 and 1, and all-reduce
-    over groups of each size (all groups of a size at once, as they run in the strategies)."""
-    sizes = link_bench.default_sizes(8 << 20, 6)
-    rows = link_bench.ping_pong(sizes, 0, 1, repeats=15, stat="median", device=dev)
-    for g in group_sizes:
-        grid = build_grid(tp=g, pp=world // g)
-        rows += link_bench.all_reduce(sizes, grid.tp_comm.group, repeats=15, stat="median", device=dev)
-    return rows
+def _link_rows(world: int, dev) -> list[dict]:
+    """The link micro-benchmark's ping-pong between ranks 0 and 1 (best of repeats: noise only adds)."""
+    return link_bench.ping_pong(link_bench.default_sizes(8 << 20, 6), 0, 1, repeats=15, stat="min", device=dev)
+
+
+def _busy_latencies(world: int, st: tuple) -> dict:
+    """Per-message latency as the ranks of strategy `st` see it while computing (`latency_under_load`): an
+    all-reduce over groups of each parallel degree (all such groups at once) and a pipeline send."""
+    tp, dp, pp = st[:3]
+    out = {"all_reduce": {}}
+    for n in sorted({tp, dp} - {1}):
+        out["all_reduce"][n] = link_bench.latency_under_load("all_reduce", build_grid(tp=n, pp=world // n).tp_comm.group)
+    if pp > 1:
+        out["p2p"] = link_bench.latency_under_load("p2p", a=0, b=1)
+    return out
 
 
 def _session_worker(rank: int, world: int, cfg_dict: dict, strategies: list[tuple], steps: int, warmup: int,
-                    measure: bool, mbs_list: tuple[int, ...], tp_list: tuple[int, ...] = (1,)) -> dict:
-    """One process of a session: optionally time the links and profile the layers (all ranks at once, so the
-    CPU is shared as in the runs), then run each strategy in turn."""
-    out: dict = {}
+                    measure: bool, mbs_list: tuple[int, ...] = (), tp_list: tuple[int, ...] = ()) -> dict:
+    """One process of a session: run each strategy in turn. With `measure`, first time the link once and,
+    right before each run, the per-message latencies and the layers it uses (all ranks at once, so that the
+    CPU is shared, and the machine loaded, as in the run)."""
+    out: dict = {"runs": []}
     dev = device_of()
-    if measure:
-        if world >= 2:
-            out["link"] = _link_rows(world, sorted({g for st in strategies for g in st[:2] if 1 < g <= world}
-                                                   | {2}), dev)
-        dist.barrier()
-        out["profile"] = {}
-        for t in tp_list:
-            out["profile"].update(profile_layers(TinyGPT(**cfg_dict), mbs_list, device=dev, tp=t).times)
-        dist.barrier()
-    out["runs"] = [train_worker(rank, world, cfg_dict, st, steps, warmup) for st in strategies]
+    if measure and world >= 2:
+        out["link"] = _link_rows(world, dev)
+    for st in strategies:
+        if measure:
+            tp, mbs = st[0], st[3]
+            busy = _busy_latencies(world, st) if world >= 2 else {"all_reduce": {}}
+            dist.barrier()
+            prof = profile_layers(TinyGPT(**cfg_dict), (mbs,), repeats=9, device=dev, tp=tp).times
+            if tp > 1:  # the cost model checks that tp=1 is profiled
+                prof.update(profile_layers(TinyGPT(**cfg_dict), (mbs,), device=dev, tp=1, repeats=1).times)
+            dist.barrier()
+        run = train_worker(rank, world, cfg_dict, st, steps, warmup)
+        if measure:
+            run.update(profile=prof, busy=busy)
+        out["runs"].append(run)
     return out
 
 
@@ -329,9 +341,7 @@ def run_session(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup
     packed = [_pack(s, sch) for s, sch in zip(strategies, schedules)]
     world = worlds.pop()
     backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world else "gloo"
-    return run_processes(_session_worker, world, args=(asdict(cfg), packed, steps, warmup, measure,
-                                                       tuple(sorted({s.mbs for s in strategies})),
-                                                       tuple(sorted({s.tp for s in strategies} | {1}))),
+    return run_processes(_session_worker, world, args=(asdict(cfg), packed, steps, warmup, measure),
                          timeout_s=timeout_s, backend=backend)
 
 
@@ -407,7 +417,7 @@ class Latencies:
     all_reduce_s: dict[int, float]
 
     def all_reduce(self, n: int) -> float:
-        if n <= 1:
+        if n <= 1 or not self.all_reduce_s:
             return 0.0
         if n in self.all_reduce_s:
             return self.all_reduce_s[n]
@@ -458,11 +468,12 @@ def message_latency(cfg: TinyGPT, s: Strategy, lat: Latencies) -> float:
     return t + c["dp_per_step"] / s.pp * lat.all_reduce(s.dp)
 
 
-def _latencies(rows: list[dict]) -> tuple[link_bench.LinkFit, Latencies]:
-    p2p = link_bench.fit_link([r for r in rows if r["op"] == "p2p"], "p2p")
-    ar = {n: link_bench.fit_link([r for r in rows if r["op"] == "all_reduce" and r["ranks"] == n]).link.latency_s
-          for n in sorted({r["ranks"] for r in rows if r["op"] == "all_reduce"})}
-    return p2p, Latencies(p2p.link.latency_s, ar)
+def _latencies(quiet: link_bench.LinkFit | None, busy: dict) -> Latencies:
+    """Per-message latencies for the prediction: the busy measurement, at least the quiet ping-pong fit's
+    (a ring all-reduce over n ranks is at least 2(n-1) messages)."""
+    q = quiet.link.latency_s if quiet is not None else 0.0
+    return Latencies(max(busy.get("p2p", 0.0), q),
+                     {n: max(a, 2 * (n - 1) * q) for n, a in busy.get("all_reduce", {}).items()})
 
 
 def compare(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: int = 2,
@@ -482,20 +493,19 @@ def compare(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: in
         log.info("running %d strategies on %d processes", len(group), world)
         ranks = run_session(cfg, [s for s, _ in group], steps, warmup, measure=True, timeout_s=timeout_s,
                             schedules=[sch for _, sch in group])
-        if world > 1:
-            fit, lat = _latencies(ranks[0]["link"])
-            gbps = fit.link.gbps
-        else:
-            fit, lat, gbps = None, Latencies(0.0, {}), 1e3
-        log.info("local link: %.2f Gbps, %.0f us per send, all-reduce %s", gbps, lat.p2p_s * 1e6,
-                 {n: f"{a * 1e6:.0f} us" for n, a in lat.all_reduce_s.items()})
-        times = {k: sum(r["profile"][k] for r in ranks) / world for k in ranks[0]["profile"]}
-        prof = profiles.Profiles(times, tp_comm_included=False,
-                                 source=f"measured on this machine, {world} processes at once")
-        models = {sch: CostModel(local_setup(cfg, world, gbps, 0.0), prof, "improved", schedule=sch, act_bits=32,
-                                 bytes_per_param=16, act_scale=2) for sch in SCHEDULES}
+        fit = link_bench.fit_link(ranks[0]["link"], "p2p") if world > 1 else None
+        gbps = fit.link.gbps if fit else 1e3
         for i, (s, sch) in enumerate(group):
-            base = float(models[sch].predict(s).total_s)
+            lat = _latencies(fit, ranks[0]["runs"][i]["busy"])
+            log.info("%s: link %.2f Gbps, %.0f us per send, all-reduce %s", s.label(), gbps, lat.p2p_s * 1e6,
+                     {n: f"{a * 1e6:.0f} us" for n, a in lat.all_reduce_s.items()})
+            prof_runs = [r["runs"][i]["profile"] for r in ranks]
+            times = {k: sum(p[k] for p in prof_runs) / world for k in prof_runs[0]}
+            prof = profiles.Profiles(times, tp_comm_included=False,
+                                     source=f"measured on this machine, {world} processes at once")
+            cm = CostModel(local_setup(cfg, world, gbps, 0.0), prof, "improved", schedule=sch, act_bits=32,
+                           bytes_per_param=16, act_scale=2)
+            base = float(cm.predict(s).total_s)
             latency = message_latency(cfg, s, lat)
             pred = base + latency
             results = [r["runs"][i] for r in ranks]

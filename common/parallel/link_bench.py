@@ -115,3 +115,67 @@ def fit_link(rows: list[dict], name: str = "") -> LinkFit:
 def default_sizes(largest: int = 8 << 20, count: int = 5) -> list[int]:
     """Message sizes from 4 bytes to `largest`, spaced geometrically."""
     return sorted({int(s) // 4 * 4 or 4 for s in np.geomspace(4, largest, count)})
+
+
+def _work(iters: int, a: torch.Tensor) -> torch.Tensor:
+    for _ in range(iters):
+        a = torch.tanh(a @ a)
+    return a
+
+
+def _calibrate(seconds: float, a: torch.Tensor) -> int:
+    """Iterations of `_work` that take about `seconds` on an idle core (best of a few tries)."""
+    t0 = time.perf_counter()
+    _work(20, a)
+    best = time.perf_counter() - t0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        _work(20, a)
+        best = min(best, time.perf_counter() - t0)
+    return max(1, round(seconds / (best / 20)))
+
+
+def latency_under_load(op: str = "all_reduce", group=None, work_s: float = 1e-3, messages: int = 40, rounds: int = 3,
+                       a: int = 0, b: int = 1) -> float:
+    """Seconds one small message adds to a rank that computes between messages, as a training step does.
+
+    Each rank runs `messages` bursts of fixed work (about `work_s` on an idle core) with one message after each
+    (`op`: a 4-byte all-reduce over `group`, or "p2p": ranks `a` and `b` exchange 4 bytes, both sending before
+    receiving, as neighbouring pipeline stages do), and the same bursts without messages; the difference per
+    message, median over `rounds`, slowest rank. On a quiet machine this is about the ping-pong latency; on a
+    loaded one it also holds the wait for the peer to be scheduled again, which a bare ping-pong (where the
+    waiting rank sleeps and is woken first) does not see. Every rank of `group` calls this."""
+    require(op in ("all_reduce", "p2p"), f"unknown op {op!r}")
+    rank = dist.get_rank()
+    x, t = torch.randn(64, 64) / 8, torch.zeros(1)
+    iters = torch.tensor([_calibrate(work_s, x)])
+    dist.all_reduce(iters, op=dist.ReduceOp.MAX, group=group)  # the same work on every rank
+    iters = int(iters)
+
+    def message():
+        if op == "all_reduce":
+            dist.all_reduce(t, group=group)
+        elif rank in (a, b):
+            peer, buf = (b if rank == a else a), torch.zeros(1)
+            work = dist.isend(t, peer)
+            dist.recv(buf, peer)
+            work.wait()
+
+    for _ in range(3):
+        message()
+    per = []
+    for _ in range(rounds):
+        dist.barrier(group)
+        t0 = time.perf_counter()
+        for _ in range(messages):
+            _work(iters, x)
+        alone = time.perf_counter() - t0
+        dist.barrier(group)
+        t0 = time.perf_counter()
+        for _ in range(messages):
+            _work(iters, x)
+            message()
+        per.append(max(time.perf_counter() - t0 - alone, 0.0) / messages)
+    out = torch.tensor([statistics.median(per)], dtype=torch.float64)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX, group=group)
+    return float(out)
