@@ -235,8 +235,7 @@ def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: 
 
         total = pipeline_step(stage_fn, loss_fn, grid.pp_comm, grid.stage, pp, n_micro, (mbs, cfg.seq, cfg.hidden),
                               prev_rank, next_rank, schedule=schedule, device=dev)
-        if grid.dp_comm is not None:
-            all_reduce_gradients(params, grid.dp_comm)
+        all_reduce_gradients(params, grid.dp_comm)
         alive = peak = 0  # activations held at once, in the order the schedule ran the micro-batches
         for kind, m in schedule_order(schedule, pp, grid.stage, n_micro):
             alive += saved[m] if kind == "F" else -saved[m]

@@ -17,14 +17,16 @@ from common.collectives import CountingComm
 
 
 @torch.no_grad()
-def all_reduce_gradients(params: Iterable[torch.nn.Parameter], over: CountingComm | Any = None,
-                         average: bool = True) -> None:
+def all_reduce_gradients(params: Iterable[torch.nn.Parameter], over: CountingComm | Any, average: bool = True) -> None:
     """Sum (or average) the gradients of `params` over the data-parallel ranks with one flat all-reduce.
 
-    `over`: a `CountingComm` (counts the message, can emulate a link), a process group, or None for every
-    rank of the default group. Parameters without a gradient are left out.
+    `over`: a `CountingComm` (counts the message, can emulate a link), a process group (`dist.group.WORLD` for
+    every rank), or None: no data parallelism, nothing to do (a grid's `dp_comm` when dp = 1). Parameters
+    without a gradient are left out.
     """
     grads = [p.grad for p in params if p.grad is not None]
+    if over is None:
+        return
     if isinstance(over, CountingComm):
         world = over.world_size
     else:
