@@ -1,15 +1,15 @@
 """Run a strategy for real and compare its time with the prediction.
 
 A small GPT is trained on `tp * dp * pp` processes (gloo on CPUs; NCCL, one GPU per rank, when there are
-enough GPUs): pipeline stages exchange
-activations and gradients with send/recv under a GPipe schedule, each transformer block is Megatron
-tensor-parallel (column-parallel QKV and first MLP layer, row-parallel projections, all-reduce in the forward
-of the row-parallel layers and in the backward of the column-parallel ones, a vocabulary-parallel output
-layer), and the gradients of each stage are all-reduced across its data-parallel replicas.
+enough GPUs) on the shared runtime, `common.parallel`: pipeline stages exchange activations and gradients
+under a GPipe or 1F1B schedule, each transformer block is Megatron tensor-parallel (column-parallel QKV and
+first MLP layer, row-parallel projections, a vocabulary-parallel output layer), and each stage's gradients are
+all-reduced across its data-parallel replicas.
 
 Every rank builds the same full model from one seed and keeps its shard, so a run can be checked against a
-single-process reference (`reference_step`). `profile_layers` measures the same layers on one process with
-`amp.profiles.measure`, and `local_setup` describes this machine for the cost model.
+single-process reference (`reference_step`). `compare` prices each run with the improved cost model (layers
+profiled by `profile_layers`, this machine described by `local_setup`) plus the per-message latency the model
+leaves out (`message_latency`, messages counted by `message_counts`, latencies from the link micro-benchmark).
 """
 
 from __future__ import annotations
@@ -21,15 +21,30 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from amp import memory, profiles
-from amp.specs import Cluster, GPUType, Model, Node, Setup, Strategy, register_gpu, transformer
+from amp.specs import (
+    Cluster,
+    GPUType,
+    Model,
+    Node,
+    Setup,
+    Strategy,
+    register_gpu,
+    transformer,
+)
 from common.collectives import CountingComm, nbytes
 from common.errors import require
-from common.parallel import (SCHEDULES, all_reduce_gradients, build_grid, link_bench, pipeline_step,
-                             schedule_order)
+from common.parallel import (
+    SCHEDULES,
+    all_reduce_gradients,
+    build_grid,
+    link_bench,
+    pipeline_step,
+    schedule_order,
+)
 from common.parallel import tensor_parallel as tpl
 from common.parallel.mesh import device_of
 
@@ -110,7 +125,7 @@ class Block(nn.Module):
         h, k, n = cfg.hidden, tp.rank, tp.size
         require(cfg.heads % n == 0, f"{cfg.heads} heads cannot be split over tensor-parallel degree {n}")
         self.tp, self.heads, self.hd = tp, cfg.heads // n, h // cfg.heads
-        p = lambda t: nn.Parameter(t.clone().contiguous())  # noqa: E731
+        p = lambda t: nn.Parameter(t.clone().contiguous())
         self.ln1 = nn.LayerNorm(h)
         self.ln2 = nn.LayerNorm(h)
         with torch.no_grad():

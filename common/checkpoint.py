@@ -5,15 +5,19 @@ Checkpoints hold only tensors and plain Python values, so they load with `weight
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from .results import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 def rng_state() -> dict[str, Any]:
@@ -91,7 +95,8 @@ def loadable_steps(directory: str | os.PathLike, pattern: str = "*.pt") -> dict[
         try:  # mmap: reads the archive's index and metadata, not every tensor
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             step = int(state["step"])
-        except Exception:  # noqa: BLE001 - torn, truncated or not a training state: not a resume point
+        except Exception as exc:  # noqa: BLE001 - torn, truncated or not a training state: not a resume point
+            log.warning("skipping %s as a resume point: %s", path, str(exc).splitlines()[0] if str(exc) else exc)
             continue
         found[step] = path
     return found

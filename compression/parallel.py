@@ -13,23 +13,43 @@ dp = 1: rank = stage * tp + tp_rank).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from common.collectives import CountingComm
 from common.errors import require
 from common.links import Link
-from common.parallel import mesh, pipeline_parallel as pp_
+from common.parallel import mesh
+from common.parallel import pipeline_parallel as pp_
 from common.parallel import tensor_parallel as tp_
-from common.parallel.tensor_parallel import ColumnParallelLinear, copy_to_tp, reduce_from_tp
+from common.parallel.tensor_parallel import (
+    ColumnParallelLinear,
+    copy_to_tp,
+    reduce_from_tp,
+)
 
 from .compressors import Compressor
 
-__all__ = ["Parallel", "setup", "copy_to_tp", "reduce_from_tp", "ColumnParallelLinear", "RowParallelLinear", "shard",
-           "sync_partial_grads", "Cut", "send_activation", "recv_activation", "send_gradient", "recv_gradient",
-           "gpipe_step", "pipeline_step", "split_layers"]
+__all__ = [
+    "ColumnParallelLinear",
+    "Cut",
+    "Parallel",
+    "RowParallelLinear",
+    "copy_to_tp",
+    "gpipe_step",
+    "pipeline_step",
+    "recv_activation",
+    "recv_gradient",
+    "reduce_from_tp",
+    "send_activation",
+    "send_gradient",
+    "setup",
+    "shard",
+    "split_layers",
+    "sync_partial_grads",
+]
 
 Parallel = mesh.Grid  # where this process sits: tp/pp degrees and ranks, counting communicators
 Cut = pp_.Boundary  # the compressors at one pipeline cut: Cut(forward, backward)

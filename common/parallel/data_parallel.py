@@ -7,7 +7,8 @@ per step that a cost model counts. Here the caller says when: once, after the la
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -35,7 +35,7 @@ def ping_pong(sizes: list[int], a: int = 0, b: int = 1, repeats: int = 10, warmu
     for size in sizes:
         buf = torch.zeros(max(size // 4, 1), device=device)
 
-        def round_trip():
+        def round_trip(buf=buf):
             if rank == a:
                 dist.send(buf, b)
                 dist.recv(buf, b)

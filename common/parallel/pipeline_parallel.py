@@ -15,8 +15,9 @@ Sends are non-blocking (`CountingComm.isend`); a schedule waits for them at its 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

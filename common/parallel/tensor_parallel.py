@@ -21,8 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from common.collectives import CountingComm
 from common.errors import require

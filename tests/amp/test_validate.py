@@ -54,8 +54,8 @@ def test_1f1b_gives_the_gradients_of_gpipe_and_holds_fewer_activations(runs):
         assert a["grads"].keys() == b["grads"].keys()
         for k in a["grads"]:
             assert torch.equal(a["grads"][k], b["grads"][k]), k  # same order of accumulation: bit-identical
-    first = [r for r in runs["pp2_1f1b"] if r["stage"] == 0][0]
-    gpipe_first = [r for r in runs["pp2"] if r["stage"] == 0][0]
+    first = next(r for r in runs["pp2_1f1b"] if r["stage"] == 0)
+    gpipe_first = next(r for r in runs["pp2"] if r["stage"] == 0)
     B = CFG.global_batch // 2
     # stage 0 of 2 holds 2 of the 4 micro-batches under 1F1B, all 4 under GPipe (the runtime agrees with AMP)
     assert in_flight("1f1b", 2, 0, B) == memory.in_flight(2, 0, B, "1f1b") == 2

@@ -7,8 +7,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from common.checkpoint import (agreed_resume, load_checkpoint, loadable_steps, restore_training_state,
-                               save_checkpoint, training_state)
+from common.checkpoint import (
+    agreed_resume,
+    load_checkpoint,
+    loadable_steps,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from common.distributed import ProcessFailed, run_processes
 from common.parallel import all_reduce_gradients
 

@@ -4,14 +4,27 @@ bit; hooks run at every communication point, forward and backward; the link micr
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from common.collectives import CountingComm
 from common.distributed import run_processes
-from common.parallel import (Boundary, ColumnParallelLinear, RowParallelLinear, all_reduce_gradients, build_grid,
-                             coords, copy_to_tp, gather_from_tp, in_flight, link_bench, pipeline_step, rank_grid,
-                             schedule_order, shard_state)
+from common.parallel import (
+    Boundary,
+    ColumnParallelLinear,
+    RowParallelLinear,
+    all_reduce_gradients,
+    build_grid,
+    coords,
+    copy_to_tp,
+    gather_from_tp,
+    in_flight,
+    link_bench,
+    pipeline_step,
+    rank_grid,
+    schedule_order,
+    shard_state,
+)
 
 VOCAB, D, FFN, LAYERS, SEQ, BATCH = 12, 8, 16, 4, 5, 8
 

@@ -8,11 +8,10 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from common.distributed import run_processes
-import torch.nn as nn
-import torch.nn.functional as F
-
 from compression.bench import network_times
 from compression.compressors import AutoEncoder, CompressorSpec
 from compression.cost_model import messages
