@@ -19,6 +19,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -208,27 +209,34 @@ def _count_saved_bytes(fn, params):
     return out, total[0]
 
 
-def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: int, warmup: int) -> dict:
-    """One rank of a tp x dp x pp run: returns its step times, losses, gradients, memory and message counts.
+class Runner:
+    """One rank's part of a tp x dp x pp run of the tiny GPT: the grid, its stage of the model, Adam.
 
-    `strategy` is (tp, dp, pp, mbs, partition[, schedule]); the schedule is "gpipe" (default) or "1f1b"."""
-    cfg = TinyGPT(**cfg_dict)
-    tp, dp, pp, mbs, partition, schedule = (*strategy, "gpipe")[:6]
-    require(tp * dp * pp == world, f"tp*dp*pp = {tp * dp * pp} but {world} processes")
-    grid = build_grid(tp=tp, pp=pp, dp=dp)
-    dev = device_of(grid)
-    all_layers = build_layers(cfg, TPContext(grid.tp_rank, tp, grid.tp_comm))
-    start = sum(partition[:grid.stage])
-    stage = nn.ModuleList(all_layers[start:start + partition[grid.stage]]).to(dev)
-    params = list(stage.parameters())
-    opt = torch.optim.Adam(params, lr=1e-3)
-    per_replica = cfg.global_batch // dp
-    n_micro = per_replica // mbs
-    prev_rank = None if grid.first else grid.peer(grid.stage - 1)
-    next_rank = None if grid.last else grid.peer(grid.stage + 1)
+    `strategy` is (tp, dp, pp, mbs, partition[, schedule]); the schedule is "gpipe" (default) or "1f1b".
+    Every rank of the process group builds its runners in the same order (they create process groups)."""
 
-    def step(i: int, count: bool = False):
-        x_all, y_all = (t[grid.dp_rank * per_replica:(grid.dp_rank + 1) * per_replica].to(dev) for t in batch(cfg, i))
+    def __init__(self, cfg: TinyGPT, strategy: tuple):
+        self.cfg = cfg
+        tp, dp, pp, self.mbs, partition, self.schedule = (*strategy, "gpipe")[:6]
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        require(tp * dp * pp == world, f"tp*dp*pp = {tp * dp * pp} but {world} processes")
+        self.grid = g = build_grid(tp=tp, pp=pp, dp=dp)
+        self.dev = device_of(g)
+        self.all_layers = build_layers(cfg, TPContext(g.tp_rank, tp, g.tp_comm))
+        start = sum(partition[:g.stage])
+        self.stage = nn.ModuleList(self.all_layers[start:start + partition[g.stage]]).to(self.dev)
+        self.params = list(self.stage.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=1e-3)
+        self.per_replica = cfg.global_batch // dp
+        self.n_micro = self.per_replica // self.mbs
+        self.times: list[float] = []
+        self.steps_run = 0
+
+    def forward_backward(self, i: int, count: bool = False) -> tuple[float, int]:
+        """Loss (last stage; else 0) of batch i and the most activation bytes held at once (with `count`)."""
+        g, mbs, n_micro = self.grid, self.mbs, self.n_micro
+        x_all, y_all = (t[g.dp_rank * self.per_replica:(g.dp_rank + 1) * self.per_replica].to(self.dev)
+                        for t in batch(self.cfg, i))
         saved = [0] * n_micro
 
         def stage_fn(x, m):
@@ -236,61 +244,81 @@ def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: 
 
             def run():
                 y = x
-                for layer in stage:
+                for layer in self.stage:
                     y = layer(y)
                 return y
 
             if not count:
                 return run()
-            out, saved[m] = _count_saved_bytes(run, params)
+            out, saved[m] = _count_saved_bytes(run, self.params)
             return out
 
         def loss_fn(out, m):
             return F.cross_entropy(out.flatten(0, 1), y_all[m * mbs:(m + 1) * mbs].flatten()) / n_micro
 
-        total = pipeline_step(stage_fn, loss_fn, grid.pp_comm, grid.stage, pp, n_micro, (mbs, cfg.seq, cfg.hidden),
-                              prev_rank, next_rank, schedule=schedule, device=dev)
-        all_reduce_gradients(params, grid.dp_comm)
+        total = pipeline_step(stage_fn, loss_fn, g.pp_comm, g.stage, g.pp, n_micro,
+                              (mbs, self.cfg.seq, self.cfg.hidden), None if g.first else g.peer(g.stage - 1),
+                              None if g.last else g.peer(g.stage + 1), schedule=self.schedule, device=self.dev)
+        all_reduce_gradients(self.params, g.dp_comm)
         alive = peak = 0  # activations held at once, in the order the schedule ran the micro-batches
-        for kind, m in schedule_order(schedule, pp, grid.stage, n_micro):
+        for kind, m in schedule_order(self.schedule, g.pp, g.stage, n_micro):
             alive += saved[m] if kind == "F" else -saved[m]
             peak = max(peak, alive)
         return 0.0 if total is None else float(total), peak
 
-    loss0, saved = step(0, count=True)
-    grads = {}
-    if grid.first:
-        grads["tok"] = stage[0].tok.grad.cpu().clone()
-    for layer in stage:
-        if layer is all_layers[2]:
-            grads["block0.fc1_w"] = layer.fc1_w.grad.cpu().clone()
-        if isinstance(layer, Head):
-            grads["head"] = layer.w.grad.cpu().clone()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    def calls(comm, ops=None):
-        return 0 if comm is None else sum(v.calls for k, v in comm.stats.items() if ops is None or k in ops)
+    def first_step(self) -> dict:
+        """Step 0, checked: loss, a few gradients, memory, and the messages of one step by group."""
+        loss0, saved = self.forward_backward(0, count=True)
+        grads = {}
+        if self.grid.first:
+            grads["tok"] = self.stage[0].tok.grad.cpu().clone()
+        for layer in self.stage:
+            if layer is self.all_layers[2]:
+                grads["block0.fc1_w"] = layer.fc1_w.grad.cpu().clone()
+            if isinstance(layer, Head):
+                grads["head"] = layer.w.grad.cpu().clone()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.steps_run = 1
 
-    messages = {"tp": calls(grid.tp_comm), "pp_send": calls(grid.pp_comm, ("send",)), "dp": calls(grid.dp_comm)}
-    times = []
-    for i in range(1, steps + warmup + 1):
-        dist.barrier()
-        t0 = time.perf_counter()
-        step(i)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        dist.barrier()
-        if i > warmup:
-            times.append(time.perf_counter() - t0)
-    n_param = sum(p.numel() for p in params)
-    state_bytes = sum(nbytes(t) for st in opt.state.values() for t in st.values()
-                      if torch.is_tensor(t) and t.dim() > 0)
-    return {"rank": rank, "stage": grid.stage, "tp_rank": grid.tp_rank, "dp_rank": grid.dp_rank, "loss0": loss0,
-            "schedule": schedule, "times": times, "grads": grads, "param_elems": n_param,
-            "param_bytes": n_param * 4, "grad_bytes": n_param * 4, "optimizer_bytes": state_bytes,
-            "saved_activation_bytes": saved, "messages": messages}
+        def calls(comm, ops=None):
+            return 0 if comm is None else sum(v.calls for k, v in comm.stats.items() if ops is None or k in ops)
+
+        g = self.grid
+        return {"loss0": loss0, "grads": grads, "saved_activation_bytes": saved,
+                "messages": {"tp": calls(g.tp_comm), "pp_send": calls(g.pp_comm, ("send",)), "dp": calls(g.dp_comm)}}
+
+    def timed_steps(self, n: int, warmup: int = 0) -> None:
+        """`warmup` untimed then `n` timed training steps (between barriers; the slowest rank's time counts)."""
+        for k in range(warmup + n):
+            dist.barrier()
+            t0 = time.perf_counter()
+            self.forward_backward(self.steps_run)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            if self.dev.type == "cuda":
+                torch.cuda.synchronize(self.dev)
+            dist.barrier()
+            self.steps_run += 1
+            if k >= warmup:
+                self.times.append(time.perf_counter() - t0)
+
+    def summary(self, first: dict) -> dict:
+        g = self.grid
+        n_param = sum(p.numel() for p in self.params)
+        state_bytes = sum(nbytes(t) for st in self.opt.state.values() for t in st.values()
+                          if torch.is_tensor(t) and t.dim() > 0)
+        return {"rank": g.rank, "stage": g.stage, "tp_rank": g.tp_rank, "dp_rank": g.dp_rank,
+                "schedule": self.schedule, "times": self.times, "param_elems": n_param, "param_bytes": n_param * 4,
+                "grad_bytes": n_param * 4, "optimizer_bytes": state_bytes, **first}
+
+
+def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: int, warmup: int) -> dict:
+    """One rank of a tp x dp x pp run: returns its step times, losses, gradients, memory and message counts."""
+    runner = Runner(TinyGPT(**cfg_dict), strategy)
+    first = runner.first_step()
+    runner.timed_steps(steps, warmup)
+    return runner.summary(first)
 
 
 def _link_rows(world: int, dev) -> list[dict]:
@@ -298,40 +326,34 @@ def _link_rows(world: int, dev) -> list[dict]:
     return link_bench.ping_pong(link_bench.default_sizes(8 << 20, 6), 0, 1, repeats=15, stat="min", device=dev)
 
 
-def _busy_latencies(world: int, st: tuple) -> dict:
-    """Per-message latency as the ranks of strategy `st` see it while computing (`latency_under_load`): an
-    all-reduce over groups of each parallel degree (all such groups at once) and a pipeline send."""
-    tp, dp, pp = st[:3]
-    out = {"all_reduce": {}}
-    for n in sorted({tp, dp} - {1}):
-        out["all_reduce"][n] = link_bench.latency_under_load("all_reduce", build_grid(tp=n, pp=world // n).tp_comm.group)
-    if pp > 1:
-        out["p2p"] = link_bench.latency_under_load("p2p", a=0, b=1)
-    return out
-
-
 def _session_worker(rank: int, world: int, cfg_dict: dict, strategies: list[tuple], steps: int, warmup: int,
-                    measure: bool, mbs_list: tuple[int, ...] = (), tp_list: tuple[int, ...] = ()) -> dict:
-    """One process of a session: run each strategy in turn. With `measure`, first time the link once and,
-    right before each run, the per-message latencies and the layers it uses (all ranks at once, so that the
-    CPU is shared, and the machine loaded, as in the run)."""
-    out: dict = {"runs": []}
+                    measure: bool, rounds: int = 1) -> dict:
+    """One process of a session: every strategy's runner, their first (checked) steps, then `rounds` rounds in
+    which each strategy in turn runs its share of the timed steps, so that the load of a shared machine spreads
+    over all of them. With `measure`, each round also profiles, right before a strategy's steps, the layers it
+    uses, and times the all-reduce latency of each group size (all ranks at once, as in the runs); the link's
+    ping-pong is timed once."""
+    cfg = TinyGPT(**cfg_dict)
     dev = device_of()
-    if measure and world >= 2:
-        out["link"] = _link_rows(world, dev)
-    for st in strategies:
+    out: dict = {"link": _link_rows(world, dev) if measure and world >= 2 else [], "profile": [], "busy": []}
+    runners = [Runner(cfg, st) for st in strategies]
+    firsts = [r.first_step() for r in runners]
+    for r in runners:
+        r.timed_steps(0, warmup)
+    sizes = sorted({n for st in strategies for n in st[:2] if n > 1})
+    per_round = [steps // rounds + (k < steps % rounds) for k in range(rounds)]
+    for k in range(rounds):
         if measure:
-            tp, mbs = st[0], st[3]
-            busy = _busy_latencies(world, st) if world >= 2 else {"all_reduce": {}}
-            dist.barrier()
-            prof = profile_layers(TinyGPT(**cfg_dict), (mbs,), repeats=9, device=dev, tp=tp).times
-            if tp > 1:  # the cost model checks that tp=1 is profiled
-                prof.update(profile_layers(TinyGPT(**cfg_dict), (mbs,), device=dev, tp=1, repeats=1).times)
-            dist.barrier()
-        run = train_worker(rank, world, cfg_dict, st, steps, warmup)
-        if measure:
-            run.update(profile=prof, busy=busy)
-        out["runs"].append(run)
+            out["busy"].append({n: link_bench.latency_under_load("all_reduce", build_grid(tp=n, pp=world // n).tp_comm.group)
+                                for n in sizes})
+            out["profile"].append([])
+        for st, r in zip(strategies, runners):
+            if measure:
+                dist.barrier()
+                prof = profile_layers(cfg, (st[3],), repeats=7, device=dev, tp=st[0]).times
+                out["profile"][-1].append(prof)
+            r.timed_steps(per_round[k])
+    out["runs"] = [r.summary(f) for r, f in zip(runners, firsts)]
     return out
 
 
@@ -341,9 +363,9 @@ def _pack(s: Strategy, schedule: str) -> tuple:
 
 
 def run_session(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: int = 2, measure: bool = False,
-                timeout_s: float = 120.0, schedules: str | list[str] = "gpipe") -> list[dict]:
+                timeout_s: float = 120.0, schedules: str | list[str] = "gpipe", rounds: int = 1) -> list[dict]:
     """Run strategies of one process count on a single set of spawned processes (one result per rank).
-    `schedules`: one pipeline schedule for all, or one per strategy."""
+    `schedules`: one pipeline schedule for all, or one per strategy; `rounds`: interleave them that often."""
     from common.distributed import run_processes
 
     worlds = {s.tp * s.dp * s.pp for s in strategies}
@@ -355,7 +377,7 @@ def run_session(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup
     packed = [_pack(s, sch) for s, sch in zip(strategies, schedules)]
     world = worlds.pop()
     backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world else "gloo"
-    return run_processes(_session_worker, world, args=(asdict(cfg), packed, steps, warmup, measure),
+    return run_processes(_session_worker, world, args=(asdict(cfg), packed, steps, warmup, measure, rounds),
                          timeout_s=timeout_s, backend=backend)
 
 
@@ -373,7 +395,7 @@ def measured_time(results: list[dict]) -> float:
 
 # ----------------------------------------------------------------------- this machine for the planner
 def _link_worker(rank: int, world: int) -> list[dict]:
-    return link_bench.ping_pong(link_bench.default_sizes(8 << 20, 6), 0, 1, repeats=15, stat="median")
+    return link_bench.ping_pong(link_bench.default_sizes(8 << 20, 6), 0, 1, repeats=15, stat="min")
 
 
 def measure_link(timeout_s: float = 60.0) -> tuple[float, float]:
@@ -424,8 +446,8 @@ def predicted_memory(cfg: TinyGPT, s: Strategy, schedule: str = "gpipe") -> list
 # ------------------------------------------------------------------------------- per-message latency
 @dataclass(frozen=True)
 class Latencies:
-    """Seconds per message, from the link micro-benchmark's fits: a point-to-point send, and one all-reduce
-    call over a group of each size (gloo's all-reduce is several messages and a synchronisation)."""
+    """Seconds per message, from the link micro-benchmark: a point-to-point send (the ping-pong fit's latency),
+    and one all-reduce call over a group of each size, as a computing rank sees it (`latency_under_load`)."""
 
     p2p_s: float
     all_reduce_s: dict[int, float]
@@ -482,20 +504,32 @@ def message_latency(cfg: TinyGPT, s: Strategy, lat: Latencies) -> float:
     return t + c["dp_per_step"] / s.pp * lat.all_reduce(s.dp)
 
 
-def _latencies(quiet: link_bench.LinkFit | None, busy: dict) -> Latencies:
-    """Per-message latencies for the prediction: the busy measurement, at least the quiet ping-pong fit's
-    (a ring all-reduce over n ranks is at least 2(n-1) messages)."""
+def _latencies(quiet: link_bench.LinkFit | None, busy_rounds: list[dict]) -> Latencies:
+    """Per-message latencies for the prediction. A pipeline send is posted without waiting (`isend`) and its
+    receiver mostly finds it there, so it costs the wire latency of the ping-pong fit; an all-reduce is a
+    rendezvous of its whole group every time, so it costs what `latency_under_load` measured (median over the
+    rounds), at least 2(n-1) wire latencies."""
     q = quiet.link.latency_s if quiet is not None else 0.0
-    return Latencies(max(busy.get("p2p", 0.0), q),
-                     {n: max(a, 2 * (n - 1) * q) for n, a in busy.get("all_reduce", {}).items()})
+    sizes = {n for b in busy_rounds for n in b}
+    return Latencies(q, {n: max(statistics.median(b[n] for b in busy_rounds), 2 * (n - 1) * q) for n in sizes})
+
+
+def _profile(ranks: list[dict], i: int, world: int) -> profiles.Profiles:
+    """Strategy i's layer times: the mean over ranks (they shared the CPU) of the median over rounds."""
+    per_round = [{k: sum(r["profile"][k_round][i][k] for r in ranks) / world for k in ranks[0]["profile"][0][i]}
+                 for k_round in range(len(ranks[0]["profile"]))]
+    times = {k: np.median(np.stack([p[k] for p in per_round]), axis=0) for k in per_round[0]}
+    return profiles.Profiles(times, tp_comm_included=False,
+                             source=f"measured on this machine, {world} processes at once, {len(per_round)} rounds")
 
 
 def compare(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: int = 2,
-            timeout_s: float = 120.0, schedules: tuple[str, ...] = SCHEDULES) -> list[dict]:
-    """For each process count: run the link micro-benchmark and profile the layers on that many processes, run
-    its strategies (each pipeline under every schedule in `schedules`), and set each measured time beside the
-    improved model's prediction for that schedule (fp32 activations and Adam state, as the run does) plus the
-    per-message latency (`message_latency`)."""
+            timeout_s: float = 120.0, schedules: tuple[str, ...] = SCHEDULES, rounds: int = 5) -> list[dict]:
+    """For each process count: run every strategy (each pipeline under every schedule in `schedules`) on that
+    many processes, interleaved over `rounds` rounds, with the link micro-benchmark and the layer profile
+    measured on the same processes in the same rounds; set each measured time beside the improved model's
+    prediction for that schedule (fp32 activations and Adam state, as the run does) plus the per-message latency
+    the model leaves out (`message_latency`)."""
     from amp.cost_model import CostModel
 
     rows = []
@@ -506,19 +540,15 @@ def compare(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: in
     for world, group in by_world.items():
         log.info("running %d strategies on %d processes", len(group), world)
         ranks = run_session(cfg, [s for s, _ in group], steps, warmup, measure=True, timeout_s=timeout_s,
-                            schedules=[sch for _, sch in group])
+                            schedules=[sch for _, sch in group], rounds=max(1, min(rounds, steps)))
         fit = link_bench.fit_link(ranks[0]["link"], "p2p") if world > 1 else None
         gbps = fit.link.gbps if fit else 1e3
+        lat = _latencies(fit, ranks[0]["busy"])
+        log.info("link: %.2f Gbps, %.0f us per send; all-reduce under load %s", gbps, lat.p2p_s * 1e6,
+                 {n: f"{a * 1e6:.0f} us" for n, a in lat.all_reduce_s.items()})
         for i, (s, sch) in enumerate(group):
-            lat = _latencies(fit, ranks[0]["runs"][i]["busy"])
-            log.info("%s: link %.2f Gbps, %.0f us per send, all-reduce %s", s.label(), gbps, lat.p2p_s * 1e6,
-                     {n: f"{a * 1e6:.0f} us" for n, a in lat.all_reduce_s.items()})
-            prof_runs = [r["runs"][i]["profile"] for r in ranks]
-            times = {k: sum(p[k] for p in prof_runs) / world for k in prof_runs[0]}
-            prof = profiles.Profiles(times, tp_comm_included=False,
-                                     source=f"measured on this machine, {world} processes at once")
-            cm = CostModel(local_setup(cfg, world, gbps, 0.0), prof, "improved", schedule=sch, act_bits=32,
-                           bytes_per_param=16, act_scale=2)
+            cm = CostModel(local_setup(cfg, world, gbps, 0.0), _profile(ranks, i, world), "improved", schedule=sch,
+                           act_bits=32, bytes_per_param=16, act_scale=2)
             base = float(cm.predict(s).total_s)
             latency = message_latency(cfg, s, lat)
             pred = base + latency
