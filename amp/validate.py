@@ -218,6 +218,7 @@ class Runner:
     def __init__(self, cfg: TinyGPT, strategy: tuple):
         self.cfg = cfg
         tp, dp, pp, self.mbs, partition, self.schedule = (*strategy, "gpipe")[:6]
+        self.partition = tuple(partition)
         world = dist.get_world_size() if dist.is_initialized() else 1
         require(tp * dp * pp == world, f"tp*dp*pp = {tp * dp * pp} but {world} processes")
         self.grid = g = build_grid(tp=tp, pp=pp, dp=dp)
@@ -265,6 +266,16 @@ class Runner:
             alive += saved[m] if kind == "F" else -saved[m]
             peak = max(peak, alive)
         return 0.0 if total is None else float(total), peak
+
+    def compute_between_tp_messages(self, prof: dict) -> float:
+        """Seconds this rank computes between two tensor-parallel messages: its stage's profiled time per
+        micro-batch over the messages it sends per micro-batch."""
+        g = self.grid
+        strategy = Strategy(g.tp, g.dp, g.pp, self.mbs, self.partition)
+        per_micro = message_counts(self.cfg, strategy)["tp_per_micro_batch"][g.stage]
+        start = sum(self.partition[:g.stage])
+        stage_s = float(prof[("local", g.tp, self.mbs)][start:start + self.partition[g.stage]].sum())
+        return stage_s / max(per_micro, 1)
 
     def first_step(self) -> dict:
         """Step 0, checked: loss, a few gradients, memory, and the messages of one step by group."""
@@ -340,18 +351,24 @@ def _session_worker(rank: int, world: int, cfg_dict: dict, strategies: list[tupl
     firsts = [r.first_step() for r in runners]
     for r in runners:
         r.timed_steps(0, warmup)
-    sizes = sorted({n for st in strategies for n in st[:2] if n > 1})
+    dp_sizes = sorted({st[1] for st in strategies if st[1] > 1})
     per_round = [steps // rounds + (k < steps % rounds) for k in range(rounds)]
     for k in range(rounds):
         if measure:
-            out["busy"].append({n: link_bench.latency_under_load("all_reduce", build_grid(tp=n, pp=world // n).tp_comm.group)
-                                for n in sizes})
+            generic = {n: link_bench.latency_under_load("all_reduce", build_grid(tp=n, pp=world // n).tp_comm.group)
+                       for n in dp_sizes}
             out["profile"].append([])
+            out["busy"].append([])
         for st, r in zip(strategies, runners):
             if measure:
                 dist.barrier()
                 prof = profile_layers(cfg, (st[3],), repeats=7, device=dev, tp=st[0]).times
                 out["profile"][-1].append(prof)
+                busy = {"dp": generic.get(st[1], 0.0), "tp": 0.0}
+                if r.grid.tp_comm is not None:  # the all-reduce after as much compute as the run does between two
+                    busy["tp"] = link_bench.latency_under_load("all_reduce", r.grid.tp_comm.group,
+                                                               work_s=r.compute_between_tp_messages(prof), messages=20)
+                out["busy"][-1].append(busy)
             r.timed_steps(per_round[k])
     out["runs"] = [r.summary(f) for r, f in zip(runners, firsts)]
     return out
@@ -447,18 +464,12 @@ def predicted_memory(cfg: TinyGPT, s: Strategy, schedule: str = "gpipe") -> list
 @dataclass(frozen=True)
 class Latencies:
     """Seconds per message, from the link micro-benchmark: a point-to-point send (the ping-pong fit's latency),
-    and one all-reduce call over a group of each size, as a computing rank sees it (`latency_under_load`)."""
+    and one all-reduce call in the tensor- and in the data-parallel group, as a computing rank sees it
+    (`latency_under_load`)."""
 
     p2p_s: float
-    all_reduce_s: dict[int, float]
-
-    def all_reduce(self, n: int) -> float:
-        if n <= 1 or not self.all_reduce_s:
-            return 0.0
-        if n in self.all_reduce_s:
-            return self.all_reduce_s[n]
-        m, a = max(self.all_reduce_s.items())  # a ring: 2(n-1) steps
-        return a * (n - 1) / (m - 1)
+    tp_all_reduce_s: float = 0.0
+    dp_all_reduce_s: float = 0.0
 
 
 def message_counts(cfg: TinyGPT, s: Strategy) -> dict[str, object]:
@@ -475,7 +486,7 @@ def message_counts(cfg: TinyGPT, s: Strategy) -> dict[str, object]:
     for n in s.partition:
         kinds = [l.kind for l in layers[a:a + n]]
         blocks = sum(k == "transformer" for k in kinds)
-        head = int(a + n == len(layers) or any(k == "head" for k in kinds)) if s.tp > 1 else 0
+        head = int("head" in kinds)
         tp_per_micro.append(4 * blocks + 2 * head if s.tp > 1 else 0)
         a += n
     return {"micro_batches": B, "tp_per_micro_batch": tp_per_micro,
@@ -492,26 +503,29 @@ def message_latency(cfg: TinyGPT, s: Strategy, lat: Latencies) -> float:
     the bottleneck stage waits for an activation and a gradient per micro-batch (2 (M + pp - 2) sends, the fill
     and drain crossing the other cuts). The data-parallel all-reduce adds one call.
 
-    How `amp.cost_model` could take this over: `tp_allreduce` would charge `4 x all_reduce_s(tp)` per block
+    How `amp.cost_model` could take this over: `tp_allreduce` would charge `4 x tp_all_reduce_s` per block
     (plus 2 for a vocabulary-parallel head) instead of `ceil(log2 tp) x` the node's p2p latency, `cuts` 1 p2p
     latency each way per micro-batch, `dp_allreduce` one call's latency; `Node` would carry the measured
     all-reduce latency beside `latency_us`."""
     c = message_counts(cfg, s)
     M, slots = c["micro_batches"], c["micro_batches"] + s.pp - 1
-    t = slots * max(c["tp_per_micro_batch"]) * lat.all_reduce(s.tp)
+    t = slots * max(c["tp_per_micro_batch"]) * lat.tp_all_reduce_s
     if s.pp > 1:
         t += 2 * (M + s.pp - 2) * lat.p2p_s
-    return t + c["dp_per_step"] / s.pp * lat.all_reduce(s.dp)
+    return t + c["dp_per_step"] / s.pp * lat.dp_all_reduce_s
 
 
-def _latencies(quiet: link_bench.LinkFit | None, busy_rounds: list[dict]) -> Latencies:
-    """Per-message latencies for the prediction. A pipeline send is posted without waiting (`isend`) and its
-    receiver mostly finds it there, so it costs the wire latency of the ping-pong fit; an all-reduce is a
-    rendezvous of its whole group every time, so it costs what `latency_under_load` measured (median over the
-    rounds), at least 2(n-1) wire latencies."""
+def _latencies(quiet: link_bench.LinkFit | None, busy_rounds: list[dict], s: Strategy) -> Latencies:
+    """Per-message latencies for the prediction of strategy `s`. A pipeline send is posted without waiting
+    (`isend`) and its receiver mostly finds it there, so it costs the wire latency of the ping-pong fit; an
+    all-reduce is a rendezvous of its whole group every time, so it costs what `latency_under_load` measured in
+    the rounds (median), at least 2(n-1) wire latencies."""
     q = quiet.link.latency_s if quiet is not None else 0.0
-    sizes = {n for b in busy_rounds for n in b}
-    return Latencies(q, {n: max(statistics.median(b[n] for b in busy_rounds), 2 * (n - 1) * q) for n in sizes})
+
+    def busy(key: str, n: int) -> float:
+        return max(statistics.median(b[key] for b in busy_rounds), 2 * (n - 1) * q) if n > 1 else 0.0
+
+    return Latencies(q, busy("tp", s.tp), busy("dp", s.dp))
 
 
 def _profile(ranks: list[dict], i: int, world: int) -> profiles.Profiles:
@@ -543,10 +557,9 @@ def compare(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: in
                             schedules=[sch for _, sch in group], rounds=max(1, min(rounds, steps)))
         fit = link_bench.fit_link(ranks[0]["link"], "p2p") if world > 1 else None
         gbps = fit.link.gbps if fit else 1e3
-        lat = _latencies(fit, ranks[0]["busy"])
-        log.info("link: %.2f Gbps, %.0f us per send; all-reduce under load %s", gbps, lat.p2p_s * 1e6,
-                 {n: f"{a * 1e6:.0f} us" for n, a in lat.all_reduce_s.items()})
+        log.info("link: %.2f Gbps, %.0f us per send", gbps, fit.link.latency_s * 1e6 if fit else 0.0)
         for i, (s, sch) in enumerate(group):
+            lat = _latencies(fit, [b[i] for b in ranks[0]["busy"]], s)
             cm = CostModel(local_setup(cfg, world, gbps, 0.0), _profile(ranks, i, world), "improved", schedule=sch,
                            act_bits=32, bytes_per_param=16, act_scale=2)
             base = float(cm.predict(s).total_s)
@@ -575,7 +588,7 @@ def compare(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: in
                          "activation_bytes_real": max(r["saved_activation_bytes"] for r in results),
                          "activation_bytes_model": max(m["activation_bytes"] for m in mem),
                          "link_gbps": gbps, "latency_us": lat.p2p_s * 1e6,
-                         "all_reduce_us": lat.all_reduce(max(s.tp, s.dp)) * 1e6,
+                         "tp_all_reduce_us": lat.tp_all_reduce_s * 1e6, "dp_all_reduce_us": lat.dp_all_reduce_s * 1e6,
                          "link_fit_max_error": fit.max_rel_error if fit else 0.0})
             log.info("%s %s: predicted %.4fs (latency %.4fs), measured %.4fs", s.label(), sch, pred, latency,
                      measured)

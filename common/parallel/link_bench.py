@@ -124,22 +124,20 @@ def _work(iters: int, a: torch.Tensor) -> torch.Tensor:
 
 
 def _calibrate(seconds: float, a: torch.Tensor) -> int:
-    """Iterations of `_work` that take about `seconds` on an idle core (best of a few tries)."""
-    t0 = time.perf_counter()
-    _work(20, a)
-    best = time.perf_counter() - t0
-    for _ in range(2):
+    """Iterations of `_work` that take about `seconds` on this machine as loaded now (median of a few tries)."""
+    tries = []
+    for _ in range(5):
         t0 = time.perf_counter()
-        _work(20, a)
-        best = min(best, time.perf_counter() - t0)
-    return max(1, round(seconds / (best / 20)))
+        _work(10, a)
+        tries.append((time.perf_counter() - t0) / 10)
+    return max(1, round(seconds / statistics.median(tries)))
 
 
 def latency_under_load(op: str = "all_reduce", group=None, work_s: float = 1e-3, messages: int = 40, rounds: int = 3,
                        a: int = 0, b: int = 1) -> float:
     """Seconds one small message adds to a rank that computes between messages, as a training step does.
 
-    Each rank runs `messages` bursts of fixed work (about `work_s` on an idle core) with one message after each
+    Each rank runs `messages` bursts of fixed work (about `work_s` on this machine now) with one message after each
     (`op`: a 4-byte all-reduce over `group`, or "p2p": ranks `a` and `b` exchange 4 bytes, both sending before
     receiving, as neighbouring pipeline stages do), and the same bursts without messages; the difference per
     message, median over `rounds`, slowest rank. On a quiet machine this is about the ping-pong latency; on a

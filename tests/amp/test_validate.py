@@ -90,13 +90,14 @@ def test_message_counts_are_the_ones_the_latency_term_charges(name, runs):
 
 
 def test_latency_term_counts_messages_on_the_critical_path():
-    lat = V.Latencies(p2p_s=1e-4, all_reduce_s={2: 3e-4})
+    lat = V.Latencies(p2p_s=1e-4, tp_all_reduce_s=3e-4, dp_all_reduce_s=5e-4)
     tp2 = Strategy(2, 1, 1, 2, (10,))  # 4 micro-batches x (4 blocks x 4 + head 2) all-reduces
     assert V.message_latency(CFG, tp2, lat) == pytest.approx(4 * 18 * 3e-4)
     pp2 = Strategy(1, 1, 2, 2, (4, 6))  # 4 micro-batches, each waits for an activation and a gradient
     assert V.message_latency(CFG, pp2, lat) == pytest.approx(2 * 4 * 1e-4)
-    assert V.message_latency(CFG, Strategy(1, 2, 1, 2, (10,)), lat) == pytest.approx(3e-4)
-    assert lat.all_reduce(4) == pytest.approx(3 * 3e-4)  # a ring of 4: three times the steps of a ring of 2
+    assert V.message_latency(CFG, Strategy(1, 2, 1, 2, (10,)), lat) == pytest.approx(5e-4)  # one flat all-reduce
+    tp2pp2 = Strategy(2, 1, 2, 2, (4, 6))  # 5 slots of the busier stage (2 blocks + head: 10), 2 x 4 sends
+    assert V.message_latency(CFG, tp2pp2, lat) == pytest.approx(5 * 10 * 3e-4 + 2 * 4 * 1e-4)
 
 
 @pytest.mark.timeout(300)
