@@ -5,15 +5,19 @@ Checkpoints hold only tensors and plain Python values, so they load with `weight
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from .results import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 def rng_state() -> dict[str, Any]:
@@ -81,3 +85,40 @@ def latest_checkpoint(directory: str | os.PathLike, pattern: str = "*.pt") -> Pa
     d = Path(directory)
     found = sorted(d.glob(pattern), key=lambda p: p.stat().st_mtime) if d.is_dir() else []
     return found[-1] if found else None
+
+
+def loadable_steps(directory: str | os.PathLike, pattern: str = "*.pt") -> dict[int, Path]:
+    """The training states in `directory` that load (a torn or foreign file is skipped), by step."""
+    d = Path(directory)
+    found: dict[int, Path] = {}
+    for path in sorted(d.glob(pattern), key=lambda p: p.stat().st_mtime) if d.is_dir() else []:
+        try:  # mmap: reads the archive's index and metadata, not every tensor
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            step = int(state["step"])
+        except Exception as exc:  # noqa: BLE001 - torn, truncated or not a training state: not a resume point
+            log.warning("skipping %s as a resume point: %s", path, str(exc).splitlines()[0] if str(exc) else exc)
+            continue
+        found[step] = path
+    return found
+
+
+def agreed_resume(directory: str | os.PathLike, pattern: str = "*.pt", group=None) -> tuple[int, Path | None]:
+    """The step every rank resumes from, and this rank's checkpoint of it (None: start from step 0).
+
+    Each rank lists the steps of its complete, loadable checkpoints; all resume from the newest step that every
+    rank has, so a rank that died between two ranks' saves, or a torn file, makes all fall back together.
+    Every rank of `group` must call this (one all-gather); without a process group it is this rank's newest.
+    """
+    import torch.distributed as dist
+
+    mine = loadable_steps(directory, pattern)
+    if dist.is_available() and dist.is_initialized():
+        everyone: list = [None] * dist.get_world_size(group)
+        dist.all_gather_object(everyone, sorted(mine), group=group)
+        common = set.intersection(*(set(s) for s in everyone))
+    else:
+        common = set(mine)
+    if not common:
+        return 0, None
+    step = max(common)
+    return step, mine[step]

@@ -100,6 +100,7 @@ class CountingComm:
     group: object = None
     link: Link | None = None
     stats: dict[str, OpStats] = field(default_factory=lambda: defaultdict(OpStats))
+    pending: list = field(default_factory=list)  # (work, tensor) of sends not yet waited for
 
     @property
     def world_size(self) -> int:
@@ -135,7 +136,7 @@ class CountingComm:
         n = self.world_size
         start = time.perf_counter()
         if n > 1:
-            out = torch.empty((t.shape[0] // n, *t.shape[1:]), dtype=t.dtype)
+            out = torch.empty((t.shape[0] // n, *t.shape[1:]), dtype=t.dtype, device=t.device)
             dist.reduce_scatter_tensor(out, t.contiguous(), group=self.group)
         else:
             out = t
@@ -154,6 +155,19 @@ class CountingComm:
         start = time.perf_counter()
         dist.send(t.contiguous(), dst=dst, group=self.group)
         self._record("send", nbytes(t), nbytes(t), start)
+
+    def isend(self, t: torch.Tensor, dst: int) -> None:
+        """Non-blocking send (pipeline schedules post sends before their peers' receives); `wait_pending`
+        completes it. With a link, the sender still waits out the link's time for the bytes."""
+        start = time.perf_counter()
+        t = t.contiguous()
+        self.pending.append((dist.isend(t, dst=dst, group=self.group), t))
+        self._record("send", nbytes(t), nbytes(t), start)
+
+    def wait_pending(self) -> None:
+        for work, _ in self.pending:
+            work.wait()
+        self.pending.clear()
 
     def recv(self, t: torch.Tensor, src: int) -> torch.Tensor:
         start = time.perf_counter()

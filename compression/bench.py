@@ -64,26 +64,15 @@ def _iteration(model, par, batch, cfg: BenchConfig, opt) -> tuple[float, dict]:
 
 def network_times(par, layout: str, sizes: list[int], repeats: int = 10) -> list[dict]:
     """Loopback seconds of one message per size (best of `repeats`: on a shared machine the noise only
-    adds): a tensor-parallel all-reduce, or a one-way send (half a ping-pong between the first two stages).
-    What the cost model's latency and bandwidth are fitted to."""
-    rows = []
-    for size in sizes:
-        t = torch.zeros(max(size // 4, 1))
-        times = []
-        for _ in range(repeats + 1):
-            dist.barrier()
-            start = time.perf_counter()
-            if layout == "tp":
-                dist.all_reduce(t, group=par.tp_comm.group)
-            elif par.rank == 0:
-                dist.send(t, 1)
-                dist.recv(t, 1)
-            elif par.rank == 1:
-                dist.recv(t, 0)
-                dist.send(t, 0)
-            times.append((time.perf_counter() - start) / (1 if layout == "tp" else 2))
-        rows.append({"layout": layout, "bytes": t.numel() * 4, "seconds": min(times[1:])})
-    return rows
+    adds): a tensor-parallel all-reduce, or a one-way send (half a ping-pong between the first two stages),
+    from the shared link micro-benchmark. What the cost model's latency and bandwidth are fitted to."""
+    from common.parallel import link_bench
+
+    if layout == "tp":
+        rows = link_bench.all_reduce(sizes, par.tp_comm.group, repeats=repeats, warmup=1, stat="min")
+    else:
+        rows = link_bench.ping_pong(sizes, par.peer(0), par.peer(1), repeats=repeats, warmup=1, stat="min")
+    return [{"layout": layout, "bytes": r["bytes"], "seconds": r["seconds"]} for r in rows]
 
 
 def bench_worker(rank: int, world: int, cfg: BenchConfig) -> dict:

@@ -1,18 +1,22 @@
 """Tensor and pipeline parallelism on real processes equal the one-process model: with the identity
-compressor for TP=2, PP=2 and TP2xPP2, and with the all-reduce compressors (auto-encoder, Random-K,
-PowerSGD) under TP=2, whose codes commute with the sum. Loss and every gradient are compared (float64)."""
+compressor for TP=2, PP=2 (GPipe and 1F1B) and TP2xPP2, and with the all-reduce compressors (auto-encoder,
+Random-K, PowerSGD) under TP=2, whose codes commute with the sum. Loss and every gradient are compared
+(float64). The module is the shared runtime (`common.parallel`) with compressors in its hooks."""
 
 import copy
 import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from common.distributed import run_processes
-from compression.compressors import CompressorSpec
+from compression.bench import network_times
+from compression.compressors import AutoEncoder, CompressorSpec
 from compression.cost_model import messages
 from compression.models import BertConfig, BertModel, Plan
-from compression.parallel import Parallel, setup, shard
+from compression.parallel import Parallel, gpipe_step, setup, shard, sync_partial_grads
 from compression.train import forward_backward, seed_replicas
 
 CFG = BertConfig(vocab=40, hidden=16, heads=4, ffn=32, layers=4, max_positions=12, dropout=0.0)
@@ -26,7 +30,20 @@ def _batch():
     return ids, mask, torch.randint(0, 2, (8,), generator=g)
 
 
-def _compare(tp, pp, spec, start_layer=0, micro=2):
+def _forward_backward(model, par, ids, mask, labels, micro, schedule):
+    """`compression.train.forward_backward` under a chosen pipeline schedule."""
+    if par.pp == 1 or schedule == "gpipe":
+        return forward_backward(model, par, ids, mask, labels, micro)
+    ids_, mask_, labels_ = (t.chunk(micro) for t in (ids, mask, labels))
+    shape = (ids_[0].shape[0], ids.shape[1], model.stage.cfg.hidden)
+    total = gpipe_step(lambda x, i: model(ids_[i] if x is None else x, mask_[i]),
+                       lambda out, i: F.cross_entropy(out, labels_[i]) / micro,
+                       par, micro, shape, model.stage.cut_in, model.stage.cut_out, schedule=schedule)
+    sync_partial_grads(model, par.tp_comm)
+    return None if total is None else total.item()
+
+
+def _compare(tp, pp, spec, start_layer=0, micro=2, schedule="gpipe"):
     """Loss and gradients of this rank's model minus those of the one-process model (max abs error)."""
     torch.set_default_dtype(torch.float64)
     plan = Plan(spec, start_layer=start_layer, seed=3)
@@ -39,7 +56,7 @@ def _compare(tp, pp, spec, start_layer=0, micro=2):
     par = setup(tp, pp)
     model = BertModel(CFG, par, plan)
     model.load_state_dict(shard(model, init, tp, par.tp_rank))
-    loss = forward_backward(model, par, ids, mask, labels, micro)
+    loss = _forward_backward(model, par, ids, mask, labels, micro, schedule)
     want = shard(model, ref_grads, tp, par.tp_rank)
     grad_err = max((p.grad - want[k]).abs().max().item() for k, p in model.named_parameters())
     n_grads = sum(1 for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0)
@@ -54,7 +71,25 @@ def _two_ranks(rank, world):
                        ("tp_randk", CompressorSpec("randk", ratio=0.3)), ("tp_powersgd", CompressorSpec("powersgd", rank=3))]:
         out[name] = _compare(2, 1, spec, start_layer=2 if name != "tp_identity" else 0)
     out["pp_identity"] = _compare(1, 2, CompressorSpec("identity"))
-    return out, _counted_vs_model(rank, world), _dropout_logits(rank, world)
+    out["pp_identity_1f1b"] = _compare(1, 2, CompressorSpec("identity"), micro=4, schedule="1f1b")
+    out["pp_topk_1f1b"] = _compare(1, 2, CompressorSpec("topk", ratio=0.3), micro=4, schedule="1f1b")
+    out["pp_topk_gpipe"] = _compare(1, 2, CompressorSpec("topk", ratio=0.3), micro=4, schedule="gpipe")
+    net = network_times(setup(2, 1), "tp", [4, 4096], repeats=2) + network_times(setup(1, 2), "pp", [4, 4096], repeats=2)
+    return out, _counted_vs_model(rank, world), _dropout_logits(rank, world), _partial_grads(rank), net
+
+
+class _PrivateAE(AutoEncoder):
+    shared_across_tp = False  # each tensor-parallel rank trains its own copy
+
+
+def _partial_grads(rank):
+    """Encoder gradients after `sync_partial_grads`: summed for a shared compressor, kept for a private one."""
+    model = nn.ModuleDict({"shared": AutoEncoder(8, 3), "private": _PrivateAE(8, 3)})
+    for p in model.parameters():
+        p.grad = torch.full_like(p, rank + 1.0)
+    sync_partial_grads(model, setup(2, 1).tp_comm)
+    return {k: (m.encoder.weight.grad.unique().tolist(), m.decoder.weight.grad.unique().tolist())
+            for k, m in model.items()}
 
 
 def _counted_vs_model(rank, world):
@@ -90,7 +125,7 @@ def _dropout_logits(rank, world):
 
 
 def _four_ranks(rank, world):
-    return _compare(2, 2, CompressorSpec("identity"))
+    return [_compare(2, 2, CompressorSpec("identity")), _compare(2, 2, CompressorSpec("identity"), micro=4, schedule="1f1b")]
 
 
 def _check(r, last_stage):
@@ -103,15 +138,24 @@ def _check(r, last_stage):
     assert r["bytes"] > 0
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
 def test_tp2_and_pp2_equal_one_process():
-    results = run_processes(_two_ranks, 2, timeout_s=100)
+    results = run_processes(_two_ranks, 2, timeout_s=140)
     counts = [r[1] for r in results]
     assert torch.equal(results[0][2], results[1][2])  # replicated dropout stays in step across TP ranks
+    for rank, r in enumerate(results):  # only a shared compressor's partial (encoder) gradients are summed
+        assert r[3] == {"shared": ([3.0], [rank + 1.0]), "private": ([rank + 1.0], [rank + 1.0])}
+        assert [(n["layout"], n["bytes"]) for n in r[4]] == [("tp", 4), ("tp", 4096), ("pp", 4), ("pp", 4096)]
+        assert all(n["seconds"] > 0 for n in r[4])
     results = [r[0] for r in results]
+    # 1F1B sends what GPipe sends (a Top-K cut both ways) and gives the same gradients
+    for r in results:
+        assert r["pp_topk_1f1b"]["grad_err"] == r["pp_topk_gpipe"]["grad_err"]
+        assert r["pp_topk_1f1b"]["bytes"] == r["pp_topk_gpipe"]["bytes"]
     for rank, res in enumerate(results):
         for name, r in res.items():
-            _check(r, last_stage=not name.startswith("pp") or rank == 1)
+            if "topk" not in name:  # Top-K is lossy: compared between schedules below
+                _check(r, last_stage=not name.startswith("pp") or rank == 1)
     # the auto-encoder (d=6 of hidden 16) all-reduces its codes: fewer bytes than the identity
     assert results[0]["tp_autoencoder"]["bytes"] < results[0]["tp_identity"]["bytes"]
     # the cost model's message list predicts the bytes exactly: TP per rank, PP summed over the two stages
@@ -125,5 +169,6 @@ def test_tp2_and_pp2_equal_one_process():
 @pytest.mark.timeout(150)
 def test_tp2_x_pp2_on_four_processes_equals_one_process():
     results = run_processes(_four_ranks, 4, timeout_s=140)
-    for rank, r in enumerate(results):
-        _check(r, last_stage=rank >= 2)
+    for rank, res in enumerate(results):
+        for r in res:  # GPipe with 2 micro-batches, 1F1B with 4
+            _check(r, last_stage=rank >= 2)
