@@ -33,6 +33,7 @@ from amp import memory
 from amp.partition import optimal_partition, pipeline_time, released_partition, uniform_partition
 from amp.profiles import Profiles
 from amp.specs import Setup, Strategy, check_strategy
+from common.parallel.mesh import rank_grid
 from common.errors import require
 
 MODES = ("released", "improved")
@@ -90,7 +91,7 @@ class CostModel:
         """Node index of every rank, shaped (pp, dp, tp)."""
         order = np.asarray(s.placement if s.placement is not None else range(len(self.cluster.nodes)))
         gpu_nodes = np.repeat(order, self.node_gpus[order])
-        return gpu_nodes.reshape(s.pp, s.dp, s.tp)
+        return gpu_nodes[rank_grid(s.pp, s.dp, s.tp)]
 
     def stage_gpu_types(self, s: Strategy, grid: np.ndarray | None = None) -> list[list[str]]:
         g = self.grid(s) if grid is None else grid

@@ -85,8 +85,10 @@ def local_validation(ctx, cfg) -> None:
         strategies.append(strat)
     rows = validate.compare(tiny, strategies, steps=int(v.steps), warmup=int(v.warmup), timeout_s=float(v.timeout_s))
     ctx.out.table("local", pd.DataFrame(rows), title="Predicted vs measured for strategies run on this machine",
-                  note=f"Tiny GPT {dict(v.model)}; gloo on CPU processes; medians of {v.steps} steps on a shared, "
-                       "loaded machine (noisy). error = (predicted - measured) / measured.")
+                  note=f"Tiny GPT {dict(v.model)}; gloo on CPU processes; medians of {v.steps} steps; every pipeline "
+                       "strategy under each schedule (GPipe, 1F1B). predicted = cost model + per-message latency x "
+                       "message count, both measured by the link micro-benchmark (common.parallel.link_bench). "
+                       "ratio = measured / predicted.")
     for i, r in enumerate(rows):
         ctx.tracker.log({"local/predicted_s": r["predicted_s"], "local/measured_s": r["measured_s"]}, step=i)
 
