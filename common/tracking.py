@@ -42,7 +42,8 @@ class Tracker:
         return Path(self.run.dir).parent if self.run is not None else None
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log metrics; `step` is logged as the metric `step` (the x-axis of the charts), not as W&B's own
+        """Log metrics now (each call is one history row sent to W&B's service at once, so curves show while
+        training runs); `step` is logged as the metric `step` (the x-axis of the charts), not as W&B's own
         step counter, so several curves (and the tables and figures logged between them) never collide."""
         if self.run is not None:
             self.run.log(dict(metrics) if step is None else {**metrics, "step": step})
@@ -72,9 +73,22 @@ class Tracker:
             self.run.summary.update(dict(values))
 
     def finish(self) -> None:
+        """End the run and return only once W&B holds all of it (the offline `.wandb` file is complete and
+        closed; online, everything is uploaded).
+
+        `run.finish()` alone does not wait for that: it tells wandb's service process that the run is over
+        (`inform_finish` is a publish, not a request), and the service flushes and closes the run's file in
+        the background; read right after, the file often held only its 7-byte header. `wandb.teardown()` asks
+        the service to shut down and waits for its process to exit, which it does only after closing every
+        run. Waiting here, not in an atexit hook, also keeps a run's last metrics when the process ends
+        without running atexit hooks (a multiprocessing child, `os._exit`, a SLURM task killed at the end).
+        """
         if self.run is not None:
+            import wandb
+
             self.run.finish()
             self.run = None
+            wandb.teardown()
 
 
 def _wandb_records(path: Path):
