@@ -45,7 +45,9 @@ class PlanConfig:
     setup: str | None = None  # a setup name (amp/data/setups) or a YAML file
     mode: str = "improved"
     profile: str | None = None  # JSON {gpu: {tp: [forward s per layer]}}
-    strategy: dict[str, Any] | None = None  # {tp:, dp:, pp:, mbs:[, partition:, placement:]}
+    # {tp:, dp:, pp:, mbs:[, partition:, placement:]}; Any, since OmegaConf 2.3 cannot merge a dict onto a None
+    # typed `dict | None`
+    strategy: Any = None
 
 
 @dataclass
