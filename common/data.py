@@ -26,8 +26,9 @@ def _package_dir(name: str, install_hint: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def rotten_tomatoes(corpus: str = "small", seed: int = 0, dev_frac: float = 0.1,
-                    test_frac: float = 0.1) -> dict[str, pd.DataFrame]:
+def rotten_tomatoes(
+    corpus: str = "small", seed: int = 0, dev_frac: float = 0.1, test_frac: float = 0.1
+) -> dict[str, pd.DataFrame]:
     """Fresh (1) vs rotten (0) review snippets, deduplicated, split train/dev/test by a seeded permutation.
 
     `corpus="small"` has 4,866 labelled snippets, `"full"` about 12,800. Returns DataFrames with columns
@@ -46,7 +47,7 @@ def rotten_tomatoes(corpus: str = "small", seed: int = 0, dev_frac: float = 0.1,
     df = df[df["text"].str.len() > 0].drop_duplicates("text")[["text", "label"]].reset_index(drop=True)
     order = np.random.default_rng(seed).permutation(len(df))
     n_test, n_dev = int(len(df) * test_frac), int(len(df) * dev_frac)
-    parts = {"test": order[:n_test], "dev": order[n_test:n_test + n_dev], "train": order[n_test + n_dev:]}
+    parts = {"test": order[:n_test], "dev": order[n_test : n_test + n_dev], "train": order[n_test + n_dev :]}
     return {k: df.iloc[idx].reset_index(drop=True) for k, idx in parts.items()}
 
 

@@ -72,8 +72,11 @@ def main(argv: list[str]) -> int:
         print(f"=== [{i}/{len(works)}] reproduce.{w} {' '.join(overrides)}", flush=True)
         start = time.time()
         rc = subprocess.call([sys.executable, "-m", f"reproduce.{w}", *overrides])
-        print(f"=== [{i}/{len(works)}] reproduce.{w}: {'ok' if rc == 0 else f'exit {rc}'} in "
-              f"{time.time() - start:.0f}s (total {time.time() - started:.0f}s)", flush=True)
+        print(
+            f"=== [{i}/{len(works)}] reproduce.{w}: {'ok' if rc == 0 else f'exit {rc}'} in "
+            f"{time.time() - start:.0f}s (total {time.time() - started:.0f}s)",
+            flush=True,
+        )
         if rc:
             failed[w] = rc
     sweep = any(o in ("-m", "--multirun") for o in overrides)

@@ -25,9 +25,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,8 +156,10 @@ def check_command_line(work: str, overrides: list[str], conf_dir: Path, multirun
                     del cfg["hydra"]
                 OmegaConf.resolve(cfg)
                 if extra := added_keys(cfg):
-                    fail(f"bad command line for reproduce.{work}: unknown key {', '.join(extra)} "
-                         f"(not in {OmegaConf.get_type(cfg).__name__}, reproduce/schemas)")
+                    fail(
+                        f"bad command line for reproduce.{work}: unknown key {', '.join(extra)} "
+                        f"(not in {OmegaConf.get_type(cfg).__name__}, reproduce/schemas)"
+                    )
                 first = first or cfg
     except Exception as exc:  # noqa: BLE001 - Hydra and OmegaConf raise many types; each is a bad command line
         fail(f"bad command line for reproduce.{work}: {_describe(exc)}")
@@ -197,10 +200,12 @@ def hydra_defaults(work: str) -> list[str]:
     """Overrides put before the user's (which win): Hydra's folders under the results folder, the log named
     after the work."""
     stamp = "${now:%Y-%m-%d_%H-%M-%S}"
-    return [f"hydra.job.name={work}",
-            f"hydra.run.dir=${{results_dir}}/{work}/runs/{stamp}",
-            f"hydra.sweep.dir=${{results_dir}}/{work}/multirun/{stamp}",
-            "hydra.sweep.subdir=${hydra.job.num}"]
+    return [
+        f"hydra.job.name={work}",
+        f"hydra.run.dir=${{results_dir}}/{work}/runs/{stamp}",
+        f"hydra.sweep.dir=${{results_dir}}/{work}/multirun/{stamp}",
+        "hydra.sweep.subdir=${hydra.job.num}",
+    ]
 
 
 def slurm_argv(cfg: Any, argv: list[str], overrides: list[str]) -> list[str]:
@@ -210,9 +215,15 @@ def slurm_argv(cfg: Any, argv: list[str], overrides: list[str]) -> list[str]:
     if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
         fail("launcher=slurm needs the slurm extra: pip install -e '.[slurm]'")
     s = cfg.slurm
-    settings = {"nodes": s.nodes, "tasks_per_node": s.tasks_per_node, "timeout_min": s.timeout_min,
-                "partition": s.partition, "gpus_per_node": s.gpus_per_node or None,
-                "cpus_per_task": s.cpus_per_task, "mem_gb": s.mem_gb}
+    settings = {
+        "nodes": s.nodes,
+        "tasks_per_node": s.tasks_per_node,
+        "timeout_min": s.timeout_min,
+        "partition": s.partition,
+        "gpus_per_node": s.gpus_per_node or None,
+        "cpus_per_task": s.cpus_per_task,
+        "mem_gb": s.mem_gb,
+    }
     extra = [f"hydra.launcher.{k}={v}" for k, v in settings.items() if v is not None]
     if s.setup:
         extra.append("hydra.launcher.setup=[" + ",".join(f"'{c}'" for c in s.setup) + "]")
@@ -273,9 +284,16 @@ def execute(work: str, cfg: Any, run: Callable[[RunContext], None]) -> Path | No
         tracker = Tracker(mode="disabled")
     else:
         name = f"{work}-{scale}" + (f"-job{job}" if job is not None else "")
-        tracker = Tracker(project=cfg.tracking.project, group=f"{work}/{scale}", name=name, config=resolved,
-                          mode=str(cfg.tracking.mode), dir=_original_cwd() / cfg.tracking.dir,
-                          tags=[work, scale], rank=env.rank)
+        tracker = Tracker(
+            project=cfg.tracking.project,
+            group=f"{work}/{scale}",
+            name=name,
+            config=resolved,
+            mode=str(cfg.tracking.mode),
+            dir=_original_cwd() / cfg.tracking.dir,
+            tags=[work, scale],
+            rank=env.rank,
+        )
     with ResultWriter(out_dir, tracker=tracker) as out:
         ctx = RunContext(work=work, scale=scale, cfg=cfg, out=out, tracker=tracker, env=env)
         try:
@@ -289,8 +307,9 @@ def execute(work: str, cfg: Any, run: Callable[[RunContext], None]) -> Path | No
             tracker.finish()
 
 
-def main(work: str, run: Callable[[RunContext], None], conf_dir: Path | None = None,
-         schema: type | None = None) -> None:
+def main(
+    work: str, run: Callable[[RunContext], None], conf_dir: Path | None = None, schema: type | None = None
+) -> None:
     """Entry point of `python -m reproduce.<work>`; `schema` defaults to `reproduce.schemas.<work>`'s."""
     import hydra
     from hydra._internal.utils import get_args_parser

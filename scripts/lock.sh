@@ -16,8 +16,9 @@ esac
 compile() {  # $1: output file, then extra pip-compile options
   local out=$1; shift
   # PIP_FIND_LINKS replaces any find-links of the machine's pip config, so only this relative one is written
-  CUSTOM_COMPILE_COMMAND=scripts/lock.sh PIP_FIND_LINKS=third_party/wheels "$PY" -m piptools compile --quiet --extra test --strip-extras --allow-unsafe \
-    --no-emit-index-url --no-emit-trusted-host --constraint scripts/lock-constraints.txt \
+  CUSTOM_COMPILE_COMMAND=scripts/lock.sh PIP_FIND_LINKS=third_party/wheels \
+    "$PY" -m piptools compile --quiet --extra test --strip-extras --allow-unsafe --no-emit-index-url \
+    --no-emit-trusted-host --constraint scripts/lock-constraints.txt \
     --output-file "$out" "$@" pyproject.toml
 }
 case "${1:-}" in

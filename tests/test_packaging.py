@@ -38,8 +38,11 @@ def project_requirements() -> list[Requirement]:
 
 
 def unsatisfied(requirements: list[Requirement], pins: dict[str, Version]) -> list[str]:
-    return [str(r) for r in requirements
-            if _norm(r.name) not in pins or not r.specifier.contains(pins[_norm(r.name)], prereleases=True)]
+    return [
+        str(r)
+        for r in requirements
+        if _norm(r.name) not in pins or not r.specifier.contains(pins[_norm(r.name)], prereleases=True)
+    ]
 
 
 def test_every_requirement_of_pyproject_is_pinned_in_the_lock():
@@ -48,8 +51,10 @@ def test_every_requirement_of_pyproject_is_pinned_in_the_lock():
     pins = lock_pins(LOCK.read_text())
     assert unsatisfied(project_requirements(), pins) == []
     # the check can fail: a requirement the lock does not satisfy, and one it lacks
-    assert unsatisfied([Requirement("torch>=99"), Requirement("no-such-package")], pins) == ["torch>=99",
-                                                                                             "no-such-package"]
+    assert unsatisfied([Requirement("torch>=99"), Requirement("no-such-package")], pins) == [
+        "torch>=99",
+        "no-such-package",
+    ]
 
 
 def test_lock_pins_the_pair_that_imports_and_the_local_sklearn_shim():
@@ -66,8 +71,12 @@ def test_lock_pins_the_pair_that_imports_and_the_local_sklearn_shim():
 def test_wheel_metadata_has_no_path_of_the_build_machine(tmp_path):
     # with hatchling installed (the test extra) nothing is fetched; otherwise pip builds in isolation
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("hatchling") else []
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(tmp_path),
-                           str(ROOT)], capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("mlsys_repro-*.whl")
     with zipfile.ZipFile(wheel) as z:

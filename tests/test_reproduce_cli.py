@@ -57,7 +57,11 @@ def test_hydra_flags_print_and_write_nothing(tmp_path):
     assert cfg.returncode == 0, cfg.stderr
     assert "value: 7" in cfg.stdout and "scale:\n  name: mini" in cfg.stdout
     helped = run_cli([ECHO, "--help"], cwd=tmp_path)
-    assert helped.returncode == 0 and "echo is powered by Hydra" in helped.stdout and "scale: mini, paper, smoke" in helped.stdout
+    assert (
+        helped.returncode == 0
+        and "echo is powered by Hydra" in helped.stdout
+        and "scale: mini, paper, smoke" in helped.stdout
+    )
     info = run_cli([ECHO, "--info", "defaults"], cwd=tmp_path)
     assert info.returncode == 0 and "repro_base" in info.stdout
     assert not any(tmp_path.iterdir())
@@ -74,8 +78,9 @@ def test_run_and_sweep_folders_are_under_the_results_folder(tmp_path):
     assert "results written to" in log.read_text()
     assert (results / "echo" / "smoke" / "echo.csv").exists()
 
-    proc = run_cli([ECHO, "--multirun", "scale=smoke", "value=1,2,3", "tracking.mode=disabled",
-                    f"results_dir={results}"], cwd=cwd)
+    proc = run_cli(
+        [ECHO, "--multirun", "scale=smoke", "value=1,2,3", "tracking.mode=disabled", f"results_dir={results}"], cwd=cwd
+    )
     assert proc.returncode == 0, proc.stderr
     (sweep,) = (results / "echo" / "multirun").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())

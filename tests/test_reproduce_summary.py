@@ -1,7 +1,6 @@
 """`python -m reproduce` ends with one table of every work's claims, read from results/<work>/<scale>/claims.json;
 a work that wrote none shows as "no claims report", a failed one says so (its old report is not shown)."""
 
-
 import reproduce.__main__ as entry
 from common.claims import Claim, decide, write_claims
 from common.results import ResultWriter
@@ -13,8 +12,13 @@ def _write(results, work, scale, claims):
         out.commit({}, work=work, scale=scale)
 
 
-CLAIM = Claim(key="k", claim="distillation beats training alone", paper_evidence="Table 2",
-              measured_evidence="73.1 vs 50.0", verdict=decide(True))
+CLAIM = Claim(
+    key="k",
+    claim="distillation beats training alone",
+    paper_evidence="Table 2",
+    measured_evidence="73.1 vs 50.0",
+    verdict=decide(True),
+)
 
 
 def test_summary_reads_every_claims_report(tmp_path):

@@ -13,8 +13,12 @@ import importlib
 
 from .base import BaseConfig
 
-WORK_SCHEMAS = {"amp": "AmpConfig", "compression": "CompressionConfig", "dcvae": "DcvaeConfig",
-                "mpcformer": "MpcformerConfig"}
+WORK_SCHEMAS = {
+    "amp": "AmpConfig",
+    "compression": "CompressionConfig",
+    "dcvae": "DcvaeConfig",
+    "mpcformer": "MpcformerConfig",
+}
 
 
 def schema_for(work: str) -> type[BaseConfig]:
