@@ -12,8 +12,8 @@ raised by the work is one line and exit 2; results are committed only when `run`
 leaves the previous results in place. Where things go (RESULTS is `results_dir`, `results` by default):
 
 - a run: results in RESULTS/<work>/<scale>/, Hydra's files (`.hydra/`, `<work>.log`) in
-  RESULTS/<work>/runs/<date>_<time>/;
-- a `--multirun` sweep: one folder per job, RESULTS/<work>/multirun/<date>_<time>/<job number>/, holding that
+  RESULTS/runs/<work>/<date>_<time>/ (kept when the run fails: the log says why);
+- a `--multirun` sweep: one folder per job, RESULTS/multirun/<work>/<date>_<time>/<job number>/, holding that
   job's results in <scale>/ beside its `.hydra/` and `<work>.log` (nothing of another job is overwritten).
 """
 
@@ -202,8 +202,8 @@ def hydra_defaults(work: str) -> list[str]:
     stamp = "${now:%Y-%m-%d_%H-%M-%S}"
     return [
         f"hydra.job.name={work}",
-        f"hydra.run.dir=${{results_dir}}/{work}/runs/{stamp}",
-        f"hydra.sweep.dir=${{results_dir}}/{work}/multirun/{stamp}",
+        f"hydra.run.dir=${{results_dir}}/runs/{work}/{stamp}",
+        f"hydra.sweep.dir=${{results_dir}}/multirun/{work}/{stamp}",
         "hydra.sweep.subdir=${hydra.job.num}",
     ]
 

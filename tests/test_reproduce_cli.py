@@ -74,7 +74,7 @@ def test_run_and_sweep_folders_are_under_the_results_folder(tmp_path):
     results = tmp_path / "results"
     proc = run_cli([ECHO, "scale=smoke", "tracking.mode=disabled", f"results_dir={results}"], cwd=cwd)
     assert proc.returncode == 0, proc.stderr
-    (log,) = (results / "echo" / "runs").glob("*/echo.log")  # named after the work, not app.log
+    (log,) = (results / "runs" / "echo").glob("*/echo.log")  # named after the work, not app.log
     assert "results written to" in log.read_text()
     assert (results / "echo" / "smoke" / "echo.csv").exists()
 
@@ -82,7 +82,7 @@ def test_run_and_sweep_folders_are_under_the_results_folder(tmp_path):
         [ECHO, "--multirun", "scale=smoke", "value=1,2,3", "tracking.mode=disabled", f"results_dir={results}"], cwd=cwd
     )
     assert proc.returncode == 0, proc.stderr
-    (sweep,) = (results / "echo" / "multirun").iterdir()
+    (sweep,) = (results / "multirun" / "echo").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1", "2"]
     for job, value in zip(jobs, (1, 2, 3)):
