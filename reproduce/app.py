@@ -39,7 +39,6 @@ from common.results import ResultWriter
 from common.tracking import Tracker
 
 CONF_ROOT = Path(__file__).parent / "conf"
-SCALES = ("smoke", "mini", "paper")
 MAX_CHECKED_SWEEP_VALUES = 64  # values of one swept key composed up front (each is checked by its own job too)
 
 log = logging.getLogger("reproduce")
