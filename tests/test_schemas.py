@@ -18,11 +18,15 @@ CONF = Path(app.__file__).parent / "conf"
 
 
 def _compose(work: str, overrides: list[str]):
+    app.register_schema(work)
+    return _compose_registered(work, overrides)
+
+
+def _compose_registered(work: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    app.register_schema(work)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF / work), version_base="1.3"):
@@ -111,3 +115,24 @@ def test_a_key_the_schema_lacks_fails_to_compose():
         _compose("amp", ["scale=smoke", "no_such_key=1"])
     with pytest.raises(ConfigCompositionException):
         _compose("mpcformer", ["scale=smoke", "train.batch_size=eight"])
+
+
+@pytest.mark.parametrize("work", list(WORK_SCHEMAS))
+def test_a_drafted_schema_composes_every_scale(work):
+    """`python -m reproduce.schemas.draft WORK` (for updating a schema after the YAML changed) drafts a module
+    that already composes every scale."""
+    from omegaconf import OmegaConf
+
+    from reproduce.schemas.draft import draft
+
+    namespace: dict = {}
+    exec(compile(draft(work), f"<draft of {work}>", "exec"), namespace)
+    schema = namespace[f"{work.title()}Config"]
+    try:
+        for w, overrides in _cases():
+            if w == work:
+                app.register_schema(work, schema)
+                cfg = _compose_registered(work, overrides)
+                assert app.added_keys(cfg) == [] and OmegaConf.get_type(cfg) is schema
+    finally:
+        app.register_schema(work)

@@ -3,8 +3,9 @@
 `reproduce.app.main` stores a work's schema in Hydra's ConfigStore as `repro_base`, the first entry of the
 work's defaults list (`reproduce/conf/<work>/config.yaml`); the YAML files are merged onto it, so a key the
 schema lacks, or a value of the wrong type, fails when the config is composed (on the command line too).
-When a work's YAML gains, renames or drops a key, change its module here; `tests/test_schemas.py` composes
-every work at every scale against its schema, so a mismatch fails there first.
+When a work's YAML gains, renames or drops a key, change its module here (`python -m reproduce.schemas.draft WORK`
+prints a draft from the YAML files); `tests/test_schemas.py` composes every work at every scale against its
+schema, so a mismatch fails there first.
 """
 
 from __future__ import annotations
