@@ -112,6 +112,15 @@ def _describe(exc: BaseException) -> str:
     return one_line(Exception(": ".join(p.strip().rstrip(".") for p in parts if p.strip())))
 
 
+def _sweep_values(o: Any) -> list[str]:
+    """The values of a sweep override (`a,b`, `range(...)`, `choice(...)`); [] for one Hydra expands itself
+    (`glob(...)`), which its jobs then check."""
+    try:
+        return list(o.sweep_string_iterator())[:MAX_CHECKED_SWEEP_VALUES]
+    except Exception:  # noqa: BLE001 - Hydra raises for sweeps it cannot enumerate here
+        return []
+
+
 def _scales(conf_dir: Path) -> list[str]:
     return sorted(p.stem for p in (conf_dir / "scale").glob("*.yaml"))
 
@@ -134,7 +143,7 @@ def check_command_line(work: str, overrides: list[str], conf_dir: Path, multirun
     fixed, swept = [], []
     for o in parsed:
         if o.get_key_element() == "scale" and o.value_type is not None:
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            values = _sweep_values(o) if o.is_sweep_override() else [o.get_value_element_as_str()]
             for v in values:
                 if v not in scales:
                     fail(f"unknown scale {v!r} for {work}; choose one of {', '.join(scales)}")
@@ -143,7 +152,7 @@ def check_command_line(work: str, overrides: list[str], conf_dir: Path, multirun
     for o in swept:
         head = [x.input_line for x in fixed]
         key = o.get_key_element()
-        variants += [[*head, f"{key}={v}"] for v in list(o.sweep_string_iterator())[:MAX_CHECKED_SWEEP_VALUES]]
+        variants += [[*head, f"{key}={v}"] for v in _sweep_values(o)]
     first = None
     try:
         GlobalHydra.instance().clear()
