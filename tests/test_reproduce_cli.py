@@ -1,10 +1,13 @@
-"""`python -m reproduce` and the per-work Hydra apps: bad input is one line on stderr and exit code 2."""
+"""`python -m reproduce` and the per-work Hydra apps: bad input is one line on stderr and exit code 2; Hydra's
+own command line (--help, --cfg, --info, --multirun) works; Hydra's folders go under the results folder."""
+
+import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
-ECHO = "tests/fixtures/echo_work.py"
+ECHO = str(ROOT / "tests" / "fixtures" / "echo_work.py")
 
 
 @pytest.mark.timeout(300)
@@ -13,10 +16,16 @@ ECHO = "tests/fixtures/echo_work.py"
     [
         (["-m", "reproduce", "nosuchwork"], "unknown work 'nosuchwork'"),
         ([ECHO, "scale=huge"], "unknown scale 'huge'"),
-        ([ECHO, "nokey=1"], "Could not override 'nokey'"),
-        ([ECHO, "value=abc"], "value must be int, got 'abc'"),
+        ([ECHO, "--multirun", "scale=smoke,huge"], "unknown scale 'huge'"),
+        ([ECHO, "nokey=1"], "Key 'nokey' not in 'EchoConfig'"),
+        ([ECHO, "+nokey=1"], "unknown key nokey"),
+        ([ECHO, "value=abc"], "value: Value 'abc' of type 'str' could not be converted to Integer"),
+        ([ECHO, "--multirun", "value=1,abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
+        ([ECHO, "dry_run=maybe"], "dry_run: Value 'maybe' is not a valid bool"),
         ([ECHO, "value=-1", "tracking.mode=disabled"], "value must be >= 0, got -1"),
-        ([ECHO, "tracking.mode=sometimes"], "unknown tracking mode 'sometimes'"),
+        ([ECHO, "tracking.mode=sometimes"], "tracking.mode: Invalid value 'sometimes'"),
+        ([ECHO, "launcher=cloud"], "launcher: Invalid value 'cloud'"),
+        ([ECHO, "seed=0,1"], "Ambiguous value for argument 'seed=0,1'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
@@ -40,3 +49,48 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "plan: one table" in proc.stdout and "name: paper" in proc.stdout
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(120)
+def test_hydra_flags_print_and_write_nothing(tmp_path):
+    cfg = run_cli([ECHO, "--cfg", "job", "value=7", f"results_dir={tmp_path}"], cwd=tmp_path)
+    assert cfg.returncode == 0, cfg.stderr
+    assert "value: 7" in cfg.stdout and "scale:\n  name: mini" in cfg.stdout
+    helped = run_cli([ECHO, "--help"], cwd=tmp_path)
+    assert (
+        helped.returncode == 0
+        and "echo is powered by Hydra" in helped.stdout
+        and "scale: mini, paper, smoke" in helped.stdout
+    )
+    info = run_cli([ECHO, "--info", "defaults"], cwd=tmp_path)
+    assert info.returncode == 0 and "repro_base" in info.stdout
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(180)
+def test_run_and_sweep_folders_are_under_the_results_folder(tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    results = tmp_path / "results"
+    proc = run_cli([ECHO, "scale=smoke", "tracking.mode=disabled", f"results_dir={results}"], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    (log,) = (results / "runs" / "echo").glob("*/echo.log")  # named after the work, not app.log
+    assert "results written to" in log.read_text()
+    assert (results / "echo" / "smoke" / "echo.csv").exists()
+
+    proc = run_cli(
+        [ECHO, "--multirun", "scale=smoke", "value=1,2,3", "tracking.mode=disabled", f"results_dir={results}"], cwd=cwd
+    )
+    assert proc.returncode == 0, proc.stderr
+    (sweep,) = (results / "multirun" / "echo").iterdir()
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1", "2"]
+    for job, value in zip(jobs, (1, 2, 3)):
+        table = (sweep / job / "smoke" / "echo.csv").read_text().splitlines()
+        assert table[1] == f"1,{value}", table  # each job's own results, none overwritten
+        prov = json.loads((sweep / job / "smoke" / "provenance.json").read_text())
+        assert prov["config"]["value"] == value
+        assert (sweep / job / "echo.log").exists() and (sweep / job / ".hydra" / "overrides.yaml").exists()
+    # the sweep left the single run's results alone, and nothing in the working directory
+    assert (results / "echo" / "smoke" / "echo.csv").read_text().splitlines()[1] == "1,3"
+    assert not any(cwd.iterdir())

@@ -42,8 +42,18 @@ def slurm_conf():
 
 @pytest.mark.timeout(300)
 def test_amp_smoke_submitted_through_the_launcher(slurm_conf, tmp_path):
-    proc = run_cli(["-m", "reproduce.amp", "scale=smoke", "launcher=slurm", "slurm.timeout_min=5",
-                    f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun"], timeout=280)
+    proc = run_cli(
+        [
+            "-m",
+            "reproduce.amp",
+            "scale=smoke",
+            "launcher=slurm",
+            "slurm.timeout_min=5",
+            f"results_dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path}/multirun",
+        ],
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Submitit 'slurm' sweep" in proc.stdout + proc.stderr
     out = tmp_path / "amp" / "smoke"
@@ -57,9 +67,19 @@ def test_amp_smoke_submitted_through_the_launcher(slurm_conf, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_two_task_job_through_the_launcher_all_reduces(slurm_conf, tmp_path):
-    proc = run_cli(["tests/fixtures/echo_work.py", "scale=smoke", "launcher=slurm", "slurm.timeout_min=5",
-                    "slurm.tasks_per_node=2", "all_reduce=true", f"results_dir={tmp_path}",
-                    f"hydra.sweep.dir={tmp_path}/multirun"], timeout=280)
+    proc = run_cli(
+        [
+            "tests/fixtures/echo_work.py",
+            "scale=smoke",
+            "launcher=slurm",
+            "slurm.timeout_min=5",
+            "slurm.tasks_per_node=2",
+            "all_reduce=true",
+            f"results_dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path}/multirun",
+        ],
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Submitit 'slurm' sweep" in proc.stdout + proc.stderr
     out = tmp_path / "echo" / "smoke"
@@ -87,7 +107,13 @@ def test_two_task_job_all_reduces_over_a_group_from_slurm_variables(slurm_conf, 
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_", "LOCAL_RANK"))}
-    proc = subprocess.run([shutil.which("srun") or "srun", "--ntasks=2", "--time=5", sys.executable, "-c", ALL_REDUCE],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    proc = subprocess.run(
+        [shutil.which("srun") or "srun", "--ntasks=2", "--time=5", sys.executable, "-c", ALL_REDUCE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(proc.stdout.split("\n")[:2]) == ["rank 0/2 from slurm: 3", "rank 1/2 from slurm: 3"]

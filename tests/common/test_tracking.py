@@ -52,3 +52,24 @@ def test_steps_logged_after_tables_are_kept(tmp_path):
     t.finish()
     history = read_offline_run(run_dir)["history"]
     assert [(h["loss"], h["step"]) for h in history if "loss" in h] == [(0.0, 0), (1.0, 1), (2.0, 2)]
+
+
+EXIT_RIGHT_AFTER_FINISH = """
+import os, sys
+from common.tracking import Tracker
+t = Tracker(mode="offline", dir=sys.argv[1], group="t/smoke")
+for step in range(5):
+    t.log({"loss": float(step)}, step=step)
+print(t.run_dir, flush=True)
+t.finish()
+os._exit(0)  # no atexit hooks (as in a multiprocessing child or a killed job): finish() alone must suffice
+"""
+
+
+@pytest.mark.timeout(180)
+def test_metrics_survive_a_process_that_exits_right_after_finish(tmp_path):
+    proc = run_cli(["-c", EXIT_RIGHT_AFTER_FINISH, str(tmp_path)], timeout=170)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = proc.stdout.strip().splitlines()[-1]
+    history = read_offline_run(run_dir)["history"]
+    assert [(h["loss"], h["step"]) for h in history if "loss" in h] == [(float(s), s) for s in range(5)]
