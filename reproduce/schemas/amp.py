@@ -1,7 +1,7 @@
 """`reproduce/conf/amp/`: the paper's setups and modes, planning your own cluster, and the real-run validation.
 
-AMP's scale files are in the `scale` package: `scale.big_cluster` and `scale.validate` are read through the
-top-level interpolations `big_cluster` and `validate`.
+AMP's scale files are `@package _global_` like every work's: they set `scale.name`, `big_cluster` and
+`validate`.
 """
 
 from dataclasses import dataclass, field
@@ -36,8 +36,6 @@ class ValidateConfig:
 @dataclass
 class AmpScale:
     name: str = MISSING
-    big_cluster: bool = False
-    validate: ValidateConfig = field(default_factory=ValidateConfig)
 
 
 @dataclass
@@ -56,7 +54,8 @@ class AmpConfig(BaseConfig):
     setups: list[str] = field(default_factory=lambda: ["homogeneous", "het_cluster", "het_model"])
     modes: list[str] = field(default_factory=lambda: ["released", "improved"])
     top: int = 5
-    big_cluster: bool = "${scale.big_cluster}"  # type: ignore[assignment]
-    fit_mbs_scaling: bool = True
+    top_k: int = 10  # AMP's picks priced as the best measured of its top k (the released scripts ran 10)
+    fit_fixed_cost: bool = True
+    big_cluster: bool = False
     plan: PlanConfig = field(default_factory=PlanConfig)
-    validate: ValidateConfig = "${scale.validate}"  # type: ignore[assignment]
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
