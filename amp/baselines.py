@@ -59,9 +59,10 @@ def megatron_tp_node(setup: Setup, mbs: int = 1, schedule: str = "1f1b") -> Stra
         s = Strategy(tp, dp, pp, mbs, tuple(uniform_partition(L, pp)))
         if _fits(setup, s, schedule):
             return s
-    raise UserError(f"no tensor-parallel-in-a-node layout of {setup.model.name} fits on "
-                    f"{setup.name or 'the cluster'}")
+    raise UserError(f"no tensor-parallel-in-a-node layout of {setup.model.name} fits on {setup.name or 'the cluster'}")
 
 
-HEURISTICS = {"smallest model-parallel size that fits": megatron,
-              "TP within a node, PP across nodes, DP for the rest": megatron_tp_node}
+HEURISTICS = {
+    "smallest model-parallel size that fits": megatron,
+    "TP within a node, PP across nodes, DP for the rest": megatron_tp_node,
+}

@@ -27,16 +27,25 @@ def bench(setups=PAPER_SETUPS, big: bool = True, repeats: int = 1) -> list[dict]
         setup = load_setup(name)
         large = name in BIG_SETUPS
         prof = profiles.from_flops(setup.model, setup.cluster.gpu_types) if large else profiles.released(setup.model)
-        for mode in (("improved",) if large else ("released", "improved")):
+        for mode in ("improved",) if large else ("released", "improved"):
             best_s, result = float("inf"), None
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 result = search(setup, prof, mode)
                 best_s = min(best_s, time.perf_counter() - t0)
-            rows.append({"setup": name, "gpus": setup.cluster.num_gpus, "mode": mode,
-                         "candidates": result.evaluated, "infeasible": len(result.infeasible), "search_s": best_s,
-                         "target_s": TARGET_S[name],
-                         "best": result.best.strategy.label(), "predicted_s": result.best.total_s})
+            rows.append(
+                {
+                    "setup": name,
+                    "gpus": setup.cluster.num_gpus,
+                    "mode": mode,
+                    "candidates": result.evaluated,
+                    "infeasible": len(result.infeasible),
+                    "search_s": best_s,
+                    "target_s": TARGET_S[name],
+                    "best": result.best.strategy.label(),
+                    "predicted_s": result.best.total_s,
+                }
+            )
     return rows
 
 
@@ -48,8 +57,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     print(f"{'setup':<13} {'gpus':>5} {'mode':<9} {'cands':>6} {'search s':>9} {'target s':>9}  best")
     for r in bench(big=not args.no_big, repeats=args.repeats):
-        print(f"{r['setup']:<13} {r['gpus']:>5} {r['mode']:<9} {r['candidates']:>6} {r['search_s']:>9.3f} "
-              f"{r['target_s']:>9.0f}  {r['best']} ({r['predicted_s']:.3f} s predicted)")
+        print(
+            f"{r['setup']:<13} {r['gpus']:>5} {r['mode']:<9} {r['candidates']:>6} {r['search_s']:>9.3f} "
+            f"{r['target_s']:>9.0f}  {r['best']} ({r['predicted_s']:.3f} s predicted)"
+        )
 
 
 if __name__ == "__main__":

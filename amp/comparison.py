@@ -13,7 +13,7 @@ cluster's node order); a pick nobody ran has no price.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -41,14 +41,22 @@ def top_k_measured(ranked: list[Strategy], measured: dict, k: int = PAPER_TOP_K)
     times = [measured.get(_key(s), np.nan) for s in top]
     finite = [(t, s) for t, s in zip(times, top) if np.isfinite(t)]
     best_t, best_s = min(finite, key=lambda x: x[0]) if finite else (np.nan, None)
-    return {"top1": top[0].label() if top else "", "top1_s": times[0] if times else np.nan,
-            "best_of_top_k": best_s.label() if best_s else "", "best_of_top_k_s": best_t,
-            "best_rank": [s for s in top].index(best_s) if best_s else -1,
-            "top_k_without_time": sum(not np.isfinite(t) for t in times)}
+    return {
+        "top1": top[0].label() if top else "",
+        "top1_s": times[0] if times else np.nan,
+        "best_of_top_k": best_s.label() if best_s else "",
+        "best_of_top_k_s": best_t,
+        "best_rank": [s for s in top].index(best_s) if best_s else -1,
+        "top_k_without_time": sum(not np.isfinite(t) for t in times),
+    }
 
 
-def heuristic_rows(setup: Setup, trials: pd.DataFrame, paper_baseline_s: float,
-                   heuristics: dict[str, Callable[[Setup], Strategy]] = HEURISTICS) -> list[dict]:
+def heuristic_rows(
+    setup: Setup,
+    trials: pd.DataFrame,
+    paper_baseline_s: float,
+    heuristics: dict[str, Callable[[Setup], Strategy]] = HEURISTICS,
+) -> list[dict]:
     """Each heuristic's layout (micro-batch 1) with its measured time, and the best measured time of that
     layout over the micro-batch sizes that ran (the heuristic with its micro-batch size tuned)."""
     measured = measured_by_layout(trials)
@@ -58,11 +66,17 @@ def heuristic_rows(setup: Setup, trials: pd.DataFrame, paper_baseline_s: float,
         over_mbs = {m: t for (m, tp, dp, pp), t in measured.items() if (tp, dp, pp) == (s.tp, s.dp, s.pp)}
         finite = {m: t for m, t in over_mbs.items() if np.isfinite(t)}
         best_m = min(finite, key=finite.get) if finite else None
-        rows.append({"setup": setup.name, "heuristic": name, "pick": f"tp{s.tp} dp{s.dp} pp{s.pp}",
-                     "mbs1_s": measured.get(_key(s), np.nan),
-                     "best_mbs": best_m if best_m is not None else np.nan,
-                     "best_mbs_s": finite[best_m] if best_m is not None else np.inf,
-                     "baseline_s (paper)": paper_baseline_s})
+        rows.append(
+            {
+                "setup": setup.name,
+                "heuristic": name,
+                "pick": f"tp{s.tp} dp{s.dp} pp{s.pp}",
+                "mbs1_s": measured.get(_key(s), np.nan),
+                "best_mbs": best_m if best_m is not None else np.nan,
+                "best_mbs_s": finite[best_m] if best_m is not None else np.inf,
+                "baseline_s (paper)": paper_baseline_s,
+            }
+        )
     return rows
 
 
@@ -82,21 +96,40 @@ def ranked_trials(preds: pd.DataFrame, mode: str) -> list[Strategy]:
     return [Strategy(int(r.tp), int(r.dp), int(r.pp), int(r.mbs)) for r in p.itertuples()]
 
 
-def speedup_rows(setup: Setup, trials: pd.DataFrame, preds: pd.DataFrame, results: dict[str, SearchResult],
-                 heuristics: pd.DataFrame, paper: dict, k: int = PAPER_TOP_K) -> list[dict]:
+def speedup_rows(
+    setup: Setup,
+    trials: pd.DataFrame,
+    preds: pd.DataFrame,
+    results: dict[str, SearchResult],
+    heuristics: pd.DataFrame,
+    paper: dict,
+    k: int = PAPER_TOP_K,
+) -> list[dict]:
     """Per mode: AMP's top-1 and best of the top k by measured time against each heuristic's measured time
     (micro-batch size tuned), beside the paper's figures."""
     measured = measured_by_layout(trials)
     rows = []
     for mode, res in results.items():
-        ranked = ([p.strategy for p in res.ranked] if mode == "released" else ranked_trials(preds, mode))
+        ranked = [p.strategy for p in res.ranked] if mode == "released" else ranked_trials(preds, mode)
         pick = top_k_measured(ranked, measured, k)
         own = res.ranked[0].strategy
-        row = {"setup": setup.name, "mode": mode, "k": k, **pick,
-               "fastest_trial_s": float(np.nanmin(trials.measured_s[trials.timed])),
-               "search_top1": own.label(), "search_top1_layout_s": measured.get(_key(own), np.nan)}
+        row = {
+            "setup": setup.name,
+            "mode": mode,
+            "k": k,
+            **pick,
+            "fastest_trial_s": float(np.nanmin(trials.measured_s[trials.timed])),
+            "search_top1": own.label(),
+            "search_top1_layout_s": measured.get(_key(own), np.nan),
+        }
         for h in heuristics.itertuples():
             row[f"speedup vs {h.heuristic}"] = h.best_mbs_s / pick["best_of_top_k_s"]
-        rows.append({**row, "baseline_s (paper)": paper["baseline_s"], "amp_s (paper)": paper["amp_s"],
-                     "speedup (paper)": paper["speedup"]})
+        rows.append(
+            {
+                **row,
+                "baseline_s (paper)": paper["baseline_s"],
+                "amp_s (paper)": paper["amp_s"],
+                "speedup (paper)": paper["speedup"],
+            }
+        )
     return rows

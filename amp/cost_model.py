@@ -33,8 +33,8 @@ from amp import memory
 from amp.partition import optimal_partition, pipeline_time, released_partition, uniform_partition
 from amp.profiles import Profiles
 from amp.specs import Setup, Strategy, check_strategy
-from common.parallel.mesh import rank_grid
 from common.errors import require
+from common.parallel.mesh import rank_grid
 
 MODES = ("released", "improved")
 BITS_PER_ELEM = 32.0
@@ -62,8 +62,16 @@ class Prediction:
 
 
 class CostModel:
-    def __init__(self, setup: Setup, profiles: Profiles, mode: str = "improved", schedule: str = "1f1b",
-                 act_bits: float = 16.0, bytes_per_param: float = memory.BYTES_PER_PARAM, act_scale: float = 1.0):
+    def __init__(
+        self,
+        setup: Setup,
+        profiles: Profiles,
+        mode: str = "improved",
+        schedule: str = "1f1b",
+        act_bits: float = 16.0,
+        bytes_per_param: float = memory.BYTES_PER_PARAM,
+        act_scale: float = 1.0,
+    ):
         require(mode in MODES, f"unknown cost-model mode {mode!r}; choose one of {', '.join(MODES)}")
         require(schedule in ("1f1b", "gpipe"), f"unknown pipeline schedule {schedule!r}")
         self.setup, self.profiles, self.mode, self.schedule = setup, profiles, mode, schedule
@@ -123,8 +131,12 @@ class CostModel:
         gbps, lat = float(np.min(self.bw[ring, nxt])), float(np.max(self.lat[ring, nxt]))
         factor = 2.0 * (s.tp - 1) / s.tp
         steps = np.ceil(np.log2(s.tp))  # small all-reduces are latency-bound: recursive doubling
-        one = [factor * transfer_s(s.mbs * l.out_elems, gbps) * self.act_bits / BITS_PER_ELEM
-               + steps * lat if l.kind == "transformer" else 0.0 for l in self.model.layers]
+        one = [
+            factor * transfer_s(s.mbs * l.out_elems, gbps) * self.act_bits / BITS_PER_ELEM + steps * lat
+            if l.kind == "transformer"
+            else 0.0
+            for l in self.model.layers
+        ]
         return 4 * np.array(one)
 
     # ------------------------------------------------------------------------------------ communication
@@ -137,16 +149,25 @@ class CostModel:
         out_flows = np.bincount(src[cross], minlength=n)
         in_flows = np.bincount(dst[cross], minlength=n)
         bw = self.bw[src, dst].astype(np.float64)
-        bw[cross] = np.minimum(self.nic[src[cross]] / out_flows[src[cross]],
-                               self.nic[dst[cross]] / in_flows[dst[cross]])
+        bw[cross] = np.minimum(
+            self.nic[src[cross]] / out_flows[src[cross]], self.nic[dst[cross]] / in_flows[dst[cross]]
+        )
         return bw
 
     def cuts(self, s: Strategy, grid: np.ndarray | None = None) -> np.ndarray:
         """(pp-1, L-1): seconds to move the activation of layer l across cut j (stage j -> j+1)."""
         grid = self.grid(s) if grid is None else grid
         layers = self.model.layers
-        vol = np.array([(l.released_out_elems if (self.released and l.released_out_elems is not None)
-                         else l.out_elems) / (s.tp if l.out_split else 1) for l in layers[:-1]]) * s.mbs
+        vol = (
+            np.array(
+                [
+                    (l.released_out_elems if (self.released and l.released_out_elems is not None) else l.out_elems)
+                    / (s.tp if l.out_split else 1)
+                    for l in layers[:-1]
+                ]
+            )
+            * s.mbs
+        )
         c = np.zeros((max(s.pp - 1, 0), len(layers) - 1))
         for j in range(s.pp - 1):
             # slowest tensor-parallel pair, per replica (sharing the NICs among the cut's concurrent sends was
@@ -180,14 +201,16 @@ class CostModel:
 
     # ------------------------------------------------------------------------------------------ memory
     def memory_gb(self, s: Strategy, partition, B: int) -> tuple[list[float], float, bool]:
-        mem = memory.stage_memory(self.model, s.tp, s.mbs, partition, B, self.schedule, self.bytes_per_param,
-                                  self.act_scale)
+        mem = memory.stage_memory(
+            self.model, s.tp, s.mbs, partition, B, self.schedule, self.bytes_per_param, self.act_scale
+        )
         caps = [memory.capacity_bytes(t) for t in self.stage_gpu_types(s)]
         return [m / memory.GB for m in mem], min(caps) / memory.GB, all(m <= c for m, c in zip(mem, caps))
 
     def feasible_stages(self, s: Strategy, B: int, grid: np.ndarray) -> np.ndarray:
-        M = memory.stage_memory_matrix(self.model, s.tp, s.mbs, s.pp, B, self.schedule, self.params,
-                                       self.bytes_per_param, self.act_scale)
+        M = memory.stage_memory_matrix(
+            self.model, s.tp, s.mbs, s.pp, B, self.schedule, self.params, self.bytes_per_param, self.act_scale
+        )
         caps = np.array([memory.capacity_bytes(t) for t in self.stage_gpu_types(s, grid)])
         return M <= caps[:, None, None]
 
@@ -217,6 +240,6 @@ class CostModel:
         s = Strategy(s.tp, s.dp, s.pp, s.mbs, tuple(part), s.placement)
         pipe = pipeline_time(e, c, part, B, blocking=not self.released)
         dp = self.dp_allreduce(s, part, grid)
-        stages = [float(e[j, a:a + n].sum()) for j, (a, n) in enumerate(zip(np.cumsum([0, *part[:-1]]), part))]
+        stages = [float(e[j, a : a + n].sum()) for j, (a, n) in enumerate(zip(np.cumsum([0, *part[:-1]]), part))]
         mem, cap, ok = self.memory_gb(s, part, B)
         return Prediction(s, pipe + dp, pipe, dp, stages, mem, cap, ok)

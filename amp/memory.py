@@ -49,8 +49,9 @@ LOGIT_GRAD_BYTES = 6.0
 
 def transient_bytes(model: Model, tp: int) -> np.ndarray:
     """Per layer and sample: memory its backward allocates beyond what is stored (the logits' gradient)."""
-    return np.array([LOGIT_GRAD_BYTES * l.out_elems / (tp if l.out_split else 1) if l.kind == "head" else 0.0
-                     for l in model.layers])
+    return np.array(
+        [LOGIT_GRAD_BYTES * l.out_elems / (tp if l.out_split else 1) if l.kind == "head" else 0.0 for l in model.layers]
+    )
 
 
 def in_flight(pp: int, stage: int, micro_batches: int, schedule: str = "1f1b") -> int:
@@ -59,10 +60,18 @@ def in_flight(pp: int, stage: int, micro_batches: int, schedule: str = "1f1b") -
     return min(pp - stage, micro_batches)
 
 
-def stage_memory_matrix(model: Model, tp: int, mbs: int, pp: int, micro_batches: int,
-                        schedule: str = "1f1b", params: np.ndarray | None = None,
-                        bytes_per_param: float = BYTES_PER_PARAM, act_scale: float = 1.0,
-                        reserved: float = RESERVED_BYTES) -> np.ndarray:
+def stage_memory_matrix(
+    model: Model,
+    tp: int,
+    mbs: int,
+    pp: int,
+    micro_batches: int,
+    schedule: str = "1f1b",
+    params: np.ndarray | None = None,
+    bytes_per_param: float = BYTES_PER_PARAM,
+    act_scale: float = 1.0,
+    reserved: float = RESERVED_BYTES,
+) -> np.ndarray:
     """M[j, a, b] = bytes per GPU if layers a..b-1 form stage j."""
     L = model.num_layers
     P = param_matrix(model) if params is None else params
@@ -79,9 +88,17 @@ def stage_memory_matrix(model: Model, tp: int, mbs: int, pp: int, micro_batches:
     return M
 
 
-def stage_memory(model: Model, tp: int, mbs: int, partition: list[int] | tuple[int, ...], micro_batches: int,
-                 schedule: str = "1f1b", bytes_per_param: float = BYTES_PER_PARAM, act_scale: float = 1.0,
-                 reserved: float = RESERVED_BYTES) -> list[float]:
+def stage_memory(
+    model: Model,
+    tp: int,
+    mbs: int,
+    partition: list[int] | tuple[int, ...],
+    micro_batches: int,
+    schedule: str = "1f1b",
+    bytes_per_param: float = BYTES_PER_PARAM,
+    act_scale: float = 1.0,
+    reserved: float = RESERVED_BYTES,
+) -> list[float]:
     """Bytes per GPU of each stage of a given partition (`act_scale` = 2 for fp32 activations)."""
     pp = len(partition)
     transient = transient_bytes(model, tp)
@@ -90,8 +107,11 @@ def stage_memory(model: Model, tp: int, mbs: int, partition: list[int] | tuple[i
         b = a + n
         acts = sum(l.act_bytes(tp) for l in model.layers[a:b])
         peak = float(max(transient[a:b], default=0.0))
-        out.append(bytes_per_param * stage_params(model, a, b) / tp
-                   + act_scale * mbs * (in_flight(pp, j, micro_batches, schedule) * acts + peak) + reserved)
+        out.append(
+            bytes_per_param * stage_params(model, a, b) / tp
+            + act_scale * mbs * (in_flight(pp, j, micro_batches, schedule) * acts + peak)
+            + reserved
+        )
         a = b
     return out
 

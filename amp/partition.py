@@ -26,8 +26,9 @@ import numpy as np
 from common.errors import require
 
 
-def pipeline_time(e: np.ndarray, c: np.ndarray, partition: list[int] | tuple[int, ...], B: int,
-                  blocking: bool = False) -> float:
+def pipeline_time(
+    e: np.ndarray, c: np.ndarray, partition: list[int] | tuple[int, ...], B: int, blocking: bool = False
+) -> float:
     """The pipeline formula above. `e` is (pp, L) or (L,) (the same on every stage); `c` is (pp-1, L-1).
     `blocking`: a stage also waits out the transfers at both its cuts for every micro-batch (blocking
     send/recv), so they count in the slowest stage."""
@@ -35,7 +36,7 @@ def pipeline_time(e: np.ndarray, c: np.ndarray, partition: list[int] | tuple[int
     e2 = np.broadcast_to(e, (pp, e.shape[-1]))
     ends = np.cumsum(partition)
     starts = ends - np.asarray(partition)
-    stages = np.array([e2[j, starts[j]:ends[j]].sum() for j in range(pp)])
+    stages = np.array([e2[j, starts[j] : ends[j]].sum() for j in range(pp)])
     cut = np.array([float(c[j, ends[j] - 1]) for j in range(pp - 1)])
     busy = stages.copy()
     if blocking and pp > 1:
@@ -64,8 +65,15 @@ def _stage_sums(e2: np.ndarray) -> np.ndarray:
     return S
 
 
-def optimal_partition(e: np.ndarray, c: np.ndarray, pp: int, B: int, feasible: np.ndarray | None = None,
-                      batch: int = 32, blocking: bool = False) -> tuple[list[int] | None, float]:
+def optimal_partition(
+    e: np.ndarray,
+    c: np.ndarray,
+    pp: int,
+    B: int,
+    feasible: np.ndarray | None = None,
+    batch: int = 32,
+    blocking: bool = False,
+) -> tuple[list[int] | None, float]:
     """The split of L layers into `pp` non-empty stages with the least pipeline time.
 
     `feasible[j, a, b]` (optional) marks whether layers a..b-1 may form stage j (memory). Returns
@@ -90,7 +98,6 @@ def optimal_partition(e: np.ndarray, c: np.ndarray, pp: int, B: int, feasible: n
         Sb[np.isnan(Sb)] = np.inf
 
     def solve(ts: np.ndarray, keep_choice: bool):
-        T = len(ts)
         F = np.where(Sb[0, 0][None, :] <= ts[:, None], S[0, 0][None, :], np.inf)  # (T, L+1)
         choices = []
         for j in range(1, pp):
@@ -126,7 +133,7 @@ def optimal_partition(e: np.ndarray, c: np.ndarray, pp: int, B: int, feasible: n
     lower = max(float(np.max(e2.min(axis=0))), float(e2.min(axis=0).sum()) / pp)
     ts = np.unique(sums[sums >= lower - 1e-15])
     for start in range(0, len(ts), batch):
-        chunk = ts[start:start + batch]
+        chunk = ts[start : start + batch]
         if (B - 1) * chunk[0] + f_inf >= best:
             break
         f, _ = solve(chunk, False)
@@ -140,8 +147,9 @@ def optimal_partition(e: np.ndarray, c: np.ndarray, pp: int, B: int, feasible: n
     return part, best
 
 
-def brute_force_partition(e: np.ndarray, c: np.ndarray, pp: int, B: int, feasible: np.ndarray | None = None,
-                          blocking: bool = False) -> tuple[list[int] | None, float]:
+def brute_force_partition(
+    e: np.ndarray, c: np.ndarray, pp: int, B: int, feasible: np.ndarray | None = None, blocking: bool = False
+) -> tuple[list[int] | None, float]:
     """Every split, for checking `optimal_partition` on small instances."""
     L = np.shape(e)[-1]
     best, best_part = float("inf"), None

@@ -22,9 +22,9 @@ import importlib
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -103,8 +103,9 @@ def _config(model: str, overrides: dict[str, str]):
 
     path = Path(model)
     if model in FAMILIES:
-        cls = {"gpt2": transformers.GPT2Config, "bert": transformers.BertConfig,
-               "llama": transformers.LlamaConfig}[model]
+        cls = {"gpt2": transformers.GPT2Config, "bert": transformers.BertConfig, "llama": transformers.LlamaConfig}[
+            model
+        ]
         cfg = cls()
     elif path.exists():
         file = path / "config.json" if path.is_dir() else path
@@ -114,14 +115,21 @@ def _config(model: str, overrides: dict[str, str]):
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read a transformers config from {path}: {str(exc).splitlines()[0]}") from None
     else:
-        raise UserError(f"unknown model {model!r}: give one of {', '.join(FAMILIES)}, a config.json or a model "
-                        "folder, or --blocks module:function")
+        raise UserError(
+            f"unknown model {model!r}: give one of {', '.join(FAMILIES)}, a config.json or a model "
+            "folder, or --blocks module:function"
+        )
     for key, value in overrides.items():
         require(hasattr(cfg, key), f"config {type(cfg).__name__} has no field {key!r}")
         cur = getattr(cfg, key)
         try:
-            setattr(cfg, key, type(cur)(value) if cur is not None and not isinstance(cur, bool) else
-                    (value.lower() in ("1", "true", "yes") if isinstance(cur, bool) else value))
+            setattr(
+                cfg,
+                key,
+                type(cur)(value)
+                if cur is not None and not isinstance(cur, bool)
+                else (value.lower() in ("1", "true", "yes") if isinstance(cur, bool) else value),
+            )
         except ValueError:
             raise UserError(f"bad value {value!r} for {key} (expected {type(cur).__name__})") from None
     if hasattr(cfg, "_attn_implementation"):
@@ -160,8 +168,18 @@ def transformers_blocks(model: str, overrides: dict[str, str] | None = None, seq
     n = len(layers) - 2
     names = ["embedding", *[f"block{i}" for i in range(n)], "head"]
     kinds = ["embedding", *["transformer"] * n, "head"]
-    return Blocks(f"{family}-{n}x{hidden}", layers, names, kinds,
-                  lambda mbs: torch.randint(0, vocab, (mbs, s)), hidden, s, heads, vocab, tied)
+    return Blocks(
+        f"{family}-{n}x{hidden}",
+        layers,
+        names,
+        kinds,
+        lambda mbs: torch.randint(0, vocab, (mbs, s)),
+        hidden,
+        s,
+        heads,
+        vocab,
+        tied,
+    )
 
 
 def sequential_blocks(spec: str, input_shape: Sequence[int]) -> Blocks:
@@ -175,11 +193,18 @@ def sequential_blocks(spec: str, input_shape: Sequence[int]) -> Blocks:
         raise UserError(f"cannot load {spec}: {exc}") from None
     obj = fn() if callable(fn) and not isinstance(fn, nn.Module) else fn
     layers = list(obj) if isinstance(obj, (nn.Sequential, nn.ModuleList, list, tuple)) else None
-    require(bool(layers) and all(isinstance(l, nn.Module) for l in layers),
-            f"{spec} must give an nn.Sequential or a list of modules")
+    require(
+        bool(layers) and all(isinstance(l, nn.Module) for l in layers),
+        f"{spec} must give an nn.Sequential or a list of modules",
+    )
     require(len(input_shape) >= 1, "--input-shape is needed with --blocks (per-sample shape, e.g. 64)")
-    return Blocks(attr, layers, [f"{i}:{type(l).__name__}" for i, l in enumerate(layers)], ["block"] * len(layers),
-                  lambda mbs: torch.randn(mbs, *input_shape))
+    return Blocks(
+        attr,
+        layers,
+        [f"{i}:{type(l).__name__}" for i, l in enumerate(layers)],
+        ["block"] * len(layers),
+        lambda mbs: torch.randn(mbs, *input_shape),
+    )
 
 
 # ------------------------------------------------------------------------------------------ measurement
@@ -201,8 +226,9 @@ def _median_time(fn: Callable[[], None], device: torch.device, repeats: int, war
     return float(sorted(ts)[len(ts) // 2])
 
 
-def _backward_time(layer: nn.Module, inp: torch.Tensor, grad: torch.Tensor | None, device: torch.device,
-                   repeats: int) -> float:
+def _backward_time(
+    layer: nn.Module, inp: torch.Tensor, grad: torch.Tensor | None, device: torch.device, repeats: int
+) -> float:
     """Median seconds of the layer's backward alone (each repeat builds its graph untimed first)."""
     ts = []
     for i in range(repeats + 1):
@@ -247,14 +273,21 @@ def measure_blocks(blocks: Blocks, max_mbs: int = 4, repeats: int = 3, device: s
             inp = x.detach().requires_grad_(x.is_floating_point())
             out, saved = _saved_bytes(layer, inp)
             grad = torch.randn_like(out) if out.is_floating_point() else None
-            fwd.append(_median_time(lambda: layer(inp), dev, repeats))
+            fwd.append(_median_time(lambda layer=layer, inp=inp: layer(inp), dev, repeats))
             bwd.append(_backward_time(layer, inp, grad, dev, repeats))
             layer.zero_grad(set_to_none=True)
             if mbs == 1:
                 shared = blocks.tied and i in (0, len(layers) - 1)
-                info.append({"name": blocks.names[i], "kind": blocks.kinds[i],
-                             "params": sum(p.numel() for p in layer.parameters()),
-                             "out_elems": out.numel(), "act_bytes": saved, "shared": "embedding" if shared else ""})
+                info.append(
+                    {
+                        "name": blocks.names[i],
+                        "kind": blocks.kinds[i],
+                        "params": sum(p.numel() for p in layer.parameters()),
+                        "out_elems": out.numel(),
+                        "act_bytes": saved,
+                        "shared": "embedding" if shared else "",
+                    }
+                )
             x = out.detach()
         times[str(mbs)] = {"forward": fwd, "backward": bwd}
         log.info("micro-batch %d: %d layers, forward %.4f s, backward %.4f s", mbs, len(layers), sum(fwd), sum(bwd))
@@ -272,7 +305,7 @@ def measure_allreduce(sizes: Sequence[int], repeats: int = 5) -> dict[str, dict[
         for size in sizes:
             bufs = [torch.ones(int(size), dtype=torch.float16, device=f"cuda:{d}") for d in range(k)]
 
-            def ar():
+            def ar(bufs=bufs, k=k):
                 torch.cuda.nccl.all_reduce(bufs)
                 for d in range(k):
                     torch.cuda.synchronize(d)
@@ -282,14 +315,16 @@ def measure_allreduce(sizes: Sequence[int], repeats: int = 5) -> dict[str, dict[
     return out
 
 
-def profile_document(blocks: Blocks, gpu: str, max_mbs: int, repeats: int = 3, device: str | None = None,
-                     memory_gb: float | None = None) -> dict:
+def profile_document(
+    blocks: Blocks, gpu: str, max_mbs: int, repeats: int = 3, device: str | None = None, memory_gb: float | None = None
+) -> dict:
     """The planner's profile of `blocks` on this machine, named `gpu`."""
     m = measure_blocks(blocks, max_mbs, repeats, device)
     dev = torch.device(m["device"])
     if memory_gb is None:
-        memory_gb = (torch.cuda.get_device_properties(dev).total_memory / 1e9 if dev.type == "cuda"
-                     else _host_memory_gb())
+        memory_gb = (
+            torch.cuda.get_device_properties(dev).total_memory / 1e9 if dev.type == "cuda" else _host_memory_gb()
+        )
     per_tp = {"1": m["times"]}
     sizes = sorted({b * blocks.seq * blocks.hidden for b in range(1, max_mbs + 1)}) if blocks.hidden else []
     allreduce = measure_allreduce(sizes) if sizes else {}
@@ -298,13 +333,25 @@ def profile_document(blocks: Blocks, gpu: str, max_mbs: int, repeats: int = 3, d
         for mbs, t in m["times"].items():
             ar = by_size[str(int(mbs) * blocks.seq * blocks.hidden)]
             is_block = [k == "transformer" for k in blocks.kinds]
-            per_tp[tp][mbs] = {k: [f / int(tp) + (2 * ar if b else 0.0) for f, b in zip(t[k], is_block)]
-                               for k in ("forward", "backward")}
-    return {"format": FORMAT, "model": {"name": blocks.name, "hidden": blocks.hidden, "seq": blocks.seq,
-                                        "heads": blocks.heads, "vocab": blocks.vocab, "layers": m["layers"]},
-            "gpus": {gpu: {"memory_gb": memory_gb, "device": m["device"], "times": per_tp}},
-            "tp_comm_included": bool(allreduce), "allreduce_s": allreduce,
-            "source": f"python -m amp.profile on {m['device']} ({time.strftime('%Y-%m-%d')})"}
+            per_tp[tp][mbs] = {
+                k: [f / int(tp) + (2 * ar if b else 0.0) for f, b in zip(t[k], is_block)]
+                for k in ("forward", "backward")
+            }
+    return {
+        "format": FORMAT,
+        "model": {
+            "name": blocks.name,
+            "hidden": blocks.hidden,
+            "seq": blocks.seq,
+            "heads": blocks.heads,
+            "vocab": blocks.vocab,
+            "layers": m["layers"],
+        },
+        "gpus": {gpu: {"memory_gb": memory_gb, "device": m["device"], "times": per_tp}},
+        "tp_comm_included": bool(allreduce),
+        "allreduce_s": allreduce,
+        "source": f"python -m amp.profile on {m['device']} ({time.strftime('%Y-%m-%d')})",
+    }
 
 
 def _host_memory_gb() -> float:
@@ -322,8 +369,10 @@ def merge(docs: Sequence[dict]) -> dict:
     base = json.loads(json.dumps(docs[0]))
     for d in docs[1:]:
         require(d.get("format") == FORMAT, "can only merge amp-profile/1 files")
-        require([l["name"] for l in d["model"]["layers"]] == [l["name"] for l in base["model"]["layers"]],
-                "cannot merge profiles of different models")
+        require(
+            [l["name"] for l in d["model"]["layers"]] == [l["name"] for l in base["model"]["layers"]],
+            "cannot merge profiles of different models",
+        )
         base["gpus"].update(d["gpus"])
         base["tp_comm_included"] = base["tp_comm_included"] and d["tp_comm_included"]
     return base
@@ -376,8 +425,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         require(args.max_mbs >= 1, f"--max-mbs must be >= 1, got {args.max_mbs}")
         if args.threads:
             torch.set_num_threads(args.threads)
-        blocks = (transformers_blocks(args.model, _parse_set(args.set), args.seq) if args.model
-                  else sequential_blocks(args.blocks, args.input_shape))
+        blocks = (
+            transformers_blocks(args.model, _parse_set(args.set), args.seq)
+            if args.model
+            else sequential_blocks(args.blocks, args.input_shape)
+        )
         doc = profile_document(blocks, args.gpu, args.max_mbs, args.repeats, args.device, args.memory_gb)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1))

@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from amp.specs import DATA_DIR, GPU_TYPES, PROFILE_KEY, Model
 from common.errors import UserError, require
+
+if TYPE_CHECKING:  # torch is imported where profiles are measured, not to read released ones
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +49,10 @@ class Profiles:
 
     def check(self, model: Model) -> None:
         for key, arr in self.times.items():
-            require(len(arr) == model.num_layers,
-                    f"profile {key} has {len(arr)} layers but model {model.name} has {model.num_layers}")
+            require(
+                len(arr) == model.num_layers,
+                f"profile {key} has {len(arr)} layers but model {model.name} has {model.num_layers}",
+            )
 
     def layer_times(self, gpu: str, tp: int, mbs: int, linear: bool = True) -> np.ndarray:
         """Seconds per layer for one micro-batch of `mbs` samples. `linear`: scale the micro-batch-1 figure
@@ -75,16 +81,28 @@ class Profiles:
             return stack[-1] * (mbs / xs[-1]) ** self.mbs_exponent.get(gpu, 1.0)
         return np.array([np.interp(mbs, xs, stack[:, l]) for l in range(stack.shape[1])])
 
-    def with_mbs_exponent(self, exponents: dict[str, float]) -> "Profiles":
+    def with_mbs_exponent(self, exponents: dict[str, float]) -> Profiles:
         """A copy whose unmeasured micro-batch sizes scale as mbs ** exponent (per GPU type)."""
-        return Profiles(self.times, self.tp_comm_included, self.source, dict(self.notes),
-                        {**self.mbs_exponent, **exponents}, dict(self.fixed_s))
+        return Profiles(
+            self.times,
+            self.tp_comm_included,
+            self.source,
+            dict(self.notes),
+            {**self.mbs_exponent, **exponents},
+            dict(self.fixed_s),
+        )
 
-    def with_fixed_cost(self, fixed_s: dict[int, float]) -> "Profiles":
+    def with_fixed_cost(self, fixed_s: dict[int, float]) -> Profiles:
         """A copy whose unmeasured micro-batch sizes cost c + (time(1) - c) * mbs per layer, c = fixed_s[tp]
         (fitted on measured runs: `amp.trials.fit_fixed_costs`)."""
-        return Profiles(self.times, self.tp_comm_included, self.source, dict(self.notes), dict(self.mbs_exponent),
-                        {**self.fixed_s, **{int(k): float(v) for k, v in fixed_s.items()}})
+        return Profiles(
+            self.times,
+            self.tp_comm_included,
+            self.source,
+            dict(self.notes),
+            dict(self.mbs_exponent),
+            {**self.fixed_s, **{int(k): float(v) for k, v in fixed_s.items()}},
+        )
 
     def blended(self, share: dict[str, float], tp: int, mbs: int, linear: bool = True) -> np.ndarray:
         """One profile for a mixed cluster, weighted by each GPU type's share (the released model's
@@ -100,18 +118,20 @@ def released_layer_ids(model: Model, length: int | None = None) -> list[int]:
         d_low = _low_depth(model)
         d_high = model.blocks - d_low
         ids = [0, *range(3, 3 + d_low), *range(29 + d_low, 29 + d_low + d_high)]
-        require(length == 32 + model.blocks and len(ids) == model.num_layers,
-                f"the released TransGAN profile ({length} entries) does not match a TransGAN of "
-                f"{model.blocks} blocks")
+        require(
+            length == 32 + model.blocks and len(ids) == model.num_layers,
+            f"the released TransGAN profile ({length} entries) does not match a TransGAN of {model.blocks} blocks",
+        )
         return ids
-    require(length == model.num_layers,
-            f"the released {model.profile_name} profile has {length} layers but model {model.name} has "
-            f"{model.num_layers}")
+    require(
+        length == model.num_layers,
+        f"the released {model.profile_name} profile has {length} layers but model {model.name} has {model.num_layers}",
+    )
     return list(range(length))
 
 
 def _low_depth(model: Model) -> int:
-    return sum(1 for l in model.layers if l.kind == "transformer" and l.params == 12.0 * model.hidden ** 2)
+    return sum(1 for l in model.layers if l.kind == "transformer" and l.params == 12.0 * model.hidden**2)
 
 
 def released(model: Model) -> Profiles:
@@ -130,8 +150,9 @@ def released(model: Model) -> Profiles:
     return Profiles(times, tp_comm_included=True, source=data["source"])
 
 
-def from_flops(model: Model, gpus: Sequence[str], tps: Sequence[int] = (1, 2, 4, 8), efficiency: float = 0.4,
-               mbs: int = 1) -> Profiles:
+def from_flops(
+    model: Model, gpus: Sequence[str], tps: Sequence[int] = (1, 2, 4, 8), efficiency: float = 0.4, mbs: int = 1
+) -> Profiles:
     """Estimated profiles from FLOPs (forward+backward = 3 x forward) at `efficiency` of each GPU's peak:
     enough to plan on hardware nobody has profiled yet."""
     require(0 < efficiency <= 1, f"efficiency must be in (0, 1], got {efficiency}")
@@ -160,25 +181,32 @@ def load_json(path, model: Model, mbs: int = 1) -> Profiles:
             from amp.specs import from_profile
 
             from_profile(p)  # makes its GPU types known
-            times = {(g, int(t), int(m)): np.asarray(v["forward"], dtype=np.float64)
-                     + np.asarray(v["backward"], dtype=np.float64)
-                     for g, entry in table["gpus"].items() for t, per in entry["times"].items()
-                     for m, v in per.items()}
+            times = {
+                (g, int(t), int(m)): np.asarray(v["forward"], dtype=np.float64)
+                + np.asarray(v["backward"], dtype=np.float64)
+                for g, entry in table["gpus"].items()
+                for t, per in entry["times"].items()
+                for m, v in per.items()
+            }
             tp_comm = bool(table.get("tp_comm_included", False))
         else:
-            times = {(g, int(t), mbs): 3.0 * np.asarray(v, dtype=np.float64) for g, per in table.items()
-                     for t, v in per.items()}
+            times = {
+                (g, int(t), mbs): 3.0 * np.asarray(v, dtype=np.float64)
+                for g, per in table.items()
+                for t, v in per.items()
+            }
     except (ValueError, AttributeError, TypeError, KeyError) as exc:
         raise UserError(f"bad profile file {p}: {exc}") from None
-    for (g, _, _) in times:
+    for g, _, _ in times:
         require(g in GPU_TYPES, f"profile file {p}: unknown GPU type {g!r}; known: {', '.join(GPU_TYPES)}")
     prof = Profiles(times, tp_comm_included=tp_comm, source=str(p))
     prof.check(model)
     return prof
 
 
-def time_fn(fn: Callable[[], None], repeats: int = 5, warmup: int = 2,
-            sync: Callable[[], None] = lambda: None) -> float:
+def time_fn(
+    fn: Callable[[], None], repeats: int = 5, warmup: int = 2, sync: Callable[[], None] = lambda: None
+) -> float:
     """Median wall time of fn() in seconds (`sync` waits for an accelerator)."""
     for _ in range(warmup):
         fn()
@@ -192,8 +220,14 @@ def time_fn(fn: Callable[[], None], repeats: int = 5, warmup: int = 2,
     return float(np.median(ts))
 
 
-def measure(layers: Sequence["torch.nn.Module"], make_input: Callable[[int], "torch.Tensor"],
-            mbs_list: Sequence[int] = (1,), gpu: str = "local", tp: int = 1, repeats: int = 5) -> Profiles:
+def measure(
+    layers: Sequence[torch.nn.Module],
+    make_input: Callable[[int], torch.Tensor],
+    mbs_list: Sequence[int] = (1,),
+    gpu: str = "local",
+    tp: int = 1,
+    repeats: int = 5,
+) -> Profiles:
     """Profile `layers` on this machine: forward+backward time of each layer for each micro-batch size.
 
     `make_input(mbs)` gives the first layer's input; each layer's output feeds the next (detached, so the

@@ -12,8 +12,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from tqdm import tqdm
 
@@ -102,8 +102,9 @@ class SearchResult:
         return self.ranked[0]
 
 
-def search(setup: Setup, profiles: Profiles, mode: str = "improved", schedule: str = "1f1b",
-           progress: bool | None = None) -> SearchResult:
+def search(
+    setup: Setup, profiles: Profiles, mode: str = "improved", schedule: str = "1f1b", progress: bool | None = None
+) -> SearchResult:
     """Rank every candidate by predicted iteration time (released mode: the released model, one placement,
     no memory filter). `progress`: a progress bar on stderr (default: clusters of PROGRESS_GPUS GPUs or more)."""
     t0 = time.perf_counter()
@@ -112,8 +113,14 @@ def search(setup: Setup, profiles: Profiles, mode: str = "improved", schedule: s
     cands = candidates(setup)
     if progress is None:
         progress = setup.cluster.num_gpus >= PROGRESS_GPUS
-    log.info("%s search of %s: %d candidates x %d placements on %d GPUs", mode, setup.name or "setup", len(cands),
-             len(places), setup.cluster.num_gpus)
+    log.info(
+        "%s search of %s: %d candidates x %d placements on %d GPUs",
+        mode,
+        setup.name or "setup",
+        len(cands),
+        len(places),
+        setup.cluster.num_gpus,
+    )
     preds = []
     for s in tqdm(cands, desc=f"search {setup.name}", unit="strategy", disable=not progress):
         best = None
@@ -128,6 +135,7 @@ def search(setup: Setup, profiles: Profiles, mode: str = "improved", schedule: s
         ranked = sorted((p for p in preds if p.feasible), key=lambda p: p.total_s)
         infeasible = [p for p in preds if not p.feasible]
     seconds = time.perf_counter() - t0
-    log.info("%s search of %s: %d candidates x %d placements in %.2fs", mode, setup.name, len(preds),
-             len(places), seconds)
+    log.info(
+        "%s search of %s: %d candidates x %d placements in %.2fs", mode, setup.name, len(preds), len(places), seconds
+    )
     return SearchResult(mode, ranked, infeasible, seconds, len(preds) * len(places))

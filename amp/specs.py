@@ -79,33 +79,51 @@ class Model:
         return total
 
 
-def _transformer_layer(i: int, h: int, s: int, a: int, tokens: int | None = None,
-                       released_out: float | None = None) -> Layer:
+def _transformer_layer(
+    i: int, h: int, s: int, a: int, tokens: int | None = None, released_out: float | None = None
+) -> Layer:
     """A pre-LN transformer block; `s` is the attention span (sequence or window), `tokens` all tokens of a
     sample. Activation bytes follow Korthikanti et al. 2022 (fp16, no recomputation): t*h*(10 + 24/tp) plus
     5*a*s*t/tp for the attention scores, softmax and dropout mask."""
     t = tokens or s
     return Layer(
-        name=f"block{i}", kind="transformer", params=12.0 * h * h,
-        flops=24.0 * t * h * h + 4.0 * t * s * h, out_elems=float(t * h),
-        act_fixed=10.0 * t * h, act_split=24.0 * t * h + 5.0 * a * s * t, released_out_elems=released_out,
+        name=f"block{i}",
+        kind="transformer",
+        params=12.0 * h * h,
+        flops=24.0 * t * h * h + 4.0 * t * s * h,
+        out_elems=float(t * h),
+        act_fixed=10.0 * t * h,
+        act_split=24.0 * t * h + 5.0 * a * s * t,
+        released_out_elems=released_out,
     )
 
 
-def transformer(name: str, hidden: int, layers: int, heads: int, seq: int, vocab: int,
-                tie_embeddings: bool = True) -> Model:
+def transformer(
+    name: str, hidden: int, layers: int, heads: int, seq: int, vocab: int, tie_embeddings: bool = True
+) -> Model:
     """Any GPT-style decoder from its sizes, split as the released AMP code split GPT-2: embedding, a no-op,
     the blocks, two no-ops, the (tied) output embedding and a no-op."""
-    require(hidden > 0 and layers > 0 and heads > 0 and seq > 0 and vocab > 0,
-            f"transformer {name}: sizes must be positive (hidden={hidden}, layers={layers}, heads={heads}, "
-            f"seq={seq}, vocab={vocab})")
+    require(
+        hidden > 0 and layers > 0 and heads > 0 and seq > 0 and vocab > 0,
+        f"transformer {name}: sizes must be positive (hidden={hidden}, layers={layers}, heads={heads}, "
+        f"seq={seq}, vocab={vocab})",
+    )
     require(hidden % heads == 0, f"transformer {name}: hidden {hidden} is not divisible by heads {heads}")
     h, s, v = hidden, seq, vocab
     tie = "embedding" if tie_embeddings else ""
-    emb = Layer("embedding", "embedding", params=float(h * v), out_elems=float(s * h), act_fixed=3.0 * s * h,
-                shared=tie)
-    head = Layer("output_embedding", "head", params=float(h * v), flops=2.0 * s * h * v, out_elems=float(s * v),
-                 out_split=True, act_split=6.0 * s * v, shared=tie)
+    emb = Layer(
+        "embedding", "embedding", params=float(h * v), out_elems=float(s * h), act_fixed=3.0 * s * h, shared=tie
+    )
+    head = Layer(
+        "output_embedding",
+        "head",
+        params=float(h * v),
+        flops=2.0 * s * h * v,
+        out_elems=float(s * v),
+        out_split=True,
+        act_split=6.0 * s * v,
+        shared=tie,
+    )
     noop = Layer("noop", "noop")
     blocks = [_transformer_layer(i, h, s, heads) for i in range(layers)]
     seq_layers = [emb, noop, *blocks, noop, noop, head, noop]
@@ -116,8 +134,17 @@ def transformer(name: str, hidden: int, layers: int, heads: int, seq: int, vocab
             prev = fixed[-1]
             layer = Layer("noop", "noop", out_elems=prev.out_elems, out_split=prev.out_split)
         fixed.append(layer)
-    return Model(name=name, layers=tuple(fixed), blocks=layers, hidden=h, seq=s, heads=heads, vocab=v,
-                 uniform_pad=(2, 4), profile_name="gpt2")
+    return Model(
+        name=name,
+        layers=tuple(fixed),
+        blocks=layers,
+        hidden=h,
+        seq=s,
+        heads=heads,
+        vocab=v,
+        uniform_pad=(2, 4),
+        profile_name="gpt2",
+    )
 
 
 def gpt2(hidden: int = 1024, layers: int = 24, heads: int = 16, seq: int = 1024, vocab: int = 52256) -> Model:
@@ -133,15 +160,23 @@ def transgan(hidden: int = 1024, depth: tuple[int, int] = (12, 12), bottom: int 
     cut; that simplification is kept in `released_out_elems`."""
     h, b = hidden, bottom
     rel = float(h * b * b)
-    stem = Layer("stem", "stem", params=0.0, out_elems=float(b * b * h), act_fixed=2.0 * b * b * h,
-                 released_out_elems=rel)
+    stem = Layer(
+        "stem", "stem", params=0.0, out_elems=float(b * b * h), act_fixed=2.0 * b * b * h, released_out_elems=rel
+    )
     low = [_transformer_layer(i, h, b * b, heads, released_out=rel) for i in range(depth[0])]
     hw = h // 64
     win, tokens = 4 * b * b, (32 * b) ** 2
-    high = [_transformer_layer(depth[0] + i, hw, win, heads, tokens=tokens, released_out=rel)
-            for i in range(depth[1])]
-    return Model(name="transgan", layers=(stem, *low, *high), blocks=sum(depth), hidden=h, seq=b * b, heads=heads,
-                 uniform_pad=(0, 1), profile_name="transgan")
+    high = [_transformer_layer(depth[0] + i, hw, win, heads, tokens=tokens, released_out=rel) for i in range(depth[1])]
+    return Model(
+        name="transgan",
+        layers=(stem, *low, *high),
+        blocks=sum(depth),
+        hidden=h,
+        seq=b * b,
+        heads=heads,
+        uniform_pad=(0, 1),
+        profile_name="transgan",
+    )
 
 
 def from_profile(path: str | Path, name: str | None = None) -> Model:
@@ -162,15 +197,31 @@ def from_profile(path: str | Path, name: str | None = None) -> Model:
         for l in m["layers"]:
             act = float(l["act_bytes"])
             split = act * 24.0 / 34.0 if l["kind"] == "transformer" else 0.0  # Korthikanti: 24 of 34 sh split
-            layers.append(Layer(str(l["name"]), str(l["kind"]), params=float(l["params"]),
-                                out_elems=float(l["out_elems"]), out_split=l["kind"] == "head",
-                                act_fixed=act - split, act_split=split, shared=str(l.get("shared", ""))))
+            layers.append(
+                Layer(
+                    str(l["name"]),
+                    str(l["kind"]),
+                    params=float(l["params"]),
+                    out_elems=float(l["out_elems"]),
+                    out_split=l["kind"] == "head",
+                    act_fixed=act - split,
+                    act_split=split,
+                    shared=str(l.get("shared", "")),
+                )
+            )
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"bad profile file {p}: {exc}") from None
     blocks = sum(1 for l in layers if l.kind == "transformer") or len(layers)
-    return Model(name=name or str(m.get("name", p.stem)), layers=tuple(layers), blocks=blocks,
-                 hidden=int(m.get("hidden") or 1), seq=int(m.get("seq") or 1), heads=int(m.get("heads") or 1),
-                 vocab=int(m.get("vocab") or 0), profile_name=str(p))
+    return Model(
+        name=name or str(m.get("name", p.stem)),
+        layers=tuple(layers),
+        blocks=blocks,
+        hidden=int(m.get("hidden") or 1),
+        seq=int(m.get("seq") or 1),
+        heads=int(m.get("heads") or 1),
+        vocab=int(m.get("vocab") or 0),
+        profile_name=str(p),
+    )
 
 
 MODEL_BUILDERS = {"gpt2": gpt2, "transgan": transgan, "transformer": transformer, "profile": from_profile}
@@ -204,7 +255,7 @@ class GPUType:
 
 
 GPU_TYPES: dict[str, GPUType] = {
-    "T4": GPUType("T4", 16.0, 65.0),       # AWS g4dn; the released profiles call it G4
+    "T4": GPUType("T4", 16.0, 65.0),  # AWS g4dn; the released profiles call it G4
     "V100": GPUType("V100", 16.0, 125.0),  # AWS p3.8xlarge; the released profiles call it P3
     "A100": GPUType("A100", 40.0, 312.0),
     "H100": GPUType("H100", 80.0, 989.0),
@@ -316,7 +367,7 @@ class Strategy:
         return f"tp{self.tp} dp{self.dp} pp{self.pp} mbs{self.mbs}"
 
     @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> "Strategy":
+    def from_dict(cls, spec: dict[str, Any]) -> Strategy:
         """`{tp: 1, dp: 4, pp: 4, mbs: 1, partition: [7, 7, 6, 10], placement: [0, 3, 1, 2]}` (the last two
         optional), e.g. from YAML."""
         spec = dict(spec)
@@ -326,9 +377,14 @@ class Strategy:
         require(not unknown, f"strategy has unknown keys {sorted(unknown)}")
         try:
             place = spec.get("placement")
-            return cls(int(spec["tp"]), int(spec["dp"]), int(spec["pp"]), int(spec["mbs"]),
-                       tuple(int(x) for x in spec.get("partition") or ()),
-                       tuple(int(x) for x in place) if place is not None else None)
+            return cls(
+                int(spec["tp"]),
+                int(spec["dp"]),
+                int(spec["pp"]),
+                int(spec["mbs"]),
+                tuple(int(x) for x in spec.get("partition") or ()),
+                tuple(int(x) for x in place) if place is not None else None,
+            )
         except (TypeError, ValueError) as exc:
             raise UserError(f"bad strategy {spec}: {exc}") from None
 
@@ -338,12 +394,15 @@ def check_strategy(model: Model, cluster: Cluster, s: Strategy, global_batch: in
     n = cluster.num_gpus
     require(min(s.tp, s.dp, s.pp, s.mbs) >= 1, f"degrees and micro-batch size must be >= 1: {s.label()}")
     require(s.tp * s.dp * s.pp == n, f"tp*dp*pp = {s.tp * s.dp * s.pp} does not match the {n} GPUs of the cluster")
-    require(global_batch % (s.dp * s.mbs) == 0,
-            f"global batch {global_batch} is not divisible by dp*mbs = {s.dp * s.mbs}")
+    require(
+        global_batch % (s.dp * s.mbs) == 0, f"global batch {global_batch} is not divisible by dp*mbs = {s.dp * s.mbs}"
+    )
     require(s.pp <= model.num_layers, f"{model.num_layers} layers cannot fill {s.pp} pipeline stages")
     if s.partition:
-        require(len(s.partition) == s.pp and min(s.partition) >= 1 and sum(s.partition) == model.num_layers,
-                f"partition {list(s.partition)} does not split {model.num_layers} layers into {s.pp} stages")
+        require(
+            len(s.partition) == s.pp and min(s.partition) >= 1 and sum(s.partition) == model.num_layers,
+            f"partition {list(s.partition)} does not split {model.num_layers} layers into {s.pp} stages",
+        )
 
 
 # ------------------------------------------------------------------------------------------------ setups
@@ -366,11 +425,19 @@ def setup_from_dict(spec: dict[str, Any], name: str = "") -> Setup:
         require(key in spec, f"setup {name or spec.get('name', '?')} lacks '{key}'")
     gbs = int(spec["global_batch"])
     require(gbs >= 1, f"global_batch must be >= 1, got {gbs}")
-    return Setup(name=str(spec.get("name", name)), model=build_model(spec["model"]),
-                 cluster=build_cluster(spec["cluster"]), global_batch=gbs,
-                 profile_blend=bool(spec.get("profile_blend", False)), notes=str(spec.get("notes", "")),
-                 extra={k: v for k, v in spec.items()
-                        if k not in ("name", "model", "cluster", "global_batch", "profile_blend", "notes")})
+    return Setup(
+        name=str(spec.get("name", name)),
+        model=build_model(spec["model"]),
+        cluster=build_cluster(spec["cluster"]),
+        global_batch=gbs,
+        profile_blend=bool(spec.get("profile_blend", False)),
+        notes=str(spec.get("notes", "")),
+        extra={
+            k: v
+            for k, v in spec.items()
+            if k not in ("name", "model", "cluster", "global_batch", "profile_blend", "notes")
+        },
+    )
 
 
 def load_setup(name_or_path: str | Path) -> Setup:

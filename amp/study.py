@@ -29,9 +29,15 @@ class SetupStudy:
     best: list[dict] = field(default_factory=list)
 
 
-def study_setup(name: str, released_trials: pd.DataFrame, paper: dict, modes=("released", "improved"),
-                fixed_s: dict[int, float] | None = None, top: int = 5,
-                k: int = comparison.PAPER_TOP_K) -> SetupStudy:
+def study_setup(
+    name: str,
+    released_trials: pd.DataFrame,
+    paper: dict,
+    modes=("released", "improved"),
+    fixed_s: dict[int, float] | None = None,
+    top: int = 5,
+    k: int = comparison.PAPER_TOP_K,
+) -> SetupStudy:
     """`fixed_s`: the fixed cost per layer and micro-batch fitted without this setup (adds `improved_fit`)."""
     setup = load_setup(name)
     prof = profiles.released(setup.model)
@@ -46,13 +52,21 @@ def study_setup(name: str, released_trials: pd.DataFrame, paper: dict, modes=("r
     corr = []
     for mode in results:
         c = trials.correlations(preds, mode)
-        corr.append({"setup": name, "mode": mode,
-                     "fit": "leave-one-setup-out: " + ", ".join(f"tp{t} {v * 1e3:.0f} ms" for t, v in fixed_s.items())
-                     if mode == "improved_fit" else "", **c,
-                     "spearman (paper, figure)": paper["spearman_figure"],
-                     "spearman (paper, released files)": paper["spearman_released"],
-                     "no_time_trials": len(no_time), "no_time_marked_infeasible": int((~no_time.fits).sum()),
-                     "timed_marked_infeasible": int((~preds[preds.timed].fits).sum())})
+        corr.append(
+            {
+                "setup": name,
+                "mode": mode,
+                "fit": "leave-one-setup-out: " + ", ".join(f"tp{t} {v * 1e3:.0f} ms" for t, v in fixed_s.items())
+                if mode == "improved_fit"
+                else "",
+                **c,
+                "spearman (paper, figure)": paper["spearman_figure"],
+                "spearman (paper, released files)": paper["spearman_released"],
+                "no_time_trials": len(no_time),
+                "no_time_marked_infeasible": int((~no_time.fits).sum()),
+                "timed_marked_infeasible": int((~preds[preds.timed].fits).sum()),
+            }
+        )
     heur = comparison.heuristic_rows(setup, tr, paper["baseline_s"])
     speed = comparison.speedup_rows(setup, tr, preds, results, pd.DataFrame(heur), paper, k)
     measured = {(r.strategy, r.partition): r.measured_s for r in preds.itertuples()}
@@ -60,11 +74,21 @@ def study_setup(name: str, released_trials: pd.DataFrame, paper: dict, modes=("r
     for mode, res in results.items():
         for i, p in enumerate(res.ranked[:top]):
             part = " ".join(map(str, p.strategy.partition))
-            best.append({"setup": name, "mode": mode, "rank": i, "strategy": p.strategy.label(), "partition": part,
-                         "placement": "default" if p.strategy.placement is None
-                         else " ".join(map(str, p.strategy.placement)),
-                         "predicted_s": p.total_s, "peak_memory_gb": p.peak_memory_gb,
-                         "released_measured_s": measured.get((p.strategy.label(), part), np.nan)})
+            best.append(
+                {
+                    "setup": name,
+                    "mode": mode,
+                    "rank": i,
+                    "strategy": p.strategy.label(),
+                    "partition": part,
+                    "placement": "default"
+                    if p.strategy.placement is None
+                    else " ".join(map(str, p.strategy.placement)),
+                    "predicted_s": p.total_s,
+                    "peak_memory_gb": p.peak_memory_gb,
+                    "released_measured_s": measured.get((p.strategy.label(), part), np.nan),
+                }
+            )
     return SetupStudy(name, results, ranking, preds, corr, heur, speed, best)
 
 

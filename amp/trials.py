@@ -10,9 +10,9 @@ leave-one-setup-out: the fit used to price a setup never sees that setup's trial
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -66,14 +66,20 @@ def ranking_check(setup: Setup, result: SearchResult, trials: pd.DataFrame) -> d
     ties = sum(a != b and rel_cost.get(a) == rel_cost[b] for a, b in zip(ours, rel_keys))
     part_equal = sum(rel_part.get(layout_key(p.strategy)) == p.strategy.partition for p in result.ranked)
     cost_err = max(abs(round(p.total_s, 4) - rel_cost.get(layout_key(p.strategy), np.nan)) for p in result.ranked)
-    return {"candidates": len(ours), "released_candidates": len(rel_keys),
-            "same_position": same, "tie_swaps": ties,
-            "order_equal": len(ours) == len(rel_keys) and same + ties == len(ours) and set(ours) == set(rel_keys),
-            "partitions_equal": part_equal, "max_abs_cost_diff": cost_err}
+    return {
+        "candidates": len(ours),
+        "released_candidates": len(rel_keys),
+        "same_position": same,
+        "tie_swaps": ties,
+        "order_equal": len(ours) == len(rel_keys) and same + ties == len(ours) and set(ours) == set(rel_keys),
+        "partitions_equal": part_equal,
+        "max_abs_cost_diff": cost_err,
+    }
 
 
-def trial_predictions(setup: Setup, prof: profiles.Profiles, trials: pd.DataFrame,
-                      fitted: profiles.Profiles | None = None) -> pd.DataFrame:
+def trial_predictions(
+    setup: Setup, prof: profiles.Profiles, trials: pd.DataFrame, fitted: profiles.Profiles | None = None
+) -> pd.DataFrame:
     """Both modes' prediction and the memory model's verdict for every released trial (as it was run: the
     released partition, the cluster's node order); with `fitted`, also the improved model on profiles with
     the fitted fixed cost (`improved_fit`)."""
@@ -84,20 +90,36 @@ def trial_predictions(setup: Setup, prof: profiles.Profiles, trials: pd.DataFram
     for r in trials.itertuples():
         s = trial_strategy(setup, r)
         pr = {m: cm.predict(s) for m, cm in models.items()}
-        rows.append({"rank": r.rank, "strategy": s.label(), "mbs": s.mbs, "tp": s.tp, "dp": s.dp, "pp": s.pp,
-                     "partition": " ".join(map(str, s.partition)),
-                     "released_file_s": r.predicted_s, **{f"{m}_s": p.total_s for m, p in pr.items()},
-                     "measured_s": r.measured_s, "ran": r.ran, "timed": r.timed,
-                     "peak_memory_gb": pr["improved"].peak_memory_gb, "fits": pr["improved"].feasible})
+        rows.append(
+            {
+                "rank": r.rank,
+                "strategy": s.label(),
+                "mbs": s.mbs,
+                "tp": s.tp,
+                "dp": s.dp,
+                "pp": s.pp,
+                "partition": " ".join(map(str, s.partition)),
+                "released_file_s": r.predicted_s,
+                **{f"{m}_s": p.total_s for m, p in pr.items()},
+                "measured_s": r.measured_s,
+                "ran": r.ran,
+                "timed": r.timed,
+                "peak_memory_gb": pr["improved"].peak_memory_gb,
+                "fits": pr["improved"].feasible,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def correlations(df: pd.DataFrame, mode: str) -> dict:
     """Rank correlation and mean |log error| of `mode`'s predictions over the trials with a measured time."""
     t = df[df.timed]
-    return {"timed_trials": len(t), "spearman": float(stats.spearmanr(t[f"{mode}_s"], t.measured_s).statistic),
-            "kendall": float(stats.kendalltau(t[f"{mode}_s"], t.measured_s).statistic),
-            "mean_abs_log_error": float(np.mean(np.abs(np.log(t[f"{mode}_s"] / t.measured_s))))}
+    return {
+        "timed_trials": len(t),
+        "spearman": float(stats.spearmanr(t[f"{mode}_s"], t.measured_s).statistic),
+        "kendall": float(stats.kendalltau(t[f"{mode}_s"], t.measured_s).statistic),
+        "mean_abs_log_error": float(np.mean(np.abs(np.log(t[f"{mode}_s"] / t.measured_s)))),
+    }
 
 
 # --------------------------------------------------------------------------------- leave-one-setup-out fit
@@ -111,11 +133,15 @@ class TrialSet:
     measured: np.ndarray
 
     @classmethod
-    def from_trials(cls, name: str, trials: pd.DataFrame) -> "TrialSet":
+    def from_trials(cls, name: str, trials: pd.DataFrame) -> TrialSet:
         setup = load_setup(name)
         tr = trials[(trials.setting == name) & trials.timed]
-        return cls(setup, profiles.released(setup.model), [trial_strategy(setup, r) for r in tr.itertuples()],
-                   tr.measured_s.to_numpy(dtype=np.float64))
+        return cls(
+            setup,
+            profiles.released(setup.model),
+            [trial_strategy(setup, r) for r in tr.itertuples()],
+            tr.measured_s.to_numpy(dtype=np.float64),
+        )
 
     def log_errors(self, fixed: dict[int, float]) -> np.ndarray:
         cm = CostModel(self.setup, self.profiles.with_fixed_cost(fixed), "improved")
@@ -132,8 +158,15 @@ def fixed_cost_errors(sets: dict[str, TrialSet], grid: Iterable[float] = FIXED_G
             err = ts.log_errors({tp: float(c) for tp in (1, 2, 4, 8)})
             tps = np.array([s.tp for s in ts.strategies])
             for tp in np.unique(tps):
-                rows.append({"setup": name, "tp": int(tp), "fixed_s": float(c), "sum": float(err[tps == tp].sum()),
-                             "count": int((tps == tp).sum())})
+                rows.append(
+                    {
+                        "setup": name,
+                        "tp": int(tp),
+                        "fixed_s": float(c),
+                        "sum": float(err[tps == tp].sum()),
+                        "count": int((tps == tp).sum()),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -147,14 +180,18 @@ def fit_fixed_costs(errors: pd.DataFrame, exclude: str | None = None) -> dict[in
     return {int(tp): float(g.loc[g["mean"].idxmin(), "fixed_s"]) for tp, g in e.groupby("tp")}
 
 
-def leave_one_setup_out(trials: pd.DataFrame, names: Iterable[str] = PAPER_SETUPS,
-                        grid: Iterable[float] = FIXED_GRID_S) -> dict[str, dict[int, float]]:
+def leave_one_setup_out(
+    trials: pd.DataFrame, names: Iterable[str] = PAPER_SETUPS, grid: Iterable[float] = FIXED_GRID_S
+) -> dict[str, dict[int, float]]:
     """For each setup, the fixed costs fitted on the other setups' timed trials."""
     names = list(names)
     sets = {n: TrialSet.from_trials(n, trials) for n in PAPER_SETUPS}
     errors = fixed_cost_errors(sets, grid)
     fits = {n: fit_fixed_costs(errors, exclude=n) for n in names}
     for n, f in fits.items():
-        log.info("fixed cost per layer and micro-batch fitted without %s: %s", n,
-                 ", ".join(f"tp{tp} {c * 1e3:.0f} ms" for tp, c in f.items()))
+        log.info(
+            "fixed cost per layer and micro-batch fitted without %s: %s",
+            n,
+            ", ".join(f"tp{tp} {c * 1e3:.0f} ms" for tp, c in f.items()),
+        )
     return fits

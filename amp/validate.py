@@ -97,16 +97,28 @@ def full_weights(cfg: TinyGPT) -> dict[str, torch.Tensor]:
 
     w = {"tok": rnd(v, h), "pos": rnd(s, h), "lnf.w": torch.ones(h), "lnf.b": torch.zeros(h), "head": rnd(v, h)}
     for i in range(cfg.layers):
-        w.update({f"{i}.ln1.w": torch.ones(h), f"{i}.ln1.b": torch.zeros(h), f"{i}.qkv.w": rnd(3 * h, h),
-                  f"{i}.qkv.b": rnd(3 * h), f"{i}.proj.w": rnd(h, h), f"{i}.proj.b": rnd(h),
-                  f"{i}.ln2.w": torch.ones(h), f"{i}.ln2.b": torch.zeros(h), f"{i}.fc1.w": rnd(4 * h, h),
-                  f"{i}.fc1.b": rnd(4 * h), f"{i}.fc2.w": rnd(h, 4 * h), f"{i}.fc2.b": rnd(h)})
+        w.update(
+            {
+                f"{i}.ln1.w": torch.ones(h),
+                f"{i}.ln1.b": torch.zeros(h),
+                f"{i}.qkv.w": rnd(3 * h, h),
+                f"{i}.qkv.b": rnd(3 * h),
+                f"{i}.proj.w": rnd(h, h),
+                f"{i}.proj.b": rnd(h),
+                f"{i}.ln2.w": torch.ones(h),
+                f"{i}.ln2.b": torch.zeros(h),
+                f"{i}.fc1.w": rnd(4 * h, h),
+                f"{i}.fc1.b": rnd(4 * h),
+                f"{i}.fc2.w": rnd(h, 4 * h),
+                f"{i}.fc2.b": rnd(h),
+            }
+        )
     return w
 
 
 def _rows(t, k, n):
     step = t.shape[0] // n
-    return t[k * step:(k + 1) * step]
+    return t[k * step : (k + 1) * step]
 
 
 class Embedding(nn.Module):
@@ -126,7 +138,10 @@ class Block(nn.Module):
         h, k, n = cfg.hidden, tp.rank, tp.size
         require(cfg.heads % n == 0, f"{cfg.heads} heads cannot be split over tensor-parallel degree {n}")
         self.tp, self.heads, self.hd = tp, cfg.heads // n, h // cfg.heads
-        p = lambda t: nn.Parameter(t.clone().contiguous())
+
+        def p(t):
+            return nn.Parameter(t.clone().contiguous())
+
         self.ln1 = nn.LayerNorm(h)
         self.ln2 = nn.LayerNorm(h)
         with torch.no_grad():
@@ -187,8 +202,11 @@ def reference_step(cfg: TinyGPT) -> tuple[float, dict[str, torch.Tensor]]:
     x, y = batch(cfg)
     loss = F.cross_entropy(layers(x).flatten(0, 1), y.flatten())
     loss.backward()
-    grads = {"tok": layers[0].tok.grad.clone(), "block0.fc1_w": layers[2].fc1_w.grad.clone(),
-             "head": layers[-2].w.grad.clone()}
+    grads = {
+        "tok": layers[0].tok.grad.clone(),
+        "block0.fc1_w": layers[2].fc1_w.grad.clone(),
+        "head": layers[-2].w.grad.clone(),
+    }
     return float(loss.detach()), grads
 
 
@@ -224,8 +242,8 @@ class Runner:
         self.grid = g = build_grid(tp=tp, pp=pp, dp=dp)
         self.dev = device_of(g)
         self.all_layers = build_layers(cfg, TPContext(g.tp_rank, tp, g.tp_comm))
-        start = sum(partition[:g.stage])
-        self.stage = nn.ModuleList(self.all_layers[start:start + partition[g.stage]]).to(self.dev)
+        start = sum(partition[: g.stage])
+        self.stage = nn.ModuleList(self.all_layers[start : start + partition[g.stage]]).to(self.dev)
         self.params = list(self.stage.parameters())
         self.opt = torch.optim.Adam(self.params, lr=1e-3)
         self.per_replica = cfg.global_batch // dp
@@ -236,12 +254,14 @@ class Runner:
     def forward_backward(self, i: int, count: bool = False) -> tuple[float, int]:
         """Loss (last stage; else 0) of batch i and the most activation bytes held at once (with `count`)."""
         g, mbs, n_micro = self.grid, self.mbs, self.n_micro
-        x_all, y_all = (t[g.dp_rank * self.per_replica:(g.dp_rank + 1) * self.per_replica].to(self.dev)
-                        for t in batch(self.cfg, i))
+        x_all, y_all = (
+            t[g.dp_rank * self.per_replica : (g.dp_rank + 1) * self.per_replica].to(self.dev)
+            for t in batch(self.cfg, i)
+        )
         saved = [0] * n_micro
 
         def stage_fn(x, m):
-            x = x_all[m * mbs:(m + 1) * mbs] if x is None else x
+            x = x_all[m * mbs : (m + 1) * mbs] if x is None else x
 
             def run():
                 y = x
@@ -255,11 +275,21 @@ class Runner:
             return out
 
         def loss_fn(out, m):
-            return F.cross_entropy(out.flatten(0, 1), y_all[m * mbs:(m + 1) * mbs].flatten()) / n_micro
+            return F.cross_entropy(out.flatten(0, 1), y_all[m * mbs : (m + 1) * mbs].flatten()) / n_micro
 
-        total = pipeline_step(stage_fn, loss_fn, g.pp_comm, g.stage, g.pp, n_micro,
-                              (mbs, self.cfg.seq, self.cfg.hidden), None if g.first else g.peer(g.stage - 1),
-                              None if g.last else g.peer(g.stage + 1), schedule=self.schedule, device=self.dev)
+        total = pipeline_step(
+            stage_fn,
+            loss_fn,
+            g.pp_comm,
+            g.stage,
+            g.pp,
+            n_micro,
+            (mbs, self.cfg.seq, self.cfg.hidden),
+            None if g.first else g.peer(g.stage - 1),
+            None if g.last else g.peer(g.stage + 1),
+            schedule=self.schedule,
+            device=self.dev,
+        )
         all_reduce_gradients(self.params, g.dp_comm)
         alive = peak = 0  # activations held at once, in the order the schedule ran the micro-batches
         for kind, m in schedule_order(self.schedule, g.pp, g.stage, n_micro):
@@ -273,8 +303,8 @@ class Runner:
         g = self.grid
         strategy = Strategy(g.tp, g.dp, g.pp, self.mbs, self.partition)
         per_micro = message_counts(self.cfg, strategy)["tp_per_micro_batch"][g.stage]
-        start = sum(self.partition[:g.stage])
-        stage_s = float(prof[("local", g.tp, self.mbs)][start:start + self.partition[g.stage]].sum())
+        start = sum(self.partition[: g.stage])
+        stage_s = float(prof[("local", g.tp, self.mbs)][start : start + self.partition[g.stage]].sum())
         return stage_s / max(per_micro, 1)
 
     def first_step(self) -> dict:
@@ -296,8 +326,12 @@ class Runner:
             return 0 if comm is None else sum(v.calls for k, v in comm.stats.items() if ops is None or k in ops)
 
         g = self.grid
-        return {"loss0": loss0, "grads": grads, "saved_activation_bytes": saved,
-                "messages": {"tp": calls(g.tp_comm), "pp_send": calls(g.pp_comm, ("send",)), "dp": calls(g.dp_comm)}}
+        return {
+            "loss0": loss0,
+            "grads": grads,
+            "saved_activation_bytes": saved,
+            "messages": {"tp": calls(g.tp_comm), "pp_send": calls(g.pp_comm, ("send",)), "dp": calls(g.dp_comm)},
+        }
 
     def timed_steps(self, n: int, warmup: int = 0) -> None:
         """`warmup` untimed then `n` timed training steps (between barriers; the slowest rank's time counts)."""
@@ -317,11 +351,22 @@ class Runner:
     def summary(self, first: dict) -> dict:
         g = self.grid
         n_param = sum(p.numel() for p in self.params)
-        state_bytes = sum(nbytes(t) for st in self.opt.state.values() for t in st.values()
-                          if torch.is_tensor(t) and t.dim() > 0)
-        return {"rank": g.rank, "stage": g.stage, "tp_rank": g.tp_rank, "dp_rank": g.dp_rank,
-                "schedule": self.schedule, "times": self.times, "param_elems": n_param, "param_bytes": n_param * 4,
-                "grad_bytes": n_param * 4, "optimizer_bytes": state_bytes, **first}
+        state_bytes = sum(
+            nbytes(t) for st in self.opt.state.values() for t in st.values() if torch.is_tensor(t) and t.dim() > 0
+        )
+        return {
+            "rank": g.rank,
+            "stage": g.stage,
+            "tp_rank": g.tp_rank,
+            "dp_rank": g.dp_rank,
+            "schedule": self.schedule,
+            "times": self.times,
+            "param_elems": n_param,
+            "param_bytes": n_param * 4,
+            "grad_bytes": n_param * 4,
+            "optimizer_bytes": state_bytes,
+            **first,
+        }
 
 
 def train_worker(rank: int, world: int, cfg_dict: dict, strategy: tuple, steps: int, warmup: int) -> dict:
@@ -337,8 +382,16 @@ def _link_rows(world: int, dev) -> list[dict]:
     return link_bench.ping_pong(link_bench.default_sizes(8 << 20, 6), 0, 1, repeats=15, stat="min", device=dev)
 
 
-def _session_worker(rank: int, world: int, cfg_dict: dict, strategies: list[tuple], steps: int, warmup: int,
-                    measure: bool, rounds: int = 1) -> dict:
+def _session_worker(
+    rank: int,
+    world: int,
+    cfg_dict: dict,
+    strategies: list[tuple],
+    steps: int,
+    warmup: int,
+    measure: bool,
+    rounds: int = 1,
+) -> dict:
     """One process of a session: every strategy's runner, their first (checked) steps, then `rounds` rounds in
     which each strategy in turn runs its share of the timed steps, so that the load of a shared machine spreads
     over all of them. With `measure`, each round also profiles, right before a strategy's steps, the layers it
@@ -355,8 +408,10 @@ def _session_worker(rank: int, world: int, cfg_dict: dict, strategies: list[tupl
     per_round = [steps // rounds + (k < steps % rounds) for k in range(rounds)]
     for k in range(rounds):
         if measure:
-            generic = {n: link_bench.latency_under_load("all_reduce", build_grid(tp=n, pp=world // n).tp_comm.group)
-                       for n in dp_sizes}
+            generic = {
+                n: link_bench.latency_under_load("all_reduce", build_grid(tp=n, pp=world // n).tp_comm.group)
+                for n in dp_sizes
+            }
             out["profile"].append([])
             out["busy"].append([])
         for st, r in zip(strategies, runners):
@@ -366,8 +421,9 @@ def _session_worker(rank: int, world: int, cfg_dict: dict, strategies: list[tupl
                 out["profile"][-1].append(prof)
                 busy = {"dp": generic.get(st[1], 0.0), "tp": 0.0}
                 if r.grid.tp_comm is not None:  # the all-reduce after as much compute as the run does between two
-                    busy["tp"] = link_bench.latency_under_load("all_reduce", r.grid.tp_comm.group,
-                                                               work_s=r.compute_between_tp_messages(prof), messages=20)
+                    busy["tp"] = link_bench.latency_under_load(
+                        "all_reduce", r.grid.tp_comm.group, work_s=r.compute_between_tp_messages(prof), messages=20
+                    )
                 out["busy"][-1].append(busy)
             r.timed_steps(per_round[k])
     out["runs"] = [r.summary(f) for r, f in zip(runners, firsts)]
@@ -379,8 +435,16 @@ def _pack(s: Strategy, schedule: str) -> tuple:
     return (s.tp, s.dp, s.pp, s.mbs, tuple(s.partition), schedule)
 
 
-def run_session(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: int = 2, measure: bool = False,
-                timeout_s: float = 120.0, schedules: str | list[str] = "gpipe", rounds: int = 1) -> list[dict]:
+def run_session(
+    cfg: TinyGPT,
+    strategies: list[Strategy],
+    steps: int = 5,
+    warmup: int = 2,
+    measure: bool = False,
+    timeout_s: float = 120.0,
+    schedules: str | list[str] = "gpipe",
+    rounds: int = 1,
+) -> list[dict]:
     """Run strategies of one process count on a single set of spawned processes (one result per rank).
     `schedules`: one pipeline schedule for all, or one per strategy; `rounds`: interleave them that often."""
     from common.distributed import run_processes
@@ -394,12 +458,18 @@ def run_session(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup
     packed = [_pack(s, sch) for s, sch in zip(strategies, schedules)]
     world = worlds.pop()
     backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world else "gloo"
-    return run_processes(_session_worker, world, args=(asdict(cfg), packed, steps, warmup, measure, rounds),
-                         timeout_s=timeout_s, backend=backend)
+    return run_processes(
+        _session_worker,
+        world,
+        args=(asdict(cfg), packed, steps, warmup, measure, rounds),
+        timeout_s=timeout_s,
+        backend=backend,
+    )
 
 
-def run_strategy(cfg: TinyGPT, s: Strategy, steps: int = 5, warmup: int = 2, timeout_s: float = 120.0,
-                 schedule: str = "gpipe") -> list[dict]:
+def run_strategy(
+    cfg: TinyGPT, s: Strategy, steps: int = 5, warmup: int = 2, timeout_s: float = 120.0, schedule: str = "gpipe"
+) -> list[dict]:
     """Train `steps` timed iterations of `s` on tp*dp*pp local processes; one result per rank."""
     return [r["runs"][0] for r in run_session(cfg, [s], steps, warmup, False, timeout_s, schedule)]
 
@@ -424,16 +494,18 @@ def measure_link(timeout_s: float = 60.0) -> tuple[float, float]:
     return link.gbps, link.latency_s * 1e6
 
 
-def profile_layers(cfg: TinyGPT, mbs_list=(1, 2, 4), repeats: int = 5, device: torch.device | str = "cpu",
-                   tp: int = 1) -> profiles.Profiles:
+def profile_layers(
+    cfg: TinyGPT, mbs_list=(1, 2, 4), repeats: int = 5, device: torch.device | str = "cpu", tp: int = 1
+) -> profiles.Profiles:
     """Forward+backward time of each layer of the tiny GPT on `device` (one thread on a CPU); with tp > 1,
     of one tensor-parallel shard of each layer (no communication: the cost model adds it)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         layers = [layer.to(device) for layer in build_layers(cfg, TPContext(0, tp, None))]
-        return profiles.measure(layers, lambda m: batch(cfg)[0][:m].to(device),
-                                mbs_list=mbs_list, gpu="local", tp=tp, repeats=repeats)
+        return profiles.measure(
+            layers, lambda m: batch(cfg)[0][:m].to(device), mbs_list=mbs_list, gpu="local", tp=tp, repeats=repeats
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -453,8 +525,9 @@ def predicted_memory(cfg: TinyGPT, s: Strategy, schedule: str = "gpipe") -> list
     out, a = [], 0
     for j, n in enumerate(s.partition):
         params = memory.stage_params(model, a, a + n) / s.tp
-        acts = (sum(l.act_bytes(s.tp) for l in model.layers[a:a + n]) * 2 * s.mbs
-                * memory.in_flight(s.pp, j, B, schedule))
+        acts = (
+            sum(l.act_bytes(s.tp) for l in model.layers[a : a + n]) * 2 * s.mbs * memory.in_flight(s.pp, j, B, schedule)
+        )
         out.append({"stage": j, "param_elems": params, "state_bytes": 16 * params, "activation_bytes": acts})
         a += n
     return out
@@ -484,14 +557,18 @@ def message_counts(cfg: TinyGPT, s: Strategy) -> dict[str, object]:
     layers = cfg.spec().layers
     tp_per_micro, a = [], 0
     for n in s.partition:
-        kinds = [l.kind for l in layers[a:a + n]]
+        kinds = [l.kind for l in layers[a : a + n]]
         blocks = sum(k == "transformer" for k in kinds)
         head = int("head" in kinds)
         tp_per_micro.append(4 * blocks + 2 * head if s.tp > 1 else 0)
         a += n
-    return {"micro_batches": B, "tp_per_micro_batch": tp_per_micro,
-            "tp_per_step": B * sum(tp_per_micro), "p2p_per_step": 2 * B * (s.pp - 1),
-            "dp_per_step": (1 if s.dp > 1 else 0) * s.pp}
+    return {
+        "micro_batches": B,
+        "tp_per_micro_batch": tp_per_micro,
+        "tp_per_step": B * sum(tp_per_micro),
+        "p2p_per_step": 2 * B * (s.pp - 1),
+        "dp_per_step": (1 if s.dp > 1 else 0) * s.pp,
+    }
 
 
 def message_latency(cfg: TinyGPT, s: Strategy, lat: Latencies) -> float:
@@ -530,15 +607,27 @@ def _latencies(quiet: link_bench.LinkFit | None, busy_rounds: list[dict], s: Str
 
 def _profile(ranks: list[dict], i: int, world: int) -> profiles.Profiles:
     """Strategy i's layer times: the mean over ranks (they shared the CPU) of the median over rounds."""
-    per_round = [{k: sum(r["profile"][k_round][i][k] for r in ranks) / world for k in ranks[0]["profile"][0][i]}
-                 for k_round in range(len(ranks[0]["profile"]))]
+    per_round = [
+        {k: sum(r["profile"][k_round][i][k] for r in ranks) / world for k in ranks[0]["profile"][0][i]}
+        for k_round in range(len(ranks[0]["profile"]))
+    ]
     times = {k: np.median(np.stack([p[k] for p in per_round]), axis=0) for k in per_round[0]}
-    return profiles.Profiles(times, tp_comm_included=False,
-                             source=f"measured on this machine, {world} processes at once, {len(per_round)} rounds")
+    return profiles.Profiles(
+        times,
+        tp_comm_included=False,
+        source=f"measured on this machine, {world} processes at once, {len(per_round)} rounds",
+    )
 
 
-def compare(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: int = 2,
-            timeout_s: float = 120.0, schedules: tuple[str, ...] = SCHEDULES, rounds: int = 5) -> list[dict]:
+def compare(
+    cfg: TinyGPT,
+    strategies: list[Strategy],
+    steps: int = 5,
+    warmup: int = 2,
+    timeout_s: float = 120.0,
+    schedules: tuple[str, ...] = SCHEDULES,
+    rounds: int = 5,
+) -> list[dict]:
     """For each process count: run every strategy (each pipeline under every schedule in `schedules`) on that
     many processes, interleaved over `rounds` rounds, with the link micro-benchmark and the layer profile
     measured on the same processes in the same rounds; set each measured time beside the improved model's
@@ -549,19 +638,34 @@ def compare(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: in
     rows = []
     by_world: dict[int, list[tuple[Strategy, str]]] = {}
     for s in strategies:
-        for sch in (schedules if s.pp > 1 else schedules[:1]):
+        for sch in schedules if s.pp > 1 else schedules[:1]:
             by_world.setdefault(s.tp * s.dp * s.pp, []).append((s, sch))
     for world, group in by_world.items():
         log.info("running %d strategies on %d processes", len(group), world)
-        ranks = run_session(cfg, [s for s, _ in group], steps, warmup, measure=True, timeout_s=timeout_s,
-                            schedules=[sch for _, sch in group], rounds=max(1, min(rounds, steps)))
+        ranks = run_session(
+            cfg,
+            [s for s, _ in group],
+            steps,
+            warmup,
+            measure=True,
+            timeout_s=timeout_s,
+            schedules=[sch for _, sch in group],
+            rounds=max(1, min(rounds, steps)),
+        )
         fit = link_bench.fit_link(ranks[0]["link"], "p2p") if world > 1 else None
         gbps = fit.link.gbps if fit else 1e3
         log.info("link: %.2f Gbps, %.0f us per send", gbps, fit.link.latency_s * 1e6 if fit else 0.0)
         for i, (s, sch) in enumerate(group):
             lat = _latencies(fit, [b[i] for b in ranks[0]["busy"]], s)
-            cm = CostModel(local_setup(cfg, world, gbps, 0.0), _profile(ranks, i, world), "improved", schedule=sch,
-                           act_bits=32, bytes_per_param=16, act_scale=2)
+            cm = CostModel(
+                local_setup(cfg, world, gbps, 0.0),
+                _profile(ranks, i, world),
+                "improved",
+                schedule=sch,
+                act_bits=32,
+                bytes_per_param=16,
+                act_scale=2,
+            )
             base = float(cm.predict(s).total_s)
             latency = message_latency(cfg, s, lat)
             pred = base + latency
@@ -569,27 +673,41 @@ def compare(cfg: TinyGPT, strategies: list[Strategy], steps: int = 5, warmup: in
             measured = measured_time(results)
             mem = predicted_memory(cfg, s, sch)
             counts = message_counts(cfg, s)
-            counted = {"tp": max(r["messages"]["tp"] for r in results),
-                       "p2p": sum(r["messages"]["pp_send"] for r in results if r["dp_rank"] == r["tp_rank"] == 0),
-                       "dp": max(r["messages"]["dp"] for r in results)}
+            counted = {
+                "tp": max(r["messages"]["tp"] for r in results),
+                "p2p": sum(r["messages"]["pp_send"] for r in results if r["dp_rank"] == r["tp_rank"] == 0),
+                "dp": max(r["messages"]["dp"] for r in results),
+            }
             ratio = max(pred / measured, measured / pred)
-            rows.append({"strategy": s.label(), "schedule": sch if s.pp > 1 else "-",
-                         "partition": " ".join(map(str, s.partition)), "processes": world,
-                         "predicted_s": pred, "bandwidth_compute_s": base, "latency_s": latency,
-                         "measured_s": float(measured), "error": (pred - measured) / measured,
-                         "ratio": ratio, "within_bound": ratio <= TOLERANCE_RATIO,
-                         "tp_messages_model": counts["micro_batches"] * max(counts["tp_per_micro_batch"]),
-                         "tp_messages_counted": counted["tp"], "p2p_messages_model": counts["p2p_per_step"],
-                         "p2p_messages_counted": counted["p2p"], "dp_messages_model": counts["dp_per_step"] // s.pp,
-                         "dp_messages_counted": counted["dp"],
-                         "state_bytes_real": max(r["param_bytes"] + r["grad_bytes"] + r["optimizer_bytes"]
-                                                 for r in results),
-                         "state_bytes_model": max(m["state_bytes"] for m in mem),
-                         "activation_bytes_real": max(r["saved_activation_bytes"] for r in results),
-                         "activation_bytes_model": max(m["activation_bytes"] for m in mem),
-                         "link_gbps": gbps, "latency_us": lat.p2p_s * 1e6,
-                         "tp_all_reduce_us": lat.tp_all_reduce_s * 1e6, "dp_all_reduce_us": lat.dp_all_reduce_s * 1e6,
-                         "link_fit_max_error": fit.max_rel_error if fit else 0.0})
-            log.info("%s %s: predicted %.4fs (latency %.4fs), measured %.4fs", s.label(), sch, pred, latency,
-                     measured)
+            rows.append(
+                {
+                    "strategy": s.label(),
+                    "schedule": sch if s.pp > 1 else "-",
+                    "partition": " ".join(map(str, s.partition)),
+                    "processes": world,
+                    "predicted_s": pred,
+                    "bandwidth_compute_s": base,
+                    "latency_s": latency,
+                    "measured_s": float(measured),
+                    "error": (pred - measured) / measured,
+                    "ratio": ratio,
+                    "within_bound": ratio <= TOLERANCE_RATIO,
+                    "tp_messages_model": counts["micro_batches"] * max(counts["tp_per_micro_batch"]),
+                    "tp_messages_counted": counted["tp"],
+                    "p2p_messages_model": counts["p2p_per_step"],
+                    "p2p_messages_counted": counted["p2p"],
+                    "dp_messages_model": counts["dp_per_step"] // s.pp,
+                    "dp_messages_counted": counted["dp"],
+                    "state_bytes_real": max(r["param_bytes"] + r["grad_bytes"] + r["optimizer_bytes"] for r in results),
+                    "state_bytes_model": max(m["state_bytes"] for m in mem),
+                    "activation_bytes_real": max(r["saved_activation_bytes"] for r in results),
+                    "activation_bytes_model": max(m["activation_bytes"] for m in mem),
+                    "link_gbps": gbps,
+                    "latency_us": lat.p2p_s * 1e6,
+                    "tp_all_reduce_us": lat.tp_all_reduce_s * 1e6,
+                    "dp_all_reduce_us": lat.dp_all_reduce_s * 1e6,
+                    "link_fit_max_error": fit.max_rel_error if fit else 0.0,
+                }
+            )
+            log.info("%s %s: predicted %.4fs (latency %.4fs), measured %.4fs", s.label(), sch, pred, latency, measured)
     return rows

@@ -26,8 +26,13 @@ def rng_state() -> dict[str, Any]:
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state = {
         "python": [py_version, list(py_state), py_gauss],
-        "numpy": [np_name, torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), int(np_pos),
-                  int(np_has_gauss), float(np_gauss)],
+        "numpy": [
+            np_name,
+            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            int(np_pos),
+            int(np_has_gauss),
+            float(np_gauss),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -57,8 +62,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
-def training_state(step: int, modules: Mapping[str, torch.nn.Module] = {}, optimizers: Mapping[str, Any] = {},
-                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def training_state(
+    step: int,
+    modules: Mapping[str, torch.nn.Module] = {},
+    optimizers: Mapping[str, Any] = {},
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Everything exact resume needs: state dicts, RNG states and the step (plus `extra` values)."""
     return {
         "step": int(step),
@@ -69,8 +78,9 @@ def training_state(step: int, modules: Mapping[str, torch.nn.Module] = {}, optim
     }
 
 
-def restore_training_state(state: Mapping[str, Any], modules: Mapping[str, torch.nn.Module] = {},
-                           optimizers: Mapping[str, Any] = {}) -> int:
+def restore_training_state(
+    state: Mapping[str, Any], modules: Mapping[str, torch.nn.Module] = {}, optimizers: Mapping[str, Any] = {}
+) -> int:
     """Load what `training_state` saved into the live objects; returns the step to continue from."""
     for k, m in modules.items():
         m.load_state_dict(state["modules"][k])

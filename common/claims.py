@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -44,8 +45,17 @@ def decide(condition: bool | None) -> str:
 
 
 def claims_frame(claims: Sequence[Claim]) -> pd.DataFrame:
-    return pd.DataFrame([{"claim": c.claim, "paper's evidence": c.paper_evidence,
-                          "measured evidence": c.measured_evidence, "verdict": c.verdict} for c in claims])
+    return pd.DataFrame(
+        [
+            {
+                "claim": c.claim,
+                "paper's evidence": c.paper_evidence,
+                "measured evidence": c.measured_evidence,
+                "verdict": c.verdict,
+            }
+            for c in claims
+        ]
+    )
 
 
 def claims_markdown(claims: Sequence[Claim], title: str = "Claims") -> str:

@@ -32,7 +32,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n], None
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n], None
 
 
 def all_gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
@@ -67,7 +67,7 @@ def gather_into_queue(queue: torch.Tensor, ptr: int, keys: torch.Tensor, group=N
     n = gathered.shape[0]
     if k % n:
         raise UserError(f"queue size {k} is not divisible by the global batch {n}")
-    queue[ptr:ptr + n] = gathered.to(queue.dtype)
+    queue[ptr : ptr + n] = gathered.to(queue.dtype)
     return (ptr + n) % k
 
 

@@ -15,9 +15,10 @@ import socket
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -131,8 +132,14 @@ def init_process_group(
     else:
         env = detect_env(environ)
         if master_addr or master_port:
-            env = DistEnv(env.rank, env.world_size, env.local_rank, master_addr or env.master_addr,
-                          int(master_port or env.master_port), env.source)
+            env = DistEnv(
+                env.rank,
+                env.world_size,
+                env.local_rank,
+                master_addr or env.master_addr,
+                int(master_port or env.master_port),
+                env.source,
+            )
     if not 0 <= env.rank < env.world_size:
         raise UserError(f"rank {env.rank} is outside world size {env.world_size}")
     if timeout_s <= 0:
@@ -187,8 +194,13 @@ class ProcessFailed(RuntimeError):
 
 def _child(fn, rank_, world_size_, args, kwargs, port, backend, group_timeout_s, threads, out_dir, init_group):
     os.environ.update(
-        {"RANK": str(rank_), "WORLD_SIZE": str(world_size_), "LOCAL_RANK": str(rank_),
-         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        {
+            "RANK": str(rank_),
+            "WORLD_SIZE": str(world_size_),
+            "LOCAL_RANK": str(rank_),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
     )
     torch.set_num_threads(threads)
     out = Path(out_dir) / f"rank{rank_}.pkl"
@@ -247,8 +259,19 @@ def run_processes(
         for r in range(world_size):
             p = ctx.Process(
                 target=_child,
-                args=(fn, r, world_size, tuple(args), dict(kwargs or {}), port, backend, group_timeout_s,
-                      threads_per_process, out_dir, init_group),
+                args=(
+                    fn,
+                    r,
+                    world_size,
+                    tuple(args),
+                    dict(kwargs or {}),
+                    port,
+                    backend,
+                    group_timeout_s,
+                    threads_per_process,
+                    out_dir,
+                    init_group,
+                ),
                 daemon=False,
             )
             p.start()
@@ -262,8 +285,10 @@ def run_processes(
                 if not alive:
                     break
                 now = time.monotonic()
-                if failed_at is None and any((Path(out_dir) / f"rank{r}.err").exists() or (p.exitcode not in (None, 0))
-                                             for r, p in enumerate(procs)):
+                if failed_at is None and any(
+                    (Path(out_dir) / f"rank{r}.err").exists() or (p.exitcode not in (None, 0))
+                    for r, p in enumerate(procs)
+                ):
                     failed_at = now
                 if now > deadline or (failed_at is not None and now > failed_at + grace_s):
                     break
@@ -298,4 +323,3 @@ def run_processes(
             elapsed = time.monotonic() - start
             raise ProcessFailed(f"no result from {', '.join(missing)} after {elapsed:.1f}s (timeout {timeout_s}s)")
         return results
-

@@ -25,7 +25,7 @@ class Link:
             raise UserError(f"link latency must be >= 0, got {self.latency_s}")
 
     @classmethod
-    def from_gbps(cls, gbps: float, latency_s: float = 0.0, name: str = "") -> "Link":
+    def from_gbps(cls, gbps: float, latency_s: float = 0.0, name: str = "") -> Link:
         if not gbps > 0:
             raise UserError(f"link bandwidth must be > 0 Gbps, got {gbps}")
         return cls(gbps * 1e9 / 8, latency_s, name or f"{gbps:g} Gbps")

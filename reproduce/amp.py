@@ -35,8 +35,10 @@ PAPER = DATA / "amp_paper.yaml"
 
 def paper_setups(ctx, cfg, released: pd.DataFrame, paper: dict) -> tuple[list[dict], list[study.SetupStudy]]:
     fits = trials.leave_one_setup_out(released, cfg.setups) if cfg.fit_fixed_cost else {}
-    studies = [study.study_setup(n, released, paper["setups"][n], tuple(cfg.modes), fits.get(n), cfg.top, cfg.top_k)
-               for n in cfg.setups]
+    studies = [
+        study.study_setup(n, released, paper["setups"][n], tuple(cfg.modes), fits.get(n), cfg.top, cfg.top_k)
+        for n in cfg.setups
+    ]
     for st in studies:
         ctx.out.figure(f"scatter_{st.name}", study.scatter(st.name, st.trials))
     cat = lambda attr: pd.DataFrame([r for st in studies for r in getattr(st, attr)])  # noqa: E731
@@ -44,30 +46,59 @@ def paper_setups(ctx, cfg, released: pd.DataFrame, paper: dict) -> tuple[list[di
     heur, speed, corr = cat("heuristics"), cat("speedup"), cat("correlation")
     matched, score = comparison.matching_heuristic(heur)
     if not ranking.empty:
-        ctx.out.table("ranking", ranking, title="Released-mode ranking vs the released trial files",
-                      note="order_equal: every position holds the released candidate or one of equal released "
-                           "prediction; partitions_equal: candidates whose partition equals the released one.")
-    ctx.out.table("best", cat("best"), title="Best strategies per setup and mode",
-                  note="released_measured_s: the released measured time of the same strategy and partition.")
-    ctx.out.table("heuristics", heur, title="The heuristics' picks priced by the released measured times",
-                  note="mbs1_s: the pick at micro-batch 1; best_mbs_s: its fastest measured micro-batch size (inf: "
-                       "no size gave a time). Matching the paper's baseline figure (mean |log(measured/paper)|): "
-                       + ", ".join(f"{r.heuristic} {r.mean_abs_log_error:.3f}" for r in score.itertuples())
-                       + f"; the paper's figure matches '{matched}'.")
-    ctx.out.table("speedup", speed, title=f"AMP vs the heuristics, by measured time (top {cfg.top_k})",
-                  note="top1/best_of_top_k: AMP's first pick and the fastest of its top k by released measured time "
-                       "(improved modes rank the released trials as run). speedup = heuristic (fastest micro-batch "
-                       "size) / best of top k. The paper's columns are its Table 1.")
-    ctx.out.table("correlation", corr, title="Predicted vs measured on the released trials",
-                  note="Spearman/Kendall over the trials with a measured time; infeasible = the memory model "
-                       f"({memory.BYTES_PER_PARAM:.0f} B/param, fp16 activations, 1F1B, "
-                       f"{memory.RESERVED_BYTES / 1e9:.0f} GB reserved) says it does not fit. improved_fit: the "
-                       "improved model with a fixed cost per layer and micro-batch per tensor-parallel degree, "
-                       "fitted on the other two setups' timed trials only.")
-    times = [{"setup": st.name, "mode": m, "candidates": r.evaluated, "infeasible": len(r.infeasible),
-              "search_s": r.seconds, "target_s": bench.TARGET_S[st.name],
-              "released code s (paper)": paper["setups"][st.name]["released_search_s"]}
-             for st in studies for m, r in st.results.items()]
+        ctx.out.table(
+            "ranking",
+            ranking,
+            title="Released-mode ranking vs the released trial files",
+            note="order_equal: every position holds the released candidate or one of equal released "
+            "prediction; partitions_equal: candidates whose partition equals the released one.",
+        )
+    ctx.out.table(
+        "best",
+        cat("best"),
+        title="Best strategies per setup and mode",
+        note="released_measured_s: the released measured time of the same strategy and partition.",
+    )
+    ctx.out.table(
+        "heuristics",
+        heur,
+        title="The heuristics' picks priced by the released measured times",
+        note="mbs1_s: the pick at micro-batch 1; best_mbs_s: its fastest measured micro-batch size (inf: "
+        "no size gave a time). Matching the paper's baseline figure (mean |log(measured/paper)|): "
+        + ", ".join(f"{r.heuristic} {r.mean_abs_log_error:.3f}" for r in score.itertuples())
+        + f"; the paper's figure matches '{matched}'.",
+    )
+    ctx.out.table(
+        "speedup",
+        speed,
+        title=f"AMP vs the heuristics, by measured time (top {cfg.top_k})",
+        note="top1/best_of_top_k: AMP's first pick and the fastest of its top k by released measured time "
+        "(improved modes rank the released trials as run). speedup = heuristic (fastest micro-batch "
+        "size) / best of top k. The paper's columns are its Table 1.",
+    )
+    ctx.out.table(
+        "correlation",
+        corr,
+        title="Predicted vs measured on the released trials",
+        note="Spearman/Kendall over the trials with a measured time; infeasible = the memory model "
+        f"({memory.BYTES_PER_PARAM:.0f} B/param, fp16 activations, 1F1B, "
+        f"{memory.RESERVED_BYTES / 1e9:.0f} GB reserved) says it does not fit. improved_fit: the "
+        "improved model with a fixed cost per layer and micro-batch per tensor-parallel degree, "
+        "fitted on the other two setups' timed trials only.",
+    )
+    times = [
+        {
+            "setup": st.name,
+            "mode": m,
+            "candidates": r.evaluated,
+            "infeasible": len(r.infeasible),
+            "search_s": r.seconds,
+            "target_s": bench.TARGET_S[st.name],
+            "released code s (paper)": paper["setups"][st.name]["released_search_s"],
+        }
+        for st in studies
+        for m, r in st.results.items()
+    ]
     write_claims(ctx.out, claims.amp_claims(ranking, corr, speed, heur, matched, paper), "amp", ctx.scale)
     return times, studies
 
@@ -80,15 +111,21 @@ def local_validation(ctx, cfg) -> None:
     for s in v.strategies:
         part = tuple(s.partition) if s.get("partition") else tuple(uniform_partition(L, int(s.pp)))
         strat = Strategy(int(s.tp), int(s.dp), int(s.pp), int(s.mbs), part)
-        require(strat.tp * strat.dp * strat.pp <= int(v.max_processes),
-                f"validation strategy {strat.label()} needs more than {v.max_processes} processes")
+        require(
+            strat.tp * strat.dp * strat.pp <= int(v.max_processes),
+            f"validation strategy {strat.label()} needs more than {v.max_processes} processes",
+        )
         strategies.append(strat)
     rows = validate.compare(tiny, strategies, steps=int(v.steps), warmup=int(v.warmup), timeout_s=float(v.timeout_s))
-    ctx.out.table("local", pd.DataFrame(rows), title="Predicted vs measured for strategies run on this machine",
-                  note=f"Tiny GPT {dict(v.model)}; gloo on CPU processes; medians of {v.steps} steps; every pipeline "
-                       "strategy under each schedule (GPipe, 1F1B). predicted = cost model + per-message latency x "
-                       "message count, both measured by the link micro-benchmark (common.parallel.link_bench). "
-                       "ratio = measured / predicted.")
+    ctx.out.table(
+        "local",
+        pd.DataFrame(rows),
+        title="Predicted vs measured for strategies run on this machine",
+        note=f"Tiny GPT {dict(v.model)}; gloo on CPU processes; medians of {v.steps} steps; every pipeline "
+        "strategy under each schedule (GPipe, 1F1B). predicted = cost model + per-message latency x "
+        "message count, both measured by the link micro-benchmark (common.parallel.link_bench). "
+        "ratio = measured / predicted.",
+    )
     for i, r in enumerate(rows):
         ctx.tracker.log({"local/predicted_s": r["predicted_s"], "local/measured_s": r["measured_s"]}, step=i)
 
@@ -106,10 +143,19 @@ def plan(ctx, cfg) -> None:
         preds = [CostModel(setup, prof, p.mode).predict(s)]
     else:
         preds = search(setup, prof, p.mode).ranked[: cfg.top]
-    rows = pd.DataFrame([{"strategy": x.strategy.label(), "partition": " ".join(map(str, x.strategy.partition)),
-                          "placement": "default" if x.strategy.placement is None
-                          else " ".join(map(str, x.strategy.placement)), "predicted_s": x.total_s,
-                          "peak_memory_gb": x.peak_memory_gb, "fits": x.feasible} for x in preds])
+    rows = pd.DataFrame(
+        [
+            {
+                "strategy": x.strategy.label(),
+                "partition": " ".join(map(str, x.strategy.partition)),
+                "placement": "default" if x.strategy.placement is None else " ".join(map(str, x.strategy.placement)),
+                "predicted_s": x.total_s,
+                "peak_memory_gb": x.peak_memory_gb,
+                "fits": x.feasible,
+            }
+            for x in preds
+        ]
+    )
     ctx.out.table("plan", rows, title=f"Plan for {setup.name} ({p.mode} mode, {prof.source})")
     print(rows.to_string(index=False))
 
@@ -117,14 +163,20 @@ def plan(ctx, cfg) -> None:
 def dry_run(cfg, setups) -> None:
     print("plan:")
     for s in setups:
-        print(f"  search {s.name}: {s.model.name} on {s.cluster.num_gpus} GPUs ({', '.join(s.cluster.gpu_types)}), "
-              f"modes {list(cfg.modes)}; compare with {TRIALS.name}")
+        print(
+            f"  search {s.name}: {s.model.name} on {s.cluster.num_gpus} GPUs ({', '.join(s.cluster.gpu_types)}), "
+            f"modes {list(cfg.modes)}; compare with {TRIALS.name}"
+        )
     if cfg.big_cluster:
-        print(f"  search {', '.join(bench.BIG_SETUPS)}: 1,024 and 16,384 GPUs of two and three GPU generations "
-              "(improved mode)")
+        print(
+            f"  search {', '.join(bench.BIG_SETUPS)}: 1,024 and 16,384 GPUs of two and three GPU generations "
+            "(improved mode)"
+        )
     if cfg.validate.enabled:
-        print(f"  run {len(cfg.validate.strategies)} strategies of a tiny GPT for real "
-              f"(<= {cfg.validate.max_processes} processes, {cfg.validate.steps} steps)")
+        print(
+            f"  run {len(cfg.validate.strategies)} strategies of a tiny GPT for real "
+            f"(<= {cfg.validate.max_processes} processes, {cfg.validate.steps} steps)"
+        )
 
 
 def run(ctx: app.RunContext) -> None:
@@ -134,8 +186,9 @@ def run(ctx: app.RunContext) -> None:
     if cfg.plan.setup:
         setup = load_setup(cfg.plan.setup)  # checks the file before anything runs
         if ctx.dry_run:
-            print(f"plan: search {setup.name} ({setup.cluster.num_gpus} GPUs, {setup.model.name}) in "
-                  f"{cfg.plan.mode} mode")
+            print(
+                f"plan: search {setup.name} ({setup.cluster.num_gpus} GPUs, {setup.model.name}) in {cfg.plan.mode} mode"
+            )
             return
         return plan(ctx, cfg)
     setups = [load_setup(n) for n in cfg.setups]
@@ -146,17 +199,30 @@ def run(ctx: app.RunContext) -> None:
     paper = yaml.safe_load(PAPER.read_text())
     times, studies = paper_setups(ctx, cfg, trials.load_trials(TRIALS), paper)
     if cfg.big_cluster:
-        times += [{**{k: r[k] for k in ("setup", "mode", "candidates", "infeasible", "search_s", "target_s")},
-                   "released code s (paper)": float("nan")} for r in bench.bench(setups=(), big=True)]
-    ctx.out.table("search_time", pd.DataFrame(times), title="Search time on this machine",
-                  note="Wall time of one search on this shared 2-core machine (other jobs running: noisy). "
-                       "candidates counts (strategy, placement) pairs priced.")
+        times += [
+            {
+                **{k: r[k] for k in ("setup", "mode", "candidates", "infeasible", "search_s", "target_s")},
+                "released code s (paper)": float("nan"),
+            }
+            for r in bench.bench(setups=(), big=True)
+        ]
+    ctx.out.table(
+        "search_time",
+        pd.DataFrame(times),
+        title="Search time on this machine",
+        note="Wall time of one search on this shared 2-core machine (other jobs running: noisy). "
+        "candidates counts (strategy, placement) pairs priced.",
+    )
     if cfg.validate.enabled:
         local_validation(ctx, cfg)
     for st in studies:
-        ctx.out.table(f"trials_{st.name}", st.trials, title=f"{st.name}: every released trial, each mode's prediction",
-                      note="measured_s: the released measured time (inf: no time; NaN: not run). fits: the "
-                           "memory model's verdict.")
+        ctx.out.table(
+            f"trials_{st.name}",
+            st.trials,
+            title=f"{st.name}: every released trial, each mode's prediction",
+            note="measured_s: the released measured time (inf: no time; NaN: not run). fits: the "
+            "memory model's verdict.",
+        )
     ctx.out.note(f"Total wall time {time.time() - t0:.0f} s. Source of the paper's figures: {paper['source']}.")
 
 

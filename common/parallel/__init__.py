@@ -12,21 +12,37 @@ layout). Model code knows nothing of parallelism beyond its blocks (which use th
 from .data_parallel import all_reduce_gradients
 from .mesh import MESH_DIMS, Grid, build_grid, coords, rank_grid
 from .pipeline_parallel import (
-                              SCHEDULES,
-                              Boundary,
-                              in_flight,
-                              pipeline_step,
-                              schedule_order,
+    SCHEDULES,
+    Boundary,
+    in_flight,
+    pipeline_step,
+    schedule_order,
 )
 from .tensor_parallel import (
-                              ColumnParallelLinear,
-                              RowParallelLinear,
-                              copy_to_tp,
-                              gather_from_tp,
-                              reduce_from_tp,
-                              shard_state,
+    ColumnParallelLinear,
+    RowParallelLinear,
+    copy_to_tp,
+    gather_from_tp,
+    reduce_from_tp,
+    shard_state,
 )
 
-__all__ = ["MESH_DIMS", "SCHEDULES", "Boundary", "ColumnParallelLinear", "Grid", "RowParallelLinear",
-           "all_reduce_gradients", "build_grid", "coords", "copy_to_tp", "gather_from_tp", "in_flight",
-           "pipeline_step", "rank_grid", "reduce_from_tp", "schedule_order", "shard_state"]
+__all__ = [
+    "MESH_DIMS",
+    "SCHEDULES",
+    "Boundary",
+    "ColumnParallelLinear",
+    "Grid",
+    "RowParallelLinear",
+    "all_reduce_gradients",
+    "build_grid",
+    "coords",
+    "copy_to_tp",
+    "gather_from_tp",
+    "in_flight",
+    "pipeline_step",
+    "rank_grid",
+    "reduce_from_tp",
+    "schedule_order",
+    "shard_state",
+]

@@ -24,8 +24,16 @@ def _summary(times: list[float], stat: str) -> float:
     return STATS[stat](times)
 
 
-def ping_pong(sizes: list[int], a: int = 0, b: int = 1, repeats: int = 10, warmup: int = 3, stat: str = "min",
-              group=None, device: torch.device | str = "cpu") -> list[dict]:
+def ping_pong(
+    sizes: list[int],
+    a: int = 0,
+    b: int = 1,
+    repeats: int = 10,
+    warmup: int = 3,
+    stat: str = "min",
+    group=None,
+    device: torch.device | str = "cpu",
+) -> list[dict]:
     """One-way seconds per message of each byte size between global ranks `a` and `b` (half a round trip).
 
     Every rank of `group` must call this (it synchronises with barriers); ranks other than `a` and `b` only wait.
@@ -54,8 +62,14 @@ def ping_pong(sizes: list[int], a: int = 0, b: int = 1, repeats: int = 10, warmu
     return _agree(rows, a, group)
 
 
-def all_reduce(sizes: list[int], group=None, repeats: int = 10, warmup: int = 3, stat: str = "min",
-               device: torch.device | str = "cpu") -> list[dict]:
+def all_reduce(
+    sizes: list[int],
+    group=None,
+    repeats: int = 10,
+    warmup: int = 3,
+    stat: str = "min",
+    device: torch.device | str = "cpu",
+) -> list[dict]:
     """Seconds of one all-reduce of each byte size over `group` (every rank calls this); the slowest rank's
     time of each repeat counts. Rows {"op": "all_reduce", "bytes", "seconds", "ranks"}."""
     n = dist.get_world_size(group)
@@ -71,8 +85,9 @@ def all_reduce(sizes: list[int], group=None, repeats: int = 10, warmup: int = 3,
                 times.append(time.perf_counter() - t0)
         slowest = torch.tensor(times, dtype=torch.float64)
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX, group=group)
-        rows.append({"op": "all_reduce", "bytes": t.numel() * 4, "seconds": _summary(slowest.tolist(), stat),
-                     "ranks": n})
+        rows.append(
+            {"op": "all_reduce", "bytes": t.numel() * 4, "seconds": _summary(slowest.tolist(), stat), "ranks": n}
+        )
     return rows
 
 
@@ -133,8 +148,15 @@ def _calibrate(seconds: float, a: torch.Tensor) -> int:
     return max(1, round(seconds / statistics.median(tries)))
 
 
-def latency_under_load(op: str = "all_reduce", group=None, work_s: float = 1e-3, messages: int = 40, rounds: int = 3,
-                       a: int = 0, b: int = 1) -> float:
+def latency_under_load(
+    op: str = "all_reduce",
+    group=None,
+    work_s: float = 1e-3,
+    messages: int = 40,
+    rounds: int = 3,
+    a: int = 0,
+    b: int = 1,
+) -> float:
     """Seconds one small message adds to a rank that computes between messages, as a training step does.
 
     Each rank runs `messages` bursts of fixed work (about `work_s` on this machine now) with one message after each

@@ -83,8 +83,10 @@ def build_grid(tp: int = 1, pp: int = 1, dp: int = 1, link: Link | None = None) 
     """This process's place in a tp x dp x pp layout of the current process group (every rank must call
     this, in the same order). Without a process group, a one-process grid."""
     world = dist.get_world_size() if dist.is_initialized() else 1
-    require(tp * dp * pp == world, f"tp x dp x pp = {tp}x{dp}x{pp} = {tp * dp * pp} must equal the number of "
-                                   f"processes ({world})")
+    require(
+        tp * dp * pp == world,
+        f"tp x dp x pp = {tp}x{dp}x{pp} = {tp * dp * pp} must equal the number of processes ({world})",
+    )
     rank = dist.get_rank() if dist.is_initialized() else 0
     stage, dp_rank, tp_rank = coords(rank, pp, dp, tp)
     if world == 1:

@@ -31,7 +31,7 @@ SCHEDULES = ("gpipe", "1f1b")
 class Boundary:
     """One pipeline cut; both neighbours hold the same hooks (built from one seed)."""
 
-    forward: Any = None   # encodes the activation sent forward
+    forward: Any = None  # encodes the activation sent forward
     backward: Any = None  # encodes the activation gradient sent back (ignored under a trainable `forward`)
 
     @property
@@ -47,8 +47,14 @@ class Boundary:
         _send(payload, comm, dst)
         return payload[:1] if self._codes_differentiated else [x]
 
-    def recv_forward(self, shape: tuple[int, ...], comm: CountingComm, src: int, dtype: torch.dtype | None = None,
-                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def recv_forward(
+        self,
+        shape: tuple[int, ...],
+        comm: CountingComm,
+        src: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Receive and decode; returns the activation and the leaves whose gradients go back."""
         dtype = dtype or torch.get_default_dtype()
         if self.forward is None:
@@ -112,12 +118,21 @@ def in_flight(schedule: str, pp: int, stage: int, n_micro: int) -> int:
     return peak
 
 
-def pipeline_step(stage_fn: Callable[[torch.Tensor | None, int], torch.Tensor],
-                  loss_fn: Callable[[torch.Tensor, int], torch.Tensor],
-                  comm: CountingComm | None, stage: int, pp: int, n_micro: int, act_shape: tuple[int, ...],
-                  prev_rank: int | None = None, next_rank: int | None = None,
-                  boundary_in: Boundary | None = None, boundary_out: Boundary | None = None,
-                  schedule: str = "gpipe", device: torch.device | str = "cpu") -> torch.Tensor | None:
+def pipeline_step(
+    stage_fn: Callable[[torch.Tensor | None, int], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, int], torch.Tensor],
+    comm: CountingComm | None,
+    stage: int,
+    pp: int,
+    n_micro: int,
+    act_shape: tuple[int, ...],
+    prev_rank: int | None = None,
+    next_rank: int | None = None,
+    boundary_in: Boundary | None = None,
+    boundary_out: Boundary | None = None,
+    schedule: str = "gpipe",
+    device: torch.device | str = "cpu",
+) -> torch.Tensor | None:
     """One forward/backward over `n_micro` micro-batches under `schedule`.
 
     `stage_fn(x, i)` runs this stage on micro-batch i (x is None on the first stage, which reads its own

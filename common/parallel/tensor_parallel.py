@@ -82,7 +82,7 @@ class _GatherFromTP(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad[..., ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n].contiguous(), None, None
+        return grad[..., ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n].contiguous(), None, None
 
 
 def copy_to_tp(x: torch.Tensor, comm: CountingComm | None, hook: Any = None) -> torch.Tensor:
@@ -128,8 +128,9 @@ class RowParallelLinear(nn.Module):
     """y = (sum over ranks of x_local W_local^T, through `hook`) + b: this rank holds 1/tp of the input
     features; the bias is added once, after the sum."""
 
-    def __init__(self, d_in: int, d_out: int, tp: int = 1, comm: CountingComm | None = None, hook: Any = None,
-                 bias: bool = True):
+    def __init__(
+        self, d_in: int, d_out: int, tp: int = 1, comm: CountingComm | None = None, hook: Any = None, bias: bool = True
+    ):
         super().__init__()
         require(d_in % tp == 0, f"{d_in} input features do not split over tp={tp}")
         self.weight = nn.Parameter(torch.empty(d_out, d_in // tp))

@@ -14,8 +14,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_cli(*args, timeout=120):
     env = {**os.environ, "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", "reproduce.amp", "tracking.mode=disabled", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "reproduce.amp", "tracking.mode=disabled", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def write_setup(tmp_path, gpu="V100", inter=10, layers=24, name="s.yaml"):
@@ -38,14 +44,18 @@ def assert_one_line_exit_2(proc, needle):
     assert "Traceback" not in proc.stderr
 
 
-
-
 @pytest.mark.timeout(120)
 def test_strategy_that_does_not_divide_the_gpus(tmp_path):
     # 8 GPUs: tp*dp*pp = 3*1*1 does not match them
-    assert_one_line_exit_2(run_cli("scale=smoke", f"plan.setup={write_setup(tmp_path)}",
-                                   "plan.strategy={tp:3,dp:1,pp:1,mbs:1}", f"results_dir={tmp_path}/r"),
-                           "does not match the 8 GPUs")
+    assert_one_line_exit_2(
+        run_cli(
+            "scale=smoke",
+            f"plan.setup={write_setup(tmp_path)}",
+            "plan.strategy={tp:3,dp:1,pp:1,mbs:1}",
+            f"results_dir={tmp_path}/r",
+        ),
+        "does not match the 8 GPUs",
+    )
 
 
 def test_bad_inputs_are_user_errors(tmp_path):

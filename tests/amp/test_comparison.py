@@ -20,9 +20,13 @@ def test_top_k_by_measured_time():
 
 
 def test_matching_heuristic_from_the_data():
-    rows = pd.DataFrame([{"heuristic": h, "setup": s, "best_mbs_s": t, "baseline_s (paper)": p}
-                         for h, ts in (("A", (1.32, 2.9)), ("B", (1.94, 3.27))) for s, t, p in
-                         zip(("x", "y"), ts, (1.32, 1.97))])
+    rows = pd.DataFrame(
+        [
+            {"heuristic": h, "setup": s, "best_mbs_s": t, "baseline_s (paper)": p}
+            for h, ts in (("A", (1.32, 2.9)), ("B", (1.94, 3.27)))
+            for s, t, p in zip(("x", "y"), ts, (1.32, 1.97))
+        ]
+    )
     assert comparison.matching_heuristic(rows)[0] == "A"
     rows.loc[rows.heuristic == "B", "best_mbs_s"] = [1.32, 1.97]
     assert comparison.matching_heuristic(rows)[0] == "B"
@@ -45,16 +49,42 @@ def test_large_mixed_cluster_has_few_distinct_placements():
 
 def tables(amp_s=(1.2, 1.28, 1.09), base=(1.32, 2.9, 1.99), spearman=(0.935, 0.394, 0.853)):
     setups = ("homogeneous", "het_cluster", "het_model")
-    paper = {"setups": {s: {"spearman_figure": f, "speedup": x, "baseline_s": b, "amp_s": a}
-                        for s, f, x, b, a in zip(setups, (0.931, 0.687, 0.842), (1.1, 1.54, 1.77), (1.32, 1.97, 1.89),
-                                                 (1.2, 1.28, 1.07))}}
-    ranking = pd.DataFrame([{"setup": s, "order_equal": True, "partitions_equal": 53, "candidates": 53,
-                             "released_candidates": 53, "same_position": 53, "tie_swaps": 0, "max_abs_cost_diff": 0.0}
-                            for s in setups])
-    corr = pd.DataFrame([{"setup": s, "mode": m, "spearman": v if m == "released" else v + 0.01}
-                         for s, v in zip(setups, spearman) for m in ("released", "improved_fit")])
-    speed = pd.DataFrame([{"setup": s, "mode": "released", "k": 10, "best_of_top_k_s": a, "fastest_trial_s": a}
-                          for s, a in zip(setups, amp_s)])
+    paper = {
+        "setups": {
+            s: {"spearman_figure": f, "speedup": x, "baseline_s": b, "amp_s": a}
+            for s, f, x, b, a in zip(
+                setups, (0.931, 0.687, 0.842), (1.1, 1.54, 1.77), (1.32, 1.97, 1.89), (1.2, 1.28, 1.07)
+            )
+        }
+    }
+    ranking = pd.DataFrame(
+        [
+            {
+                "setup": s,
+                "order_equal": True,
+                "partitions_equal": 53,
+                "candidates": 53,
+                "released_candidates": 53,
+                "same_position": 53,
+                "tie_swaps": 0,
+                "max_abs_cost_diff": 0.0,
+            }
+            for s in setups
+        ]
+    )
+    corr = pd.DataFrame(
+        [
+            {"setup": s, "mode": m, "spearman": v if m == "released" else v + 0.01}
+            for s, v in zip(setups, spearman)
+            for m in ("released", "improved_fit")
+        ]
+    )
+    speed = pd.DataFrame(
+        [
+            {"setup": s, "mode": "released", "k": 10, "best_of_top_k_s": a, "fastest_trial_s": a}
+            for s, a in zip(setups, amp_s)
+        ]
+    )
     heur = pd.DataFrame([{"setup": s, "heuristic": "A", "best_mbs_s": b} for s, b in zip(setups, base)])
     return ranking, corr, speed, heur, "A", paper
 

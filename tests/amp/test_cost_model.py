@@ -7,18 +7,22 @@ from amp.cost_model import CostModel
 from amp.profiles import Profiles
 from amp.specs import Cluster, Layer, Model, Node, Setup, Strategy
 
-A, B_ = 0.010, 0.030          # forward+backward s per layer at micro-batch 1 on V100
-SLOW = 2.0                    # T4 takes twice as long
-OUT = 1e6                     # elements a cut after layer 0 sends
+A, B_ = 0.010, 0.030  # forward+backward s per layer at micro-batch 1 on V100
+SLOW = 2.0  # T4 takes twice as long
+OUT = 1e6  # elements a cut after layer 0 sends
 PARAMS = 5e6
 
 
 def two_layer_setup(gpu1="V100", gbs=8, latency_us=0.0):
-    layers = (Layer("l0", "transformer", params=PARAMS, out_elems=OUT), Layer("l1", "transformer", params=PARAMS,
-                                                                            out_elems=OUT))
+    layers = (
+        Layer("l0", "transformer", params=PARAMS, out_elems=OUT),
+        Layer("l1", "transformer", params=PARAMS, out_elems=OUT),
+    )
     model = Model("two", layers, blocks=2, hidden=8, seq=8, heads=1)
-    nodes = (Node("V100", 1, intra_gbps=100, inter_gbps=10, latency_us=latency_us),
-             Node(gpu1, 1, intra_gbps=100, inter_gbps=20, latency_us=latency_us))
+    nodes = (
+        Node("V100", 1, intra_gbps=100, inter_gbps=10, latency_us=latency_us),
+        Node(gpu1, 1, intra_gbps=100, inter_gbps=20, latency_us=latency_us),
+    )
     prof = Profiles({("V100", 1, 1): np.array([A, B_]), ("T4", 1, 1): SLOW * np.array([A, B_])})
     return Setup("two", model, Cluster(nodes), gbs), prof
 
@@ -27,7 +31,7 @@ def test_pipeline_two_stages_by_hand():
     setup, prof = two_layer_setup()
     s = Strategy(tp=1, dp=1, pp=2, mbs=2, partition=(1, 1))
     B = 8 // 2
-    cut = 2 * OUT * 32 / 10e9          # micro-batch 2, 32 bits per element, the slower NIC (10 Gbps)
+    cut = 2 * OUT * 32 / 10e9  # micro-batch 2, 32 bits per element, the slower NIC (10 Gbps)
     released = CostModel(setup, prof, "released").predict(s)
     assert released.total_s == pytest.approx(2 * (A + B_) + (B - 1) * 2 * B_ + cut, rel=1e-12)
     assert released.dp_allreduce_s == 0
@@ -78,8 +82,14 @@ def test_improved_search_balances_stages_on_mixed_gpus():
 
 
 def test_micro_batch_scaling_of_profiles():
-    prof = Profiles({("V100", 1, 1): np.array([1.0, 2.0]), ("T4", 1, 1): np.array([1.0, 2.0]),
-                     ("T4", 1, 2): np.array([1.5, 3.0]), ("T4", 1, 4): np.array([2.5, 5.0])})
+    prof = Profiles(
+        {
+            ("V100", 1, 1): np.array([1.0, 2.0]),
+            ("T4", 1, 1): np.array([1.0, 2.0]),
+            ("T4", 1, 2): np.array([1.5, 3.0]),
+            ("T4", 1, 4): np.array([2.5, 5.0]),
+        }
+    )
     np.testing.assert_allclose(prof.layer_times("V100", 1, 4, linear=True), [4.0, 8.0])  # released: linear
     np.testing.assert_allclose(prof.layer_times("V100", 1, 4, linear=False), [4.0, 8.0])  # no exponent: linear
     fitted = prof.with_mbs_exponent({"V100": 0.5})

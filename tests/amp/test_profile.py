@@ -40,9 +40,19 @@ def test_planner_takes_the_profile_on_a_mixed_cluster(tiny_doc, tmp_path):
         per["backward"] = [3 * t for t in per["backward"]]
     path = tmp_path / "p.json"
     path.write_text(json.dumps(profile.merge([tiny_doc, slow])))
-    setup = setup_from_dict({"name": "mixed", "global_batch": 8, "model": {"type": "profile", "path": str(path)},
-                             "cluster": {"nodes": [{"gpu": "cpu-a", "gpus": 2, "intra_gbps": 40, "inter_gbps": 10},
-                                                   {"gpu": "cpu-b", "gpus": 2, "intra_gbps": 40, "inter_gbps": 10}]}})
+    setup = setup_from_dict(
+        {
+            "name": "mixed",
+            "global_batch": 8,
+            "model": {"type": "profile", "path": str(path)},
+            "cluster": {
+                "nodes": [
+                    {"gpu": "cpu-a", "gpus": 2, "intra_gbps": 40, "inter_gbps": 10},
+                    {"gpu": "cpu-b", "gpus": 2, "intra_gbps": 40, "inter_gbps": 10},
+                ]
+            },
+        }
+    )
     prof = profiles.for_setup(setup)
     assert prof.gpus() == ["cpu-a", "cpu-b"] and not prof.tp_comm_included
     result = search(setup, prof, "improved")
@@ -51,8 +61,8 @@ def test_planner_takes_the_profile_on_a_mixed_cluster(tiny_doc, tmp_path):
 
 def test_sequential_blocks(tmp_path, monkeypatch):
     (tmp_path / "my_blocks.py").write_text(
-        "import torch.nn as nn\n"
-        "def make():\n    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))\n")
+        "import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     b = profile.sequential_blocks("my_blocks:make", [8])
     m = profile.measure_blocks(b, max_mbs=1, repeats=1, device="cpu")
@@ -60,13 +70,16 @@ def test_sequential_blocks(tmp_path, monkeypatch):
     assert [l["params"] for l in m["layers"]] == [8 * 16 + 16, 0, 16 * 4 + 4]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
-    (["--model", "/no/such/dir/config.json"], "unknown model"),
-    (["--model", "gpt2", "--set", "n_layerz=2"], "has no field 'n_layerz'"),
-    (["--blocks", "no_such_module:make", "--input-shape", "4"], "cannot load no_such_module:make"),
-    (["--merge", "/no/such/profile.json"], "no profile file"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+        (["--model", "/no/such/dir/config.json"], "unknown model"),
+        (["--model", "gpt2", "--set", "n_layerz=2"], "has no field 'n_layerz'"),
+        (["--blocks", "no_such_module:make", "--input-shape", "4"], "cannot load no_such_module:make"),
+        (["--merge", "/no/such/profile.json"], "no profile file"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         profile.main([*args, "--out", str(tmp_path / "p.json")])
@@ -76,12 +89,34 @@ def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, capsys):
     assert not (tmp_path / "p.json").exists()
 
 
-@pytest.mark.parametrize("family, sizes", [
-    ("bert", {"num_hidden_layers": "2", "hidden_size": "32", "num_attention_heads": "2", "intermediate_size": "64",
-              "vocab_size": "128", "max_position_embeddings": "16"}),
-    ("llama", {"num_hidden_layers": "2", "hidden_size": "32", "num_attention_heads": "2", "num_key_value_heads": "2",
-               "intermediate_size": "64", "vocab_size": "128", "max_position_embeddings": "16"}),
-])
+@pytest.mark.parametrize(
+    "family, sizes",
+    [
+        (
+            "bert",
+            {
+                "num_hidden_layers": "2",
+                "hidden_size": "32",
+                "num_attention_heads": "2",
+                "intermediate_size": "64",
+                "vocab_size": "128",
+                "max_position_embeddings": "16",
+            },
+        ),
+        (
+            "llama",
+            {
+                "num_hidden_layers": "2",
+                "hidden_size": "32",
+                "num_attention_heads": "2",
+                "num_key_value_heads": "2",
+                "intermediate_size": "64",
+                "vocab_size": "128",
+                "max_position_embeddings": "16",
+            },
+        ),
+    ],
+)
 def test_bert_and_llama_configs(family, sizes):
     m = profile.measure_blocks(profile.transformers_blocks(family, sizes), max_mbs=1, repeats=1, device="cpu")
     assert [l["kind"] for l in m["layers"]] == ["embedding", "transformer", "transformer", "head"]

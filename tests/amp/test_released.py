@@ -7,12 +7,14 @@ import pytest
 from amp import profiles
 from amp.search import search
 from amp.specs import load_setup
-from amp.trials import correlations, load_trials as _load, ranking_check, trial_predictions
+from amp.trials import correlations, ranking_check, trial_predictions
+from amp.trials import load_trials as _load
 from reproduce.amp import TRIALS
 
 
 def load_trials():
     return _load(TRIALS)
+
 
 PUBLISHED_SPEARMAN = {"homogeneous": 0.935, "het_cluster": 0.39, "het_model": 0.853}
 
@@ -33,7 +35,7 @@ def test_released_ranking_equals_released_files(name, trials):
     assert check["order_equal"], check
     assert check["candidates"] == check["released_candidates"]
     assert check["partitions_equal"] == check["candidates"]  # the released partitioner, decision for decision
-    assert check["max_abs_cost_diff"] < 1e-9                 # every predicted cost, to the printed 4 decimals
+    assert check["max_abs_cost_diff"] < 1e-9  # every predicted cost, to the printed 4 decimals
     assert elapsed < 3.0  # target 1 s; slack for the shared machine
 
 

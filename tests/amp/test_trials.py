@@ -22,8 +22,10 @@ def test_fixed_cost_per_micro_batch_by_hand():
 
 
 def two_nodes(gpus=2):
-    layers = (Layer("a", "transformer", params=PARAMS, out_elems=1e5), Layer("b", "transformer", params=PARAMS,
-                                                                          out_elems=1e5))
+    layers = (
+        Layer("a", "transformer", params=PARAMS, out_elems=1e5),
+        Layer("b", "transformer", params=PARAMS, out_elems=1e5),
+    )
     nodes = (Node("V100", gpus, intra_gbps=100, inter_gbps=10), Node("V100", gpus, intra_gbps=100, inter_gbps=10))
     prof = Profiles({("V100", 1, 1): np.array([0.01, 0.01]), ("V100", 2, 1): np.array([0.006, 0.006])})
     return Setup("two", Model("m", layers, 2, 8, 8, 1), Cluster(nodes), 8), prof
@@ -44,9 +46,11 @@ def test_nic_shared_by_the_rings_that_cross_it():
 
 
 def test_fit_never_reads_the_held_out_setup():
-    rows = [{"setup": s, "tp": 1, "fixed_s": c, "sum": e, "count": 1}
-            for s, best in (("a", 0.002), ("b", 0.002), ("c", 0.009)) for c, e in
-            ((0.002, abs(0.002 - best)), (0.009, abs(0.009 - best)))]
+    rows = [
+        {"setup": s, "tp": 1, "fixed_s": c, "sum": e, "count": 1}
+        for s, best in (("a", 0.002), ("b", 0.002), ("c", 0.009))
+        for c, e in ((0.002, abs(0.002 - best)), (0.009, abs(0.009 - best)))
+    ]
     errors = pd.DataFrame(rows)
     assert trials.fit_fixed_costs(errors, exclude="c") == {1: 0.002}
     changed = errors.copy()
@@ -71,7 +75,8 @@ def test_leave_one_setup_out_correlations(released_trials):
     for name, fixed in fits.items():
         setup = load_setup(name)
         prof = profiles.released(setup.model)
-        df = trials.trial_predictions(setup, prof, released_trials[released_trials.setting == name],
-                                      prof.with_fixed_cost(fixed))
+        df = trials.trial_predictions(
+            setup, prof, released_trials[released_trials.setting == name], prof.with_fixed_cost(fixed)
+        )
         assert trials.correlations(df, "improved_fit")["spearman"] >= floor[name], name
         assert df[df.timed].fits.all()  # no trial that ran with a time is called out of memory

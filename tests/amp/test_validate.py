@@ -10,8 +10,12 @@ from amp.specs import Strategy
 from common.parallel import in_flight
 
 CFG = V.TinyGPT()
-STRATEGIES = {"tp2": (Strategy(2, 1, 1, 2, (10,)), "gpipe"), "pp2": (Strategy(1, 1, 2, 2, (4, 6)), "gpipe"),
-              "pp2_1f1b": (Strategy(1, 1, 2, 2, (4, 6)), "1f1b"), "dp2": (Strategy(1, 2, 1, 2, (10,)), "gpipe")}
+STRATEGIES = {
+    "tp2": (Strategy(2, 1, 1, 2, (10,)), "gpipe"),
+    "pp2": (Strategy(1, 1, 2, 2, (4, 6)), "gpipe"),
+    "pp2_1f1b": (Strategy(1, 1, 2, 2, (4, 6)), "1f1b"),
+    "dp2": (Strategy(1, 2, 1, 2, (10,)), "gpipe"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +25,14 @@ def reference():
 
 @pytest.fixture(scope="module")
 def runs():
-    ranks = V.run_session(CFG, [s for s, _ in STRATEGIES.values()], steps=1, warmup=0, timeout_s=150,
-                          schedules=[sch for _, sch in STRATEGIES.values()])
+    ranks = V.run_session(
+        CFG,
+        [s for s, _ in STRATEGIES.values()],
+        steps=1,
+        warmup=0,
+        timeout_s=150,
+        schedules=[sch for _, sch in STRATEGIES.values()],
+    )
     return {k: [r["runs"][i] for r in ranks] for i, k in enumerate(STRATEGIES)}
 
 
@@ -42,7 +52,7 @@ def test_parallel_run_equals_single_process(name, runs, reference):
         for k, g in r["grads"].items():
             ref = ref_grads[k]
             if g.shape != ref.shape:  # a tensor-parallel shard: its rows of the full gradient
-                ref = ref[r["tp_rank"] * g.shape[0]:(r["tp_rank"] + 1) * g.shape[0]]
+                ref = ref[r["tp_rank"] * g.shape[0] : (r["tp_rank"] + 1) * g.shape[0]]
             torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-6)
             seen.add(k)
     assert seen == {"tok", "block0.fc1_w", "head"}
@@ -105,9 +115,10 @@ def test_tp_and_pipeline_times_within_reported_bound_both_schedules():
     # Wall-clock on a CPU shared with other jobs: one more attempt before calling the prediction wrong.
     cfg = V.TinyGPT(hidden=128, seq=64)
     want = {("tp2 dp1 pp1 mbs4", "-"), ("tp1 dp1 pp2 mbs4", "gpipe"), ("tp1 dp1 pp2 mbs4", "1f1b")}
-    for attempt in range(2):
-        rows = V.compare(cfg, [Strategy(2, 1, 1, 4, (10,)), Strategy(1, 1, 2, 4, (4, 6))], steps=4, warmup=1,
-                         timeout_s=150)
+    for _attempt in range(2):
+        rows = V.compare(
+            cfg, [Strategy(2, 1, 1, 4, (10,)), Strategy(1, 1, 2, 4, (4, 6))], steps=4, warmup=1, timeout_s=150
+        )
         assert {(r["strategy"], r["schedule"]) for r in rows} == want  # 1F1B ran for real, beside its prediction
         assert all(r["measured_s"] > 0 and r["predicted_s"] > 0 and r["latency_s"] > 0 for r in rows)
         if all(r["within_bound"] for r in rows):

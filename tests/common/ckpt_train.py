@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint, training_state
+from common.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 
 
 def main(out: Path, steps: int, every: int, kill_at: int | None) -> None:

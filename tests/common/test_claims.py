@@ -15,8 +15,10 @@ def test_decide_and_bad_verdict():
 
 
 def test_written_committed_and_read_back(tmp_path):
-    claims = [Claim("a", "A beats B", "paper: 1.5x", "measured 1.2x", decide(1.2 > 1.0)),
-              Claim("b", "C is close to D", "paper: 1 point", "measured 4 points", decide(4 <= 3))]
+    claims = [
+        Claim("a", "A beats B", "paper: 1.5x", "measured 1.2x", decide(1.2 > 1.0)),
+        Claim("b", "C is close to D", "paper: 1 point", "measured 4 points", decide(4 <= 3)),
+    ]
     out = tmp_path / "w" / "mini"
     with ResultWriter(out) as w:
         write_claims(w, claims, work="w", scale="mini")

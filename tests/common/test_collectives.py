@@ -4,7 +4,6 @@ import time
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from common.collectives import CountingComm, all_gather_with_grad, gather_into_queue
 from common.distributed import run_processes
@@ -28,10 +27,10 @@ def _loss(full: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def _gather_grad(rank, world_size):
     x_all = _batch(world_size)
     w = torch.linspace(-1, 1, DIM * DIM, dtype=torch.float64).reshape(DIM, DIM)
-    x = x_all[rank * ROWS:(rank + 1) * ROWS].clone().requires_grad_()
+    x = x_all[rank * ROWS : (rank + 1) * ROWS].clone().requires_grad_()
     full = all_gather_with_grad(x)
     # each rank computes the loss of its own rows against everything; summed over ranks = the full loss
-    logits = full[rank * ROWS:(rank + 1) * ROWS] @ w @ full.T
+    logits = full[rank * ROWS : (rank + 1) * ROWS] @ w @ full.T
     torch.logsumexp(logits, dim=1).sum().backward()
     return full.detach(), x.grad
 
@@ -45,7 +44,7 @@ def test_all_gather_gradient_equals_single_process(world_size):
     _loss(x_all, w).backward()
     for rank, (full, grad) in enumerate(results):
         assert torch.equal(full, x_all.detach())
-        torch.testing.assert_close(grad, x_all.grad[rank * ROWS:(rank + 1) * ROWS], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, x_all.grad[rank * ROWS : (rank + 1) * ROWS], rtol=1e-12, atol=1e-12)
 
 
 def _queue(rank, world_size):

@@ -12,8 +12,14 @@ def _party(rank, world_size, port, a, b):
     from mpcformer import crypten_compat
 
     crypten_compat.party_threads(1)
-    os.environ.update({"DISTRIBUTED_BACKEND": "gloo", "RENDEZVOUS": f"tcp://127.0.0.1:{port}",
-                       "WORLD_SIZE": str(world_size), "RANK": str(rank)})
+    os.environ.update(
+        {
+            "DISTRIBUTED_BACKEND": "gloo",
+            "RENDEZVOUS": f"tcp://127.0.0.1:{port}",
+            "WORLD_SIZE": str(world_size),
+            "RANK": str(rank),
+        }
+    )
     crypten = crypten_compat.crypten()
     crypten.init()
     x = crypten.cryptensor(a, src=0)  # party 0 owns a

@@ -7,8 +7,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from common.distributed import (ProcessFailed, detect_env, env_from_slurm, expand_nodelist, init_process_group,
-                                run_processes)
+from common.distributed import (
+    ProcessFailed,
+    detect_env,
+    env_from_slurm,
+    expand_nodelist,
+    init_process_group,
+    run_processes,
+)
 from common.errors import UserError
 
 
@@ -19,15 +25,31 @@ def test_expand_nodelist():
 
 
 def test_env_from_slurm_variables():
-    env = env_from_slurm({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
-                          "SLURM_JOB_NODELIST": "gpu[12-15]", "SLURM_JOB_ID": "4242"})
+    env = env_from_slurm(
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_NTASKS": "8",
+            "SLURM_LOCALID": "1",
+            "SLURM_JOB_NODELIST": "gpu[12-15]",
+            "SLURM_JOB_ID": "4242",
+        }
+    )
     assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.source) == (5, 8, 1, "gpu12", "slurm")
     assert env.master_port == 20000 + 4242
 
 
 def test_torchrun_variables_win_over_slurm():
-    env = detect_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "123",
-                      "SLURM_PROCID": "0", "SLURM_NTASKS": "1"})
+    env = detect_env(
+        {
+            "RANK": "1",
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "h",
+            "MASTER_PORT": "123",
+            "SLURM_PROCID": "0",
+            "SLURM_NTASKS": "1",
+        }
+    )
     assert (env.rank, env.world_size, env.master_addr, env.master_port, env.source) == (1, 2, "h", 123, "torchrun")
     assert detect_env({}).source == "single"
 
@@ -52,8 +74,13 @@ def test_run_processes_returns_each_rank_result():
 
 def _slurm_group(rank, world_size, port):
     """Build the group from SLURM variables alone, as srun would set them."""
-    env = {"SLURM_PROCID": str(rank), "SLURM_NTASKS": str(world_size), "SLURM_LOCALID": str(rank),
-           "SLURM_JOB_NODELIST": "localhost", "MASTER_PORT": str(port)}
+    env = {
+        "SLURM_PROCID": str(rank),
+        "SLURM_NTASKS": str(world_size),
+        "SLURM_LOCALID": str(rank),
+        "SLURM_JOB_NODELIST": "localhost",
+        "MASTER_PORT": str(port),
+    }
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
         os.environ.pop(k, None)
     os.environ.update(env)

@@ -93,19 +93,35 @@ def run(tp=1, pp=1, dp=1, schedule="gpipe", micro=4, hooks=(None, None), boundar
             h = model[j](h)
         return h
 
-    loss = pipeline_step(stage_fn, lambda out, i: F.cross_entropy(out.flatten(0, 1), ys[i].flatten()) / micro,
-                         grid.pp_comm, grid.stage, pp, micro, (BATCH // dp // micro, SEQ, D),
-                         None if grid.first else grid.peer(grid.stage - 1),
-                         None if grid.last else grid.peer(grid.stage + 1), boundary, boundary, schedule)
+    loss = pipeline_step(
+        stage_fn,
+        lambda out, i: F.cross_entropy(out.flatten(0, 1), ys[i].flatten()) / micro,
+        grid.pp_comm,
+        grid.stage,
+        pp,
+        micro,
+        (BATCH // dp // micro, SEQ, D),
+        None if grid.first else grid.peer(grid.stage - 1),
+        None if grid.last else grid.peer(grid.stage + 1),
+        boundary,
+        boundary,
+        schedule,
+    )
     params = [p for j in mine for p in model[j].parameters()]
     all_reduce_gradients(params, grid.dp_comm)
     ref_loss, ref_grads = reference()
     names = {f"{j}.{n}" for j in mine for n, _ in model[j].named_parameters()}
     want = shard_state(model, ref_grads, tp, grid.tp_rank)
     grads = {k: p.grad for k, p in model.named_parameters() if k in names}
-    return {"loss": None if loss is None else float(loss), "ref_loss": ref_loss,
-            "grad_err": max((grads[k] - want[k]).abs().max().item() for k in names), "n_grads": len(names),
-            "grads": grads, "stage": grid.stage, "bytes": sum(c.total_wire_bytes() for c in grid.comms())}
+    return {
+        "loss": None if loss is None else float(loss),
+        "ref_loss": ref_loss,
+        "grad_err": max((grads[k] - want[k]).abs().max().item() for k in names),
+        "n_grads": len(names),
+        "grads": grads,
+        "stage": grid.stage,
+        "bytes": sum(c.total_wire_bytes() for c in grid.comms()),
+    }
 
 
 class CountingHook:
@@ -156,8 +172,12 @@ def _two(rank, world):
 
 def _four(rank, world):
     torch.set_default_dtype(torch.float64)
-    return {"tp2xpp2_gpipe": run(tp=2, pp=2), "tp2xpp2_1f1b": run(tp=2, pp=2, schedule="1f1b"),
-            "dp2xpp2_1f1b": run(dp=2, pp=2, schedule="1f1b"), "tp2xdp2": run(tp=2, dp=2)}
+    return {
+        "tp2xpp2_gpipe": run(tp=2, pp=2),
+        "tp2xpp2_1f1b": run(tp=2, pp=2, schedule="1f1b"),
+        "dp2xpp2_1f1b": run(dp=2, pp=2, schedule="1f1b"),
+        "tp2xdp2": run(tp=2, dp=2),
+    }
 
 
 def _check(r, dp=1):
@@ -215,7 +235,7 @@ def four():
 
 @pytest.mark.timeout(150)
 def test_tp2_x_pp2_and_dp_combinations_equal_one_process(four):
-    for rank, res in enumerate(four):
+    for _rank, res in enumerate(four):
         for name, r in res.items():
             _check(r, dp=2 if "dp2" in name else 1)
     for name in ("dp2xpp2_1f1b", "tp2xdp2"):
