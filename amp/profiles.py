@@ -104,6 +104,21 @@ class Profiles:
             {**self.fixed_s, **{int(k): float(v) for k, v in fixed_s.items()}},
         )
 
+    def with_tp_comm_once(self) -> Profiles:
+        """A copy whose tensor-parallel figures at micro-batch 1 count the forward's communication once more,
+        not twice: the released figures are 3 x the forward time, but Megatron's backward all-reduces as
+        often as its forward (2 per block each way: `_CopyToModelParallelRegion.backward`,
+        `_ReduceFromModelParallelRegion.forward`), each wrapped in the released timers' two device syncs.
+        The forward's communication is taken as forward(tp) - forward(1) / tp, an upper bound (it also holds
+        what the smaller matrix products lose in efficiency)."""
+        times = dict(self.times)
+        for (g, tp, m), t in self.times.items():
+            if tp > 1 and m == 1 and (g, 1, 1) in self.times:
+                comm = np.clip(t / 3.0 - self.times[(g, 1, 1)] / (3.0 * tp), 0.0, None)
+                times[(g, tp, m)] = t - comm
+        notes = {**self.notes, "tp_comm_once": "backward counts the forward's tensor-parallel communication once"}
+        return Profiles(times, self.tp_comm_included, self.source, notes, dict(self.mbs_exponent), dict(self.fixed_s))
+
     def blended(self, share: dict[str, float], tp: int, mbs: int, linear: bool = True) -> np.ndarray:
         """One profile for a mixed cluster, weighted by each GPU type's share (the released model's
         0.75 x V100 + 0.25 x T4)."""
