@@ -244,21 +244,25 @@ def build_model(spec: dict[str, Any]) -> Model:
 # -------------------------------------------------------------------------------------------- hardware
 @dataclass(frozen=True)
 class GPUType:
-    """A GPU generation: its memory, and peak fp16 throughput for profiles estimated from FLOPs."""
+    """A GPU generation: its memory, peak fp16 throughput for profiles estimated from FLOPs, and memory
+    bandwidth (GB/s; 0 = unknown) for scaling one type's per-sample cost to another's
+    (`Profiles.layer_times`)."""
 
     name: str
     memory_gb: float
     tflops: float = 0.0
+    mem_gbs: float = 0.0
 
     def __post_init__(self):
         require(self.memory_gb > 0, f"GPU type {self.name}: memory_gb must be > 0, got {self.memory_gb}")
 
 
 GPU_TYPES: dict[str, GPUType] = {
-    "T4": GPUType("T4", 16.0, 65.0),  # AWS g4dn; the released profiles call it G4
-    "V100": GPUType("V100", 16.0, 125.0),  # AWS p3.8xlarge; the released profiles call it P3
-    "A100": GPUType("A100", 40.0, 312.0),
-    "H100": GPUType("H100", 80.0, 989.0),
+    # memory bandwidth from the vendors' data sheets (T4 GDDR6, V100 SXM2, A100 40 GB, H100 SXM HBM)
+    "T4": GPUType("T4", 16.0, 65.0, 320.0),  # AWS g4dn; the released profiles call it G4
+    "V100": GPUType("V100", 16.0, 125.0, 900.0),  # AWS p3.8xlarge; the released profiles call it P3
+    "A100": GPUType("A100", 40.0, 312.0, 1555.0),
+    "H100": GPUType("H100", 80.0, 989.0, 3350.0),
 }
 
 

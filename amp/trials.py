@@ -190,7 +190,7 @@ def leave_one_setup_out(
 ) -> dict[str, dict[int, float]]:
     """For each setup, the fixed costs fitted on the other setups' timed trials. `tp_comm_once` fits them on
     profiles whose backward counts the forward's tensor-parallel communication once (`Profiles.
-    with_tp_comm_once`): Spearman 0.960 / 0.697 / 0.953 against 0.928 / 0.789 / 0.967 without, so it is
+    with_tp_comm_once`): Spearman 0.987 / 0.797 / 0.949 against 0.958 / 0.858 / 0.967 without, so it is
     not the default (the README's AMP section lists what else was tried)."""
     names = list(names)
     sets = {n: TrialSet.from_trials(n, trials, tp_comm_once) for n in PAPER_SETUPS}

@@ -65,13 +65,13 @@ def released_trials():
 
 
 def test_leave_one_setup_out_correlations(released_trials):
-    """The improved model with the fixed cost fitted on the other two setups (targets 0.95/0.80/0.90; the
-    measured values are asserted so a regression fails)."""
+    """The improved model with the fixed cost fitted on the other two setups reaches the targets 0.95 / 0.80 /
+    0.90 (measured 0.958 / 0.858 / 0.967, asserted so a regression fails)."""
     from amp import profiles
     from amp.specs import load_setup
 
     fits = trials.leave_one_setup_out(released_trials, grid=np.round(np.arange(0.0, 0.0161, 0.001), 4))
-    floor = {"homogeneous": 0.92, "het_cluster": 0.78, "het_model": 0.95}
+    floor = {"homogeneous": 0.955, "het_cluster": 0.855, "het_model": 0.965}
     for name, fixed in fits.items():
         setup = load_setup(name)
         prof = profiles.released(setup.model)
@@ -95,8 +95,8 @@ def test_tp_comm_once_removes_the_forward_communication_once():
 
 
 def test_tp_comm_once_variant_leave_one_setup_out(released_trials):
-    """The variant reaches the homogeneous target but loses on the heterogeneous cluster (measured values
-    asserted, so a change in either direction shows)."""
+    """The variant gains on the homogeneous setup and loses the heterogeneous cluster's target (measured
+    values asserted, so a change in either direction shows)."""
     from amp import profiles
     from amp.specs import load_setup
 
@@ -112,4 +112,25 @@ def test_tp_comm_once_variant_leave_one_setup_out(released_trials):
         )
         got[name] = round(trials.correlations(df, "improved_fit")["spearman"], 3)
         assert df[df.timed].fits.all()
-    assert got == {"homogeneous": 0.96, "het_cluster": 0.697, "het_model": 0.953}
+    assert got == {"homogeneous": 0.987, "het_cluster": 0.797, "het_model": 0.949}
+
+
+def test_per_sample_cost_scaled_from_the_slower_memory_type():
+    """Under a fixed cost, a V100 layer's per-sample cost is the T4's (time(1) - fixed) x 320 / 900; the T4
+    keeps its own; a type with no known bandwidth keeps the plain fixed-cost form."""
+    from amp.profiles import Profiles
+    from amp.specs import GPU_TYPES, GPUType
+
+    p = Profiles(
+        {("T4", 1, 1): np.array([0.010]), ("V100", 1, 1): np.array([0.008]), ("nobw", 1, 1): np.array([0.008])},
+        fixed_s={1: 0.004},
+    )
+    GPU_TYPES["nobw"] = GPUType("nobw", 16.0)
+    try:
+        assert p.slope_reference("V100", 1) == "T4" and p.slope_reference("T4", 1) is None
+        assert np.allclose(p.layer_times("T4", 1, 4, linear=False), 0.004 + 0.006 * 4)
+        assert np.allclose(p.layer_times("V100", 1, 4, linear=False), 0.008 + 3 * 0.006 * 320 / 900)
+        assert np.allclose(p.layer_times("nobw", 1, 4, linear=False), 0.004 + 0.004 * 4)
+        assert np.allclose(p.layer_times("V100", 1, 4, linear=True), 0.032)  # the released linear scaling stays
+    finally:
+        del GPU_TYPES["nobw"]
