@@ -17,7 +17,8 @@ Two modes:
   all-reduce ring, adds tensor-parallel all-reduces when the profile lacks them, counts a stage's blocking
   send/recv in the slowest stage, shares each node's NIC among the data-parallel rings that cross it at
   the end of the step (one ring per tensor-parallel rank and stage), optionally a fixed cost per layer and
-  micro-batch (`Profiles.fixed_s`, fitted on measured runs), adds a per-message latency where the nodes give
+  micro-batch (`Profiles.fixed_s`, fitted on measured runs; each type's per-sample cost then comes from the
+  type with the least memory bandwidth, scaled by the bandwidth ratio), adds a per-message latency where the nodes give
   one (`Node.latency_us`, default 0),
   partitions optimally, and leaves out stages that do not fit in memory.
 """

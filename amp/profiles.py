@@ -41,7 +41,8 @@ class Profiles:
     # time(mbs) = time(m0) * (mbs / m0) ** exponent beyond the measured sizes (1 = linear), per GPU type
     mbs_exponent: dict[str, float] = field(default_factory=dict)
     # seconds per layer and micro-batch that do not grow with its size (kernel launches, the latency of the
-    # tensor-parallel all-reduces), per tensor-parallel degree: time(mbs) = c + (time(1) - c) * mbs
+    # tensor-parallel all-reduces), per tensor-parallel degree: time(mbs) = c + (time(1) - c) * mbs, the
+    # per-sample part (time(1) - c) taken from the slower-memory type where there is one (`slope_reference`)
     fixed_s: dict[int, float] = field(default_factory=dict)
 
     def gpus(self) -> list[str]:
