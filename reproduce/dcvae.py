@@ -58,8 +58,8 @@ def run(ctx: app.RunContext) -> None:
                    "= InfoNCE + KL; DC-VAE = InfoNCE + hinge GAN + KL (KL summed over the batch, weight "
                    f"{tc.kl_weight:g}). The paper's ablation is on CIFAR-10 with Inception features.")
     out.table("faithfulness", S.faithfulness_table(metrics), title=f"Faithfulness of reconstructions ({fe.name})",
-              note=f"{len(ev['test'][0])} test images, each reconstructed from a posterior sample (the release's path). "
-                   "Nearest own input: among all test inputs, in the feature network's feature space (chance "
+              note=f"{len(ev['test'][0])} test images, each reconstructed from a posterior sample (the release's path)."
+                   " Nearest own input: among all test inputs, in the feature network's feature space (chance "
                    f"{1 / len(ev['test'][0]):.4f}).")
     t2 = S.table2(metrics, name, label)
     if len(t2):

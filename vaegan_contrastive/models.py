@@ -61,7 +61,8 @@ class ModelConfig:
 def grid(resolution: int) -> tuple[int, int]:
     """(bottom width, number of 2x steps) with bottom * 2**steps == resolution, bottom in {4, 6, 7}."""
     if resolution not in SUPPORTED_RESOLUTIONS:
-        raise UserError(f"unsupported resolution {resolution}; choose one of {', '.join(map(str, SUPPORTED_RESOLUTIONS))}")
+        choices = ", ".join(map(str, SUPPORTED_RESOLUTIONS))
+        raise UserError(f"unsupported resolution {resolution}; choose one of {choices}")
     for bottom in (4, 7, 6):
         steps = math.log2(resolution / bottom)
         if steps == int(steps) and steps >= 2:

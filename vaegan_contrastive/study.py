@@ -96,7 +96,8 @@ def plan(study: Study) -> str:
     lines.append(f"  evaluate: {ev.extractor} features, {ev.n_samples} samples, {ev.n_recon or 'all'} test "
                  "reconstructions; faithfulness; linear probe")
     if study.throughput_steps:
-        lines.append(f"  images/s: {study.throughput_steps} iterations with {list(study.throughput_processes)} processes")
+        lines.append(f"  images/s: {study.throughput_steps} iterations with {list(study.throughput_processes)} "
+                     "processes")
     return "\n".join(lines)
 
 
