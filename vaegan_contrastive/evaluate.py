@@ -4,7 +4,12 @@ Two extractors, one interface (`extract(images in [-1, 1]) -> (features, logits)
 - `LeNetFeatures`: a small classifier trained by the project, deterministically, on the training split
   (mini scale). Its numbers are "FID, LeNet features": comparable with each other, never with Inception FID.
 - `InceptionFeatures`: torch-fidelity's InceptionV3 (pool 2048 features + logits) from a local weights file
-  (paper scale; `pip install 'mlsys-repro[paper]'`; nothing is downloaded).
+  (paper scale; `pip install 'mlsys-repro[paper]'`; nothing is downloaded), on the run's device.
+
+FID and IS are torch-fidelity's own functions applied to the features (`fid_features_to_statistics`,
+`fid_statistics_to_metric`, `isc_features_to_metric`: IS over 10 shuffled splits, with its std).
+Faithfulness of reconstructions: how often the feature network gives a reconstruction the class it gives
+its input, and how often a reconstruction's nearest input in feature space is its own input.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import linalg
+from tqdm import tqdm
 from torch import nn
 
 from common.errors import UserError
@@ -96,49 +101,49 @@ class InceptionFeatures:
 
     name = "Inception features"
 
-    def __init__(self, weights_path: str | None):
+    def __init__(self, weights_path: str | None, device: str | torch.device | None = None, progress: bool = True,
+                 features: str = "2048"):
         check_inception_weights(weights_path)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.progress = progress
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError as exc:
             raise UserError("Inception FID/IS needs torch-fidelity: pip install 'mlsys-repro[paper]'") from exc
-        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+        self.net = FeatureExtractorInceptionV3("inception-v3-compat", [str(features), "logits_unbiased"],
                                                feature_extractor_weights_path=str(Path(weights_path).expanduser()))
-        self.net.eval()
+        self.net.eval().to(self.device)
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor, batch: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
         feats, logits = [], []
-        for i in range(0, len(images), batch):
+        for i in tqdm(range(0, len(images), batch), desc="inception features", leave=False,
+                      disable=not self.progress or len(images) <= batch):
             x = images[i:i + batch]
             if x.shape[1] == 1:
                 x = x.repeat(1, 3, 1, 1)
-            f, lg = self.net(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+            # the release writes PNGs: x * 127.5 + 127.5, clamped, truncated to uint8
+            x = (x * 127.5 + 127.5).clamp(0, 255).to(torch.uint8)
+            f, lg = self.net(x.to(self.device))
             feats.append(f.cpu())
             logits.append(lg.cpu())
         return torch.cat(feats).double(), torch.cat(logits).double()
 
 
 def fid_from_features(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets."""
-    a, b = a.double().numpy(), b.double().numpy()
-    mu1, mu2 = a.mean(0), b.mean(0)
-    eps = 1e-6 * np.eye(a.shape[1])  # dead ReLU units make a covariance singular
-    s1, s2 = np.cov(a, rowvar=False) + eps, np.cov(b, rowvar=False) + eps
-    covmean = linalg.sqrtm(s1 @ s2)
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    """Frechet distance between Gaussians fitted to two feature sets (torch-fidelity's functions)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+
+    stats = [fid_features_to_statistics(f.double().cpu()) for f in (a, b)]
+    return float(fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID])
 
 
-def inception_score(logits: torch.Tensor, splits: int = 10) -> float:
-    """exp(E_x KL(p(y|x) || p(y))), averaged over `splits` chunks (the usual protocol)."""
-    p = F.softmax(logits.double(), dim=1)
-    scores = []
-    for chunk in p.chunk(splits):
-        py = chunk.mean(0, keepdim=True)
-        kl = (chunk * (torch.log(chunk + 1e-12) - torch.log(py + 1e-12))).sum(1).mean()
-        scores.append(float(torch.exp(kl)))
-    return float(np.mean(scores))
+def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 2020) -> tuple[float, float]:
+    """(mean, std) of exp(E_x KL(p(y|x) || p(y))) over `splits` shuffled chunks (torch-fidelity's function)."""
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+
+    out = isc_features_to_metric(logits.double().cpu(), splits=splits, shuffle=True, rng_seed=seed)
+    return float(out[KEY_METRIC_ISC_MEAN]), float(out[KEY_METRIC_ISC_STD])
 
 
 @dataclass
@@ -152,9 +157,31 @@ class Reference:
         return cls(extractor.extract(images)[0])
 
 
-def fid_is(extractor: FeatureExtractor, images: torch.Tensor, ref: Reference) -> tuple[float, float]:
+def fid_is(extractor: FeatureExtractor, images: torch.Tensor, ref: Reference) -> dict[str, float]:
+    """FID against the reference, IS and its std over splits."""
     feats, logits = extractor.extract(images)
-    return fid_from_features(feats, ref.features), inception_score(logits)
+    is_mean, is_std = inception_score(logits)
+    return {"FID": fid_from_features(feats, ref.features), "IS": is_mean, "IS std": is_std}
+
+
+def faithfulness(extractor: FeatureExtractor, x: torch.Tensor, recon: torch.Tensor,
+                 labels: torch.Tensor | None = None) -> dict[str, float]:
+    """How faithful reconstructions are, in the feature network's eyes.
+
+    - "same class": the network gives the reconstruction the class it gives the input;
+    - "label acc": the reconstruction is classified as the input's label (when the network classifies
+      those labels; beside "real label acc", the same for the inputs themselves);
+    - "nearest own": the reconstruction's nearest input in feature space is its own input (chance 1/N).
+    """
+    fx, lx = extractor.extract(x)
+    fr, lr = extractor.extract(recon)
+    out = {"same class": float((lr.argmax(1) == lx.argmax(1)).double().mean())}
+    if labels is not None and lx.shape[1] > int(labels.max()):
+        out["label acc"] = float((lr.argmax(1) == labels).double().mean())
+        out["real label acc"] = float((lx.argmax(1) == labels).double().mean())
+    nearest = torch.cdist(fr.double(), fx.double()).argmin(dim=1)
+    out["nearest own"] = float((nearest == torch.arange(len(x))).double().mean())
+    return out
 
 
 def reconstruction_mse(x: torch.Tensor, x_hat: torch.Tensor) -> float:
@@ -172,3 +199,22 @@ def linear_probe(z_train: torch.Tensor, y_train: torch.Tensor, z_test: torch.Ten
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
     clf.fit(z_train.numpy(), y_train.numpy())
     return float(clf.score(z_test.numpy(), y_test.numpy()))
+
+
+def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
+    """A torch-fidelity InceptionV3 weights file with random weights (tests run the paper's evaluation path
+    end to end without the real 100 MB file). Loads exactly as the real file does."""
+    from unittest import mock
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    path = Path(path)
+    empty = path.with_suffix(".empty")
+    torch.save({}, empty)
+    lenient = lambda self, sd, strict=True: nn.Module.load_state_dict(self, sd, strict=False)  # noqa: E731
+    with torch.random.fork_rng(), mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lenient):
+        torch.manual_seed(seed)
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    empty.unlink()
+    torch.save(net.state_dict(), path)
+    return path

@@ -1,7 +1,9 @@
 """DC-VAE's losses: the hinge adversarial loss (set level), KL to the prior, and instance-level InfoNCE.
 
-Every loss is a mean over the rows this process holds. With the gradients averaged over ranks (what
-`train.allreduce_grads` does), that equals the single-process loss over the global batch.
+The hinge and InfoNCE losses are means over the rows this process holds; with gradients averaged over ranks
+(`train.allreduce_grads`) that equals the single-process loss over the global batch. The KL term is summed
+over the batch, as released; `train` multiplies the local sum by the world size so the averaged gradient is
+that of the global sum.
 """
 
 from __future__ import annotations
@@ -30,30 +32,51 @@ def g_hinge(fake: torch.Tensor, recon: torch.Tensor | None = None, w_fake: float
     return -(w_fake * fake.mean() + w_recon * recon.mean())
 
 
-def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dimensions, mean over the batch."""
-    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dimensions, then summed over the batch (the
+    release's reduction, with its weight 1e-6) or averaged (`reduction="mean"`)."""
+    per_row = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+    return per_row.sum() if reduction == "sum" else per_row.mean()
 
 
-def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.07,
-             in_batch: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
-    """InfoNCE of each query against its positive key and a set of negatives; mean over the rows of `q`.
+def nce_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.07,
+               in_batch: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+    """Logits of each query against its positive key (column 0) and its negatives, divided by temperature.
 
     q: (n, d) queries, k: (n, d) positive keys, queue: (K, d) negative keys (no gradient); all unit-norm.
     in_batch: optional (N, d) queries of the whole global batch (with gradient, rows `offset..offset+n`
     are this process's `q`): every other row is one more negative.
     """
-    pos = (q * k).sum(dim=1, keepdim=True)
-    logits = [pos, q @ queue.detach().t()]
+    logits = [(q * k).sum(dim=1, keepdim=True), q @ queue.detach().t()]
     if in_batch is not None:
         sim = q @ in_batch.t()
         own = torch.arange(q.shape[0], device=q.device)
-        sim = sim.index_put((own, own + offset), sim.new_tensor(float("-inf")))
-        logits.append(sim)
-    logits = torch.cat(logits, dim=1) / temperature
+        logits.append(sim.index_put((own, own + offset), sim.new_tensor(float("-inf"))))
+    return torch.cat(logits, dim=1) / temperature
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.07,
+             in_batch: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+    """InfoNCE: cross-entropy of the positive against the negatives (see `nce_logits`); mean over rows."""
+    logits = nce_logits(q, k, queue, temperature, in_batch, offset)
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
+@torch.no_grad()
+def positive_rank_accuracy(logits: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
+    """Fraction of rows whose positive (column 0) is among the top-k logits, for each k (the release logs
+    acc1/acc5): chance is k / number of columns, and a critic that tells instances apart drives it to 1."""
+    rank = (logits[:, 1:] > logits[:, :1]).sum(dim=1)  # how many negatives beat the positive
+    return {k: float((rank < k).float().mean()) for k in ks}
+
+
 def pixel_reconstruction(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over pixels, mean over the batch (a Gaussian likelihood, for the VAE baselines)."""
-    return (x_hat - x).pow(2).flatten(1).sum(dim=1).mean()
+    """Mean squared error per pixel, the release's reconstruction loss (`torch.mean((x_recon - x) ** 2)`)."""
+    return (x_hat - x).pow(2).mean()
+
+
+@torch.no_grad()
+def reconstruction_spread(x_hat: torch.Tensor) -> float:
+    """Per-pixel standard deviation across the batch, averaged over pixels: 0 when every reconstruction is
+    the same image (the collapse this training can fall into); compare with the same number for real x."""
+    return float(x_hat.float().std(dim=0).mean()) if len(x_hat) > 1 else 0.0

@@ -1,12 +1,19 @@
-"""DC-VAE networks: a residual encoder (to mean and log-variance), a residual decoder, and a discriminator that
-is both an adversary (hinge head) and a contrastive critic (features at two depths, "b1" and "final").
+"""DC-VAE networks as in the authors' released CIFAR-10 code (`models/models_32.py`): a residual encoder (to
+mean and log-variance), a decoder of three upsampling cells with cross-scale skip connections, and a
+discriminator that is both an adversary (hinge head) and a contrastive critic (features "b1" and "final").
 
-The shapes follow the paper's CIFAR-10 model (encoder/discriminator: an optimized first block, one more
-downsampling block, then two plain blocks, global sum pooling; decoder: a linear map to a 4x4 (or 7x7 at 28 px)
-grid, then upsampling cells to the image size, tanh). Widths are configurable so that the same code runs a
-seconds-long test and the paper's 128/256-channel model. Spectral norm is on the discriminator (and, as in the
-released code, on the encoder), not on the decoder. Every layer is per-sample (no batch norm), so a batch split
-over ranks computes exactly what one process computes on the whole batch.
+- Encoder / discriminator trunk: an optimized first block (conv, ReLU, conv, pool; shortcut pool then 1x1),
+  one more downsampling block, two plain blocks, ReLU, a sum over positions. Spectral norm on the discriminator
+  and on the encoder, as released.
+- Decoder: a linear map to a 4x4 grid (256 channels), then cells that upsample (nearest, bilinear, nearest),
+  with no normalization inside; cell i adds 1x1 convs of the first conv outputs of every earlier cell
+  (resized), the first two have a 1x1 residual shortcut, the last has none; `to_rgb` is BatchNorm, ReLU,
+  conv, tanh.
+- Every conv weight is xavier-uniform initialised (BatchNorm weights N(1, 0.02)), as the release's
+  `weights_init`; linear layers keep PyTorch's default.
+
+At 32 px and the paper's widths this is 1.09M (encoder), 4.41M (decoder) and 1.06M (discriminator)
+parameters. Widths are configurable so the same code runs a seconds-long test and the paper's model.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from common.errors import UserError
 
-SUPPORTED_RESOLUTIONS = (28, 32, 48, 64, 96, 128, 256)
+SUPPORTED_RESOLUTIONS = (16, 28, 32, 48, 64, 96, 128, 256)
 POOLS = ("sum", "mean", "flatten")
+RGB_NORMS = ("batch", "none")
 
 
 @dataclass
@@ -30,17 +38,21 @@ class ModelConfig:
     resolution: int = 32
     channels: int = 3  # image channels
     latent_dim: int = 128
-    enc_ch: int = 128  # encoder width (the paper: 128)
-    dec_ch: int = 256  # decoder width (the paper: 256)
-    disc_ch: int = 128  # discriminator width (the paper: 128)
-    cont_dim: int = 16  # contrastive embedding size (the paper: 16)
-    spectral_norm_encoder: bool = True  # as in the released code
-    encoder_pool: str = "sum"  # "sum" (released code), "mean", or "flatten" (narrow mini models, see Encoder)
+    enc_ch: int = 128  # encoder width (released: 128)
+    dec_ch: int = 256  # decoder width (released: 256)
+    disc_ch: int = 128  # discriminator width (released: 128)
+    cont_dim: int = 16  # contrastive embedding size (released: 16)
+    spectral_norm_encoder: bool = True  # as released
+    encoder_pool: str = "sum"  # "sum" (released), "mean", or "flatten" (narrow mini models, see Encoder)
+    rgb_norm: str = "batch"  # "batch": BatchNorm in to_rgb (released); "none": per-sample (exact DP tests)
+    xavier_init: bool = True  # the release's weights_init
 
     def __post_init__(self) -> None:
         grid(self.resolution)
         if self.encoder_pool not in POOLS:
             raise UserError(f"unknown model.encoder_pool {self.encoder_pool!r}; choose one of {', '.join(POOLS)}")
+        if self.rgb_norm not in RGB_NORMS:
+            raise UserError(f"unknown model.rgb_norm {self.rgb_norm!r}; choose one of {', '.join(RGB_NORMS)}")
         for name in ("channels", "latent_dim", "enc_ch", "dec_ch", "disc_ch", "cont_dim"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"model.{name} must be >= 1, got {getattr(self, name)}")
@@ -49,7 +61,8 @@ class ModelConfig:
 def grid(resolution: int) -> tuple[int, int]:
     """(bottom width, number of 2x steps) with bottom * 2**steps == resolution, bottom in {4, 6, 7}."""
     if resolution not in SUPPORTED_RESOLUTIONS:
-        raise UserError(f"unsupported resolution {resolution}; choose one of {', '.join(map(str, SUPPORTED_RESOLUTIONS))}")
+        choices = ", ".join(map(str, SUPPORTED_RESOLUTIONS))
+        raise UserError(f"unsupported resolution {resolution}; choose one of {choices}")
     for bottom in (4, 7, 6):
         steps = math.log2(resolution / bottom)
         if steps == int(steps) and steps >= 2:
@@ -61,28 +74,43 @@ def _sn(module: nn.Module, on: bool) -> nn.Module:
     return spectral_norm(module) if on else module
 
 
+def xavier_init(module: nn.Module) -> None:
+    """The release's `weights_init`: xavier-uniform on every conv weight (the unnormalized weight under
+    spectral norm), BatchNorm weight ~ N(1, 0.02) and bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            w = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            nn.init.xavier_uniform_(w, 1.0)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
 class DownBlock(nn.Module):
-    """Pre-activation residual block (ReLU, conv, ReLU, conv, optional 2x average-pool downsampling)."""
+    """Residual block of the encoder / discriminator trunk (optional 2x average-pool downsampling).
+
+    `first`: the "optimized" block (conv, ReLU, conv, pool; shortcut: pool, then 1x1 conv); otherwise
+    pre-activation (ReLU, conv, ReLU, conv[, pool]); shortcut 1x1 conv [then pool] when shapes change.
+    """
 
     def __init__(self, cin: int, cout: int, down: bool, sn: bool, first: bool = False):
         super().__init__()
         self.first, self.down = first, down
         self.c1 = _sn(nn.Conv2d(cin, cout, 3, padding=1), sn)
         self.c2 = _sn(nn.Conv2d(cout, cout, 3, padding=1), sn)
-        self.sc = _sn(nn.Conv2d(cin, cout, 1), sn) if (cin != cout or down) else None
+        self.sc = _sn(nn.Conv2d(cin, cout, 1), sn) if (first or cin != cout or down) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.first else F.relu(x)
         h = self.c2(F.relu(self.c1(h)))
-        s = x
-        if self.first:  # the "optimized" first block pools before its shortcut conv
-            s = self.sc(F.avg_pool2d(s, 2))
-        elif self.sc is not None:
-            s = self.sc(s)
-            s = F.avg_pool2d(s, 2) if self.down else s
         if self.down:
             h = F.avg_pool2d(h, 2)
-        return h + s
+        if self.first:
+            return h + self.sc(F.avg_pool2d(x, 2))
+        if self.sc is None:
+            return h + x
+        s = self.sc(x)
+        return h + (F.avg_pool2d(s, 2) if self.down else s)
 
 
 class Trunk(nn.Module):
@@ -92,15 +120,16 @@ class Trunk(nn.Module):
         super().__init__()
         self.pool = pool
         bottom, steps = grid(cfg.resolution)
-        n_down = steps - 1 if bottom == 4 else steps  # 32 px -> 8x8 as in the paper; 28 px -> 7x7
+        n_down = steps - 1 if bottom == 4 else steps  # 32 px -> 8x8 as released; 28 px -> 7x7
         blocks = [DownBlock(cfg.channels, width, down=True, sn=sn, first=True)]
         blocks += [DownBlock(width, width, down=True, sn=sn) for _ in range(n_down - 1)]
         blocks += [DownBlock(width, width, down=False, sn=sn) for _ in range(2)]
         self.blocks = nn.ModuleList(blocks)
-        self.out_dim = width * (bottom if bottom != 4 else 2 * bottom) ** 2 if pool == "flatten" else width
+        side = cfg.resolution >> n_down
+        self.out_dim = width * side * side if pool == "flatten" else width
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (output of the first block, globally pooled features after the last block)."""
+        """Returns (output of the first block, pooled features after the last block and a ReLU)."""
         first = h = self.blocks[0](x)
         for b in self.blocks[1:]:
             h = b(h)
@@ -113,9 +142,8 @@ class Trunk(nn.Module):
 class Encoder(nn.Module):
     """x -> (mu, logvar).
 
-    `encoder_pool`: the released code sums the last feature map over positions ("sum"); at mini widths (16
-    channels) a globally pooled 16-vector is too small a bottleneck and an autoencoder stays near the mean
-    image for hundreds of steps, so mini models flatten the 8x8 map instead ("flatten").
+    `encoder_pool`: the release sums the last feature map over positions ("sum"); at mini widths (16
+    channels) a pooled 16-vector is a tight bottleneck, so mini models may flatten the map instead.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -129,43 +157,65 @@ class Encoder(nn.Module):
 
 
 class UpCell(nn.Module):
-    """Residual 2x upsampling cell (GroupNorm, ReLU, upsample, conv, GroupNorm, ReLU, conv) + 1x1 shortcut."""
+    """2x upsampling cell: ReLU, upsample, conv (+ 1x1 convs of earlier cells' skip features), ReLU, conv,
+    (+ 1x1 shortcut of the upsampled input). Returns (skip features, output); no normalization, as released.
 
-    def __init__(self, ch: int):
+    The skip features are the first conv's output with the incoming skips already added (the release adds
+    them in place into the tensor it returns as the skip output).
+    """
+
+    def __init__(self, ch: int, mode: str, n_skip_in: int, shortcut: bool):
         super().__init__()
-        g = math.gcd(ch, 8)
-        self.n1, self.n2 = nn.GroupNorm(g, ch), nn.GroupNorm(g, ch)
+        self.mode = mode
         self.c1, self.c2 = nn.Conv2d(ch, ch, 3, padding=1), nn.Conv2d(ch, ch, 3, padding=1)
-        self.sc = nn.Conv2d(ch, ch, 1)
+        self.sc = nn.Conv2d(ch, ch, 1) if shortcut else None
+        self.skips = nn.ModuleList(nn.Conv2d(ch, ch, 1) for _ in range(n_skip_in))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.n1(x)), scale_factor=2, mode="nearest")
-        h = self.c2(F.relu(self.n2(self.c1(h))))
-        return h + self.sc(F.interpolate(x, scale_factor=2, mode="nearest"))
+    def _up(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        if size is None:
+            return F.interpolate(x, scale_factor=2, mode=self.mode)
+        return F.interpolate(x, size=size, mode=self.mode)
+
+    def forward(self, x: torch.Tensor, skip_in: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.c1(self._up(F.relu(x)))
+        size = tuple(h.shape[-2:])
+        for conv, s in zip(self.skips, skip_in):
+            h = h + conv(self._up(s, size))
+        out = self.c2(F.relu(h))
+        if self.sc is not None:
+            out = out + self.sc(self._up(x))
+        return h, out
 
 
 class Decoder(nn.Module):
-    """z -> image in [-1, 1]."""
+    """z -> image in [-1, 1]. Cell i (0-based) takes skips from every earlier cell; cell 1 upsamples
+    bilinearly, the others nearest; every cell but the last has a residual shortcut (released at 32 px)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.bottom, steps = grid(cfg.resolution)
         self.ch = cfg.dec_ch
         self.fc = nn.Linear(cfg.latent_dim, self.bottom * self.bottom * cfg.dec_ch)
-        self.cells = nn.Sequential(*[UpCell(cfg.dec_ch) for _ in range(steps)])
-        self.to_img = nn.Sequential(nn.GroupNorm(math.gcd(cfg.dec_ch, 8), cfg.dec_ch), nn.ReLU(),
-                                    nn.Conv2d(cfg.dec_ch, cfg.channels, 3, padding=1), nn.Tanh())
+        self.cells = nn.ModuleList(
+            UpCell(cfg.dec_ch, "bilinear" if i == 1 else "nearest", n_skip_in=i, shortcut=i < steps - 1)
+            for i in range(steps))
+        norm = nn.BatchNorm2d(cfg.dec_ch) if cfg.rgb_norm == "batch" else nn.Identity()
+        self.to_rgb = nn.Sequential(norm, nn.ReLU(), nn.Conv2d(cfg.dec_ch, cfg.channels, 3, padding=1), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).view(-1, self.ch, self.bottom, self.bottom)
-        return self.to_img(self.cells(h))
+        skips: list[torch.Tensor] = []
+        for cell in self.cells:
+            s, h = cell(h, skips)
+            skips.append(s)
+        return self.to_rgb(h)
 
 
 class Discriminator(nn.Module):
     """The dual critic: `forward(x)` gives the hinge logit; `features(x)` the contrastive embeddings.
 
     "final" is the 16-d embedding h that also feeds the adversarial head; "b1" is a 1x1 conv on the first
-    block's feature map, flattened and projected to the same size.
+    block's feature map, flattened and projected to the same size (the two layers the release trains with).
     """
 
     LAYERS = ("b1", "final")
@@ -187,6 +237,12 @@ class Discriminator(nn.Module):
         return {"b1": self.b1_head(first), "final": self.embed(pooled)}
 
 
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z = mu + eps * exp(logvar / 2), never clamped (the release's training and reconstruction path)."""
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + eps * torch.exp(0.5 * logvar)
+
+
 class DCVAE(nn.Module):
     """Encoder + decoder (the generative autoencoder) and the discriminator, with the EMA decoder for eval."""
 
@@ -196,36 +252,56 @@ class DCVAE(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.disc = Discriminator(cfg)
+        if cfg.xavier_init:
+            for m in (self.encoder, self.decoder, self.disc):
+                xavier_init(m)
         self.decoder_ema = Decoder(cfg)
         self.decoder_ema.load_state_dict(self.decoder.state_dict())
         self.decoder_ema.requires_grad_(False)
 
-    def reparameterize(self, x: torch.Tensor, clamp: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z = mu + eps * std, clamped to [-1, 1] as in the released code; returns (z, mu, logvar)."""
+    def reparameterize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z, mu, logvar) for images x; z is a sample of the posterior, not clamped (as released)."""
         mu, logvar = self.encoder(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return (z.clamp(-1, 1) if clamp else z), mu, logvar
+        return reparameterize(mu, logvar), mu, logvar
 
     @torch.no_grad()
     def update_ema(self, decay: float) -> None:
+        """EMA of the decoder's parameters; its buffers (BatchNorm statistics) are the live decoder's, as the
+        release swaps only parameters in for evaluation."""
         for p_ema, p in zip(self.decoder_ema.parameters(), self.decoder.parameters()):
             p_ema.lerp_(p, 1.0 - decay)
         for b_ema, b in zip(self.decoder_ema.buffers(), self.decoder.buffers()):
             b_ema.copy_(b)
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, ema: bool = True,
-               batch: int = 500) -> torch.Tensor:
+    def _eval_decoder(self, ema: bool) -> Decoder:
         dec = self.decoder_ema if ema else self.decoder
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator)
-        return torch.cat([dec(z[i:i + batch]) for i in range(0, n, batch)])
+        return dec.eval()
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, ema: bool = True, batch: int = 500) -> torch.Tensor:
-        """Decode the posterior mean (deterministic reconstructions for evaluation)."""
-        dec = self.decoder_ema if ema else self.decoder
-        return torch.cat([dec(self.encoder(x[i:i + batch])[0].clamp(-1, 1)) for i in range(0, len(x), batch)])
+    def sample(self, n: int, generator: torch.Generator | None = None, ema: bool = True, clamp: bool = True,
+               batch: int = 500) -> torch.Tensor:
+        """G(z), z ~ N(0, I) clamped to [-1, 1] as the release's sampling FID does; decoder in eval mode."""
+        dec = self._eval_decoder(ema)
+        z = torch.randn(n, self.cfg.latent_dim, generator=generator)
+        z = z.clamp(-1, 1) if clamp else z
+        dev = next(dec.parameters()).device
+        return torch.cat([dec(z[i:i + batch].to(dev)).cpu() for i in range(0, n, batch)])
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None, ema: bool = True,
+                    batch: int = 500) -> torch.Tensor:
+        """G(z), z a posterior sample (not clamped), as the release's reconstruction FID; eval mode."""
+        dec = self._eval_decoder(ema)
+        self.encoder.eval()
+        dev = next(dec.parameters()).device
+        out = []
+        for i in range(0, len(x), batch):
+            mu, logvar = self.encoder(x[i:i + batch].to(dev))
+            gen = generator if generator is None or generator.device == mu.device else None
+            out.append(dec(reparameterize(mu, logvar, gen)).cpu())
+        return torch.cat(out)
 
     @torch.no_grad()
     def encode_mean(self, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
-        return torch.cat([self.encoder(x[i:i + batch])[0] for i in range(0, len(x), batch)])
+        dev = next(self.encoder.parameters()).device
+        return torch.cat([self.encoder(x[i:i + batch].to(dev))[0].cpu() for i in range(0, len(x), batch)])

@@ -19,7 +19,7 @@ from common.collectives import all_gather_with_grad, gather_into_queue
 from common.distributed import rank
 from common.errors import UserError
 
-from .losses import info_nce
+from .losses import nce_logits, positive_rank_accuracy
 
 
 class ContrastiveNegatives(nn.Module):
@@ -53,15 +53,20 @@ class ContrastiveNegatives(nn.Module):
         feats = self.key_disc.features(x)
         return {name: F.normalize(feats[name], dim=1) for name in self.layers}
 
-    def loss(self, query_feats: dict[str, torch.Tensor], keys: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean over layers of InfoNCE(query, key, queue [+ the global batch's other queries])."""
-        total = 0.0
+    def loss(self, query_feats: dict[str, torch.Tensor],
+             keys: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean over layers of InfoNCE(query, key, queue [+ the global batch's other queries]) (the release
+        weights each of its two layers 1/2), and per layer the top-1/top-5 accuracy of the positive."""
+        total, stats = 0.0, {}
         for name in self.layers:
             q = F.normalize(query_feats[name], dim=1)
             extra = all_gather_with_grad(q) if self.in_batch else None
-            total = total + info_nce(q, keys[name], self.queue(name), self.temperature, extra,
-                                     offset=rank() * q.shape[0])
-        return total / len(self.layers)
+            logits = nce_logits(q, keys[name], self.queue(name), self.temperature, extra,
+                                offset=rank() * q.shape[0])
+            total = total + F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+            acc = positive_rank_accuracy(logits)
+            stats[f"nce_top1_{name}"], stats[f"nce_top5_{name}"] = acc[1], acc[5]
+        return total / len(self.layers), stats
 
     @torch.no_grad()
     def enqueue(self, keys: dict[str, torch.Tensor]) -> None:

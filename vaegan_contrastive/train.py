@@ -1,16 +1,22 @@
 """Data-parallel DC-VAE training: one loop, any number of ranks (torchrun, SLURM or spawned processes).
 
-The paper's schedule: a discriminator step every iteration; every `n_critic`-th iteration a generator step
-(hinge on samples and reconstructions + KL) and a contrastive step (InfoNCE of reconstructions against the
-momentum discriminator's keys of the real images + KL), which also trains the discriminator's features; then
-the keys of every rank go into the queue and the decoder's EMA is updated. Adam 2e-4, betas (0, 0.9).
-Gradients are averaged over ranks with one coalesced all-reduce per optimizer step, so the replicas stay
-identical; each rank draws its own noise.
+The released schedule (`train.py` of mlpc-ucsd/DC-VAE): a discriminator step every iteration (hinge on real
+images, samples G(z) and reconstructions, weights 1, 0.5, 0.5); every `n_critic`-th iteration a generator step
+(hinge on 128 samples and on the reconstructions + KL) and a contrastive step (InfoNCE of the
+reconstructions' discriminator features against the momentum discriminator's keys of the same real images
++ KL), which also trains the discriminator's features; then the keys go into the queue and the decoder's EMA
+is updated. The KL is summed over the batch with weight 1e-6; z is never clamped in training; Adam 2e-4,
+betas (0, 0.9); the decoder is in training mode (BatchNorm batch statistics) throughout.
+Gradients are averaged over ranks with one flat all-reduce per optimizer step (`allreduce_grads`), so the
+replicas stay identical; each rank draws its own noise; the queue is filled with every rank's keys.
 
 The ablation variants switch terms on and off at the same schedule (the same number of iterations and of
-encoder/decoder updates): `vae` (summed squared pixel error + 0.1 KL, which keeps a short run from
-collapsing its posterior), `vaegan` (+ hinge GAN), `vae_contrastive`
-(InfoNCE instead of pixels, no GAN), `dcvae` (both).
+encoder/decoder updates): `vae` (the release's per-pixel mean squared error + KL), `vaegan` (+ hinge GAN),
+`vae_contrastive` (InfoNCE instead of pixels, no GAN), `dcvae` (GAN + InfoNCE).
+
+One deviation for speed, same values: the discriminator scores real images, samples and reconstructions in
+one batched call (the release makes three calls; the networks are per-sample, only spectral norm's power
+iteration runs once instead of three times per step).
 """
 
 from __future__ import annotations
@@ -34,17 +40,17 @@ from common.distributed import rank as get_rank, world_size as get_world_size
 from common.errors import UserError
 
 from . import data as data_mod
-from .losses import d_hinge, g_hinge, kl_divergence, pixel_reconstruction
+from .losses import d_hinge, g_hinge, kl_divergence, pixel_reconstruction, reconstruction_spread
 from .models import DCVAE, ModelConfig
 from .negatives import ContrastiveNegatives
 
 log = logging.getLogger(__name__)
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "vae": dict(adversarial=False, contrastive=False, pixel_weight=1.0, kl_weight=0.1),
-    "vaegan": dict(adversarial=True, contrastive=False, pixel_weight=1.0, kl_weight=0.1),
-    "vae_contrastive": dict(adversarial=False, contrastive=True, pixel_weight=0.0, kl_weight=1e-6),
-    "dcvae": dict(adversarial=True, contrastive=True, pixel_weight=0.0, kl_weight=1e-6),
+    "vae": dict(adversarial=False, contrastive=False, pixel=True),
+    "vaegan": dict(adversarial=True, contrastive=False, pixel=True),
+    "vae_contrastive": dict(adversarial=False, contrastive=True, pixel=False),
+    "dcvae": dict(adversarial=True, contrastive=True, pixel=False),
 }
 
 
@@ -54,25 +60,29 @@ class TrainConfig:
     batch_size: int = 64  # global batch of real images
     gen_batch_size: int = 128  # global batch of samples G(z) in a generator step
     n_critic: int = 5  # a generator + contrastive step every n_critic iterations
-    lr: float = 2e-4
+    lr: float = 2e-4  # encoder / decoder
+    disc_lr: float | None = None  # discriminator (None: lr, as released)
     betas: tuple[float, float] = (0.0, 0.9)
     adversarial: bool = True
     contrastive: bool = True
-    pixel_weight: float = 0.0  # summed squared error (the VAE baselines)
-    kl_weight: float = 1e-6
+    pixel: bool = False  # the VAE baselines' reconstruction loss
+    pixel_weight: float = 1.0  # weight of the per-pixel mean squared error (released: 1)
+    kl_weight: float = 1e-6  # weight of the batch-summed KL (released: 1e-6)
     queue_size: int = 8192
     temperature: float = 0.07
     key_momentum: float = 0.999
     in_batch_negatives: bool = False
     ema_decay: float = 0.999
     seed: int = 0
-    log_every: int = 50
+    log_every: int = 50  # history + W&B every N iterations
+    console_every: int = 0  # a console line every N iterations (0: never)
     warmup_steps: int = 5  # excluded from the images/s measurement
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
     resume: bool = False
     progress: bool = True
     num_workers: int = 0  # DataLoader workers (image files at paper scale)
+    channels_last: bool = False  # NHWC activations (faster convolutions on some CPUs)
 
     @classmethod
     def for_variant(cls, variant: str, **kwargs: Any) -> "TrainConfig":
@@ -103,6 +113,21 @@ def allreduce_grads(params: list[torch.nn.Parameter]) -> None:
         g.copy_(synced)
 
 
+@torch.no_grad()
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average the floating-point buffers (BatchNorm running statistics) over ranks, so the replicas stay
+    identical although each rank normalizes with its own batch's statistics (as the release's DataParallel
+    does per GPU)."""
+    bufs = [b for b in module.buffers() if b.is_floating_point()]
+    if get_world_size() == 1 or not bufs:
+        return
+    flat = _flatten_dense_tensors(bufs)
+    dist.all_reduce(flat)
+    flat /= get_world_size()
+    for b, synced in zip(bufs, _unflatten_dense_tensors(flat, bufs)):
+        b.copy_(synced)
+
+
 @dataclass
 class Trainer:
     """The models, optimizers and queue of one rank, and the three kinds of step."""
@@ -123,11 +148,15 @@ class Trainer:
                 momentum=self.cfg.key_momentum, temperature=self.cfg.temperature,
                 in_batch=self.cfg.in_batch_negatives, global_batch=self.cfg.batch_size).to(self.device)
         self.model.to(self.device)
+        if self.cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         m = self.model
         self.gen_params = list(m.encoder.parameters()) + list(m.decoder.parameters())
         self.disc_params = list(m.disc.parameters())
         self.opt_gen = torch.optim.Adam(self.gen_params, lr=self.cfg.lr, betas=tuple(self.cfg.betas))
-        self.opt_disc = torch.optim.Adam(self.disc_params, lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+        self.opt_disc = torch.optim.Adam(self.disc_params, lr=self.cfg.disc_lr or self.cfg.lr,
+                                         betas=tuple(self.cfg.betas))
+        self.world = get_world_size()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model, **({"negatives": self.negatives} if self.negatives is not None else {})}
@@ -136,7 +165,12 @@ class Trainer:
         return {"gen": self.opt_gen, "disc": self.opt_disc}
 
     def _noise(self, n_global: int) -> torch.Tensor:
-        return torch.randn(n_global // get_world_size(), self.model_cfg.latent_dim, device=self.device)
+        return torch.randn(n_global // self.world, self.model_cfg.latent_dim, device=self.device)
+
+    def _kl(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """The weighted KL summed over the global batch: the local sum times the world size, since the
+        gradients are averaged over ranks."""
+        return self.cfg.kl_weight * self.world * kl_divergence(mu, logvar, reduction="sum")
 
     def disc_step(self, x: torch.Tensor) -> dict[str, float]:
         m = self.model
@@ -149,62 +183,72 @@ class Trainer:
         loss.backward()
         allreduce_grads(self.disc_params)
         self.opt_disc.step()
-        return {"d_loss": loss.item()}
+        return {"d_loss": loss.detach()}
 
-    def gen_step(self, x: torch.Tensor) -> dict[str, float]:
+    def gen_step(self, x: torch.Tensor) -> dict[str, Any]:
         m, c = self.model, self.cfg
         z, mu, logvar = m.reparameterize(x)
         recon = m.decoder(z)
-        kl = kl_divergence(mu, logvar)
-        loss = c.kl_weight * kl
-        out = {"kl": kl.item()}
+        kl = self._kl(mu, logvar)
+        loss, out = kl, {"kl": kl.detach()}
         if c.adversarial:
             fake = m.decoder(self._noise(c.gen_batch_size))
             fake_s, recon_s = m.disc(torch.cat([fake, recon])).split([len(fake), len(recon)])
             g = g_hinge(fake_s, recon_s)
             loss = loss + g
-            out["g_loss"] = g.item()
-        if c.pixel_weight:
+            out["g_loss"] = g.detach()
+        if c.pixel:
             pix = pixel_reconstruction(recon, x)
             loss = loss + c.pixel_weight * pix
-            out["pixel"] = pix.item()
+            out["pixel"] = pix.detach()
         self.opt_gen.zero_grad(set_to_none=True)
         loss.backward()
         allreduce_grads(self.gen_params)
         self.opt_gen.step()
+        if not c.contrastive:
+            out |= self._recon_stats(recon.detach(), x)
         return out
 
-    def contrastive_step(self, x: torch.Tensor) -> dict[str, float]:
+    def contrastive_step(self, x: torch.Tensor) -> dict[str, Any]:
         m, negs = self.model, self.negatives
         negs.update_key_encoder(m.disc)
         keys = negs.keys(x)
         z, mu, logvar = m.reparameterize(x)
         recon = m.decoder(z)
-        cont = negs.loss(m.disc.features(recon), keys)
-        loss = cont + self.cfg.kl_weight * kl_divergence(mu, logvar)
+        cont, acc = negs.loss(m.disc.features(recon), keys)
+        loss = cont + self._kl(mu, logvar)
         self.opt_gen.zero_grad(set_to_none=True)
         self.opt_disc.zero_grad(set_to_none=True)
         loss.backward()
-        allreduce_grads(self.gen_params)
-        allreduce_grads(self.disc_params)
+        allreduce_grads(self.gen_params + self.disc_params)
         self.opt_gen.step()
         self.opt_disc.step()
         negs.enqueue(keys)
-        with torch.no_grad():
-            mse = (recon - x).pow(2).mean().item()
-        return {"cont_loss": cont.item(), "recon_mse": mse}
+        return {"cont_loss": cont.detach(), **acc, **self._recon_stats(recon.detach(), x)}
+
+    @staticmethod
+    def _recon_stats(recon: torch.Tensor, x: torch.Tensor) -> dict[str, Any]:
+        return {"recon_mse": (recon - x).pow(2).mean(), "recon_spread": reconstruction_spread(recon),
+                "real_spread": reconstruction_spread(x)}
 
     def step(self, it: int, x: torch.Tensor) -> dict[str, float]:
+        """One iteration; returns its metrics as floats (one sync, after every step of the iteration)."""
         x = x.to(self.device, non_blocking=True)
-        out: dict[str, float] = {}
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.model.train()
+        out: dict[str, Any] = {}
         if self.cfg.adversarial:
             out |= self.disc_step(x)
         if it % self.cfg.n_critic == 0:
-            out |= self.gen_step(x)
+            if self.cfg.adversarial or self.cfg.pixel or not self.cfg.contrastive:
+                out |= self.gen_step(x)
             if self.cfg.contrastive:
                 out |= self.contrastive_step(x)
+        average_buffers(self.model.decoder)
+        if it % self.cfg.n_critic == 0:
             self.model.update_ema(self.cfg.ema_decay)
-        return out
+        return {k: float(v) for k, v in out.items()}
 
     # checkpoints -------------------------------------------------------------------------------------
     def save(self, directory: Path, step: int) -> None:
@@ -231,9 +275,21 @@ class Trainer:
         return step
 
 
+def _console_line(name: str, it: int, steps: int, metrics: dict[str, float]) -> str:
+    keys = ("d_loss", "g_loss", "pixel", "cont_loss", "nce_top1_final", "nce_top5_final", "nce_top1_b1",
+            "recon_mse", "recon_spread", "real_spread")
+    return f"{name} {it}/{steps}: " + " ".join(f"{k}={metrics[k]:.3g}" for k in keys if k in metrics)
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset: torch.utils.data.Dataset,
-          tracker: Any | None = None) -> dict[str, Any]:
-    """Train on this rank's share of `dataset`; returns the history, images/s and (rank 0) the trained state."""
+          tracker: Any | None = None, name: str = "dcvae", step_offset: int = 0) -> dict[str, Any]:
+    """Train on this rank's share of `dataset`; returns the history, images/s and (rank 0) the trained state.
+
+    Rank 0 logs the metrics every `cfg.log_every` iterations to `tracker` (as `<name>/<metric>`, at W&B step
+    `step_offset + iteration`, so several runs logged one after the other keep increasing steps) and, every
+    `cfg.console_every` iterations, one console line: the InfoNCE top-1/top-5 accuracy of the positive and the
+    reconstructions' spread across images tell whether the contrastive critic works while training runs.
+    """
     rank, world = get_rank(), get_world_size()
     cfg.check(world)
     device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else torch.device("cpu")
@@ -252,18 +308,23 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset: torch.utils.data.Da
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator(),
                                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     history: list[dict[str, float]] = []
+    last: dict[str, float] = {}
     t0, timed_from = time.perf_counter(), None
-    bar = tqdm(total=cfg.steps, initial=start, disable=rank != 0 or not cfg.progress, desc="dcvae", leave=False,
+    bar = tqdm(total=cfg.steps, initial=start, disable=rank != 0 or not cfg.progress, desc=name, leave=False,
                mininterval=0.1 if sys.stderr.isatty() else 30.0)
     for it, (x, _) in enumerate(loader, start=start):
         if it == start + cfg.warmup_steps:
             timed_from = time.perf_counter()
         metrics = trainer.step(it, x)
+        last |= metrics  # the latest value of every metric (the generator-side ones are not every iteration)
         bar.update(1)
         if rank == 0 and (it % cfg.log_every == 0 or it == cfg.steps - 1):
-            history.append({"step": it, **metrics})
+            row = {"step": it, **last, "elapsed_s": time.perf_counter() - t0}
+            history.append(row)
             if tracker is not None:
-                tracker.log(metrics, step=it)
+                tracker.log({f"{name}/{k}": v for k, v in row.items()}, step=step_offset + it)
+        if rank == 0 and cfg.console_every and (it % cfg.console_every == 0 or it == cfg.steps - 1):
+            log.info(_console_line(name, it, cfg.steps, last))
         if ckpt_dir and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
             trainer.save(ckpt_dir, it + 1)
     bar.close()
@@ -277,11 +338,28 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset: torch.utils.data.Da
 
 
 def train_worker(rank: int, world_size: int, model_cfg: ModelConfig, runs: dict[str, TrainConfig],
-                 data_cfg: data_mod.DataConfig) -> dict[str, dict[str, Any]]:
+                 data_cfg: data_mod.DataConfig, tracking: Any = None) -> dict[str, dict[str, Any]]:
     """Entry point for `common.distributed.run_processes`: load the data in the child, then train each of
-    `runs` (e.g. the ablation's variants) one after the other in the same process group."""
+    `runs` (e.g. the ablation's variants) one after the other in the same process group.
+
+    `tracking`: a `common.tracking.Tracker` (same process) or the keyword arguments to open one on rank 0
+    (a spawned child opens its own W&B run, so the curves stream while training runs).
+    """
+    from common.tracking import Tracker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     dataset = data_mod.load(data_cfg).train
-    return {name: train(model_cfg, cfg, dataset) for name, cfg in runs.items()}
+    own = isinstance(tracking, dict) and rank == 0
+    tracker = Tracker(**tracking) if own else (tracking if rank == 0 and not isinstance(tracking, dict) else None)
+    out, offset = {}, 0
+    try:
+        for name, cfg in runs.items():
+            out[name] = train(model_cfg, cfg, dataset, tracker=tracker, name=name, step_offset=offset)
+            offset += cfg.steps
+    finally:
+        if own:
+            tracker.finish()
+    return out
 
 
 def load_model(model_cfg: ModelConfig, state: dict[str, torch.Tensor]) -> DCVAE:

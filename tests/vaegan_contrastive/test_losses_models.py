@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 from vaegan_contrastive import evaluate as E
-from vaegan_contrastive.losses import d_hinge, g_hinge, info_nce, kl_divergence, pixel_reconstruction
+from vaegan_contrastive.losses import (d_hinge, g_hinge, info_nce, kl_divergence, pixel_reconstruction,
+                                       positive_rank_accuracy, reconstruction_spread)
 from vaegan_contrastive.models import DCVAE, ModelConfig
 
 
@@ -23,10 +24,11 @@ def test_hinge_losses_weights_real_samples_and_reconstructions():
 def test_kl_matches_torch_distributions():
     mu, logvar = torch.randn(5, 3), torch.randn(5, 3)
     ref = torch.distributions.kl_divergence(torch.distributions.Normal(mu, (0.5 * logvar).exp()),
-                                            torch.distributions.Normal(0.0, 1.0)).sum(1).mean()
+                                            torch.distributions.Normal(0.0, 1.0)).sum()
     torch.testing.assert_close(kl_divergence(mu, logvar), ref)
     assert kl_divergence(torch.zeros(2, 4), torch.zeros(2, 4)).item() == 0.0
-    assert pixel_reconstruction(torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)).item() == 4.0
+    # the release's reconstruction loss: torch.mean((x_recon - x) ** 2)
+    assert pixel_reconstruction(torch.full((2, 1, 2, 2), 2.0), torch.zeros(2, 1, 2, 2)).item() == 4.0
 
 
 def test_info_nce_is_cross_entropy_against_positive_and_negatives():
@@ -45,13 +47,23 @@ def test_info_nce_is_cross_entropy_against_positive_and_negatives():
     assert info_nce(eye[:2], eye[:2], eye[2:], 0.07).item() < 1e-5
 
 
-@pytest.mark.parametrize("res,channels", [(28, 1), (32, 1), (32, 3), (64, 3)])
+def test_positive_rank_accuracy_counts_negatives_above_the_positive():
+    logits = torch.tensor([[5.0, 1.0, 2.0, 3.0],    # positive first: top-1
+                           [2.0, 3.0, 1.0, 0.0],    # one negative above: top-5 only
+                           [0.0, 1.0, 2.0, 3.0]])   # three above: top-5 only (4 columns)
+    acc = positive_rank_accuracy(logits, ks=(1, 2, 5))
+    assert acc == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 5: pytest.approx(1.0)}
+    same = torch.zeros(4, 1, 3, 3)
+    assert reconstruction_spread(same) == 0.0 and reconstruction_spread(torch.randn(64, 1, 3, 3)) > 0.5
+
+
+@pytest.mark.parametrize("res,channels", [(16, 1), (28, 1), (32, 1), (32, 3), (64, 3)])
 def test_shapes_at_supported_resolutions(res, channels):
     torch.manual_seed(0)
     m = DCVAE(ModelConfig(resolution=res, channels=channels, latent_dim=6, enc_ch=8, dec_ch=8, disc_ch=8, cont_dim=5))
     x = torch.rand(3, channels, res, res) * 2 - 1
     z, mu, logvar = m.reparameterize(x)
-    assert z.shape == mu.shape == logvar.shape == (3, 6) and z.abs().max() <= 1
+    assert z.shape == mu.shape == logvar.shape == (3, 6)
     out = m.decoder(z)
     assert out.shape == x.shape and out.abs().max() <= 1
     assert m.disc(x).shape == (3,)
@@ -81,10 +93,12 @@ def test_ema_decoder_moves_toward_decoder():
     torch.manual_seed(0)
     m = DCVAE(ModelConfig(resolution=32, channels=1, latent_dim=4, enc_ch=4, dec_ch=4, disc_ch=4))
     p0 = m.decoder_ema.fc.weight.clone()
+    m.decoder.to_rgb[0].running_mean.fill_(3.0)
     with torch.no_grad():
         m.decoder.fc.weight.add_(1.0)
     m.update_ema(0.75)
     torch.testing.assert_close(m.decoder_ema.fc.weight, p0 + 0.25)
+    assert torch.equal(m.decoder_ema.to_rgb[0].running_mean, torch.full((4,), 3.0))  # buffers: the live decoder's
 
 
 def test_fid_and_inception_score_values():
@@ -95,9 +109,28 @@ def test_fid_and_inception_score_values():
     assert E.fid_from_features(a, a + shift) == pytest.approx(25.0, abs=1e-3)  # |mean difference|^2
     b = torch.randn(4000, 3, generator=g, dtype=torch.float64) * 2  # cov 4I vs I: 3 * (1 + 4 - 2*2) = 3
     assert E.fid_from_features(a, b) == pytest.approx(3.0, rel=0.05)
-    assert E.inception_score(torch.zeros(100, 10)) == pytest.approx(1.0)
+    assert E.inception_score(torch.zeros(100, 10)) == pytest.approx((1.0, 0.0))
     confident = torch.eye(10).repeat(10, 1) * 50  # each class equally often, each prediction certain
-    assert E.inception_score(confident, splits=1) == pytest.approx(10.0, rel=1e-3)
+    assert E.inception_score(confident, splits=1)[0] == pytest.approx(10.0, rel=1e-3)
+    # 10 shuffled splits: the classes spread unevenly over splits, so each split scores below 10, with a spread
+    mean, std = E.inception_score(confident, splits=10)
+    assert 4.0 < mean < 10.0 and std > 0
+
+
+def test_faithfulness_counts_class_agreement_and_nearest_own_input():
+    class Fixed:
+        name = "fixed"
+
+        def extract(self, images):  # features and logits: the pixels
+            f = images.flatten(1)
+            return f, f
+
+    x = torch.eye(4).view(4, 1, 2, 2)
+    recon = x.clone()
+    recon[3] = x[0]  # the last reconstruction is another input's image
+    out = E.faithfulness(Fixed(), x, recon, labels=torch.tensor([0, 1, 2, 3]))
+    assert out["nearest own"] == 0.75 and out["same class"] == 0.75
+    assert out["label acc"] == 0.75 and out["real label acc"] == 1.0
 
 
 def test_lenet_features_are_deterministic_and_probe_separates():

@@ -35,7 +35,7 @@ def _step(rank: int, world: int, in_batch: bool) -> dict:
     mine = slice(rank * n, (rank + 1) * n)
     x_hat = recon[mine].clone().requires_grad_(True)  # stands in for the decoder's output
     keys = negs.keys(real[mine])
-    loss = negs.loss(disc.features(x_hat), keys)
+    loss, _ = negs.loss(disc.features(x_hat), keys)
     loss.backward()
     params = list(disc.parameters())
     allreduce_grads(params)

@@ -89,3 +89,27 @@ def test_variants_train_only_their_terms():
         TrainConfig.for_variant("gan")
     with pytest.raises(UserError, match="queue size 10 is not divisible"):
         TrainConfig.for_variant("dcvae", queue_size=10, batch_size=4).check(1)
+
+
+def test_training_streams_infonce_accuracy_and_spread(caplog):
+    """Every `log_every` iterations the tracker receives the InfoNCE top-1/top-5 accuracy of the positive and the
+    reconstructions' spread while training runs; every `console_every` a console line carries them too."""
+    import logging
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def log(self, metrics, step=None):
+            self.calls.append((step, dict(metrics)))
+
+    rec = Recorder()
+    with caplog.at_level(logging.INFO, logger="vaegan_contrastive.train"):
+        train(MC, _tiny(steps=4, log_every=2, console_every=2), _dataset(), tracker=rec, name="dcvae", step_offset=100)
+    assert [s for s, _ in rec.calls] == [100, 102, 103]  # while training runs, at offset steps
+    keys = set(rec.calls[-1][1])
+    for k in ("nce_top1_final", "nce_top5_final", "nce_top1_b1", "recon_spread", "real_spread", "d_loss"):
+        assert f"dcvae/{k}" in keys
+    assert all(0.0 <= m["dcvae/nce_top1_final"] <= m["dcvae/nce_top5_final"] <= 1.0 for _, m in rec.calls)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dcvae ")]
+    assert len(lines) == 3 and "nce_top1_final=" in lines[-1] and "recon_spread=" in lines[-1]
