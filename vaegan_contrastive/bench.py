@@ -32,12 +32,14 @@ RELEASED = {"threads=1": 2.54, "threads=2": 4.48, "peak_rss_gib": 3.3}  # the re
 
 
 def paper_setup(per_rank_batch: int = 64, channels_last: bool = False) -> tuple[ModelConfig, TrainConfig]:
-    return ModelConfig(), TrainConfig(batch_size=per_rank_batch, gen_batch_size=2 * per_rank_batch, progress=False,
-                                      channels_last=channels_last)
+    return ModelConfig(), TrainConfig(
+        batch_size=per_rank_batch, gen_batch_size=2 * per_rank_batch, progress=False, channels_last=channels_last
+    )
 
 
-def _worker(rank: int, world: int, model_cfg: ModelConfig, cfg: TrainConfig, iterations: int,
-            warmup: int) -> dict[str, float]:
+def _worker(
+    rank: int, world: int, model_cfg: ModelConfig, cfg: TrainConfig, iterations: int, warmup: int
+) -> dict[str, float]:
     """Train on random images (speed does not depend on the content); time `iterations` after `warmup`."""
     cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * world, gen_batch_size=cfg.gen_batch_size * world)
     trainer = Trainer(model_cfg, cfg)
@@ -50,28 +52,56 @@ def _worker(rank: int, world: int, model_cfg: ModelConfig, cfg: TrainConfig, ite
     for it in range(warmup, warmup + iterations):
         trainer.step(it, x)
     dt = time.perf_counter() - t0
-    return {"images_per_s": iterations * cfg.batch_size / dt, "s_per_iteration": dt / iterations,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+    return {
+        "images_per_s": iterations * cfg.batch_size / dt,
+        "s_per_iteration": dt / iterations,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
 
 
-def measure(model_cfg: ModelConfig, cfg: TrainConfig, processes: int = 1, threads: int = 1, iterations: int = 5,
-            warmup: int = 1, timeout_s: float = 3600) -> dict[str, Any]:
+def measure(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    processes: int = 1,
+    threads: int = 1,
+    iterations: int = 5,
+    warmup: int = 1,
+    timeout_s: float = 3600,
+) -> dict[str, Any]:
     """images/s (global, all ranks) and the largest peak RSS of one rank, each rank a fresh process."""
     t0 = time.time()
-    res = run_processes(_worker, processes, args=(model_cfg, cfg, iterations, warmup), timeout_s=timeout_s,
-                        threads_per_process=threads, init_group=processes > 1)
-    return {"processes": processes, "threads/process": threads, "per-rank batch": cfg.batch_size,
-            "images/s": min(r["images_per_s"] for r in res), "s/iteration": max(r["s_per_iteration"] for r in res),
-            "peak RSS GiB": max(r["peak_rss_gib"] for r in res), "timed iterations": iterations,
-            "wall s": time.time() - t0, "load avg": os.getloadavg()[0]}
+    res = run_processes(
+        _worker,
+        processes,
+        args=(model_cfg, cfg, iterations, warmup),
+        timeout_s=timeout_s,
+        threads_per_process=threads,
+        init_group=processes > 1,
+    )
+    return {
+        "processes": processes,
+        "threads/process": threads,
+        "per-rank batch": cfg.batch_size,
+        "images/s": min(r["images_per_s"] for r in res),
+        "s/iteration": max(r["s_per_iteration"] for r in res),
+        "peak RSS GiB": max(r["peak_rss_gib"] for r in res),
+        "timed iterations": iterations,
+        "wall s": time.time() - t0,
+        "load avg": os.getloadavg()[0],
+    }
 
 
 def process_scaling(study: Any, iterations: int, processes: tuple[int, ...] = (1, 2)) -> pd.DataFrame:
     """A study's DC-VAE (its model and training config) on 1 and 2 processes at the same per-rank batch."""
     tc = study.runs.get("dcvae", next(iter(study.runs.values())))
     per_rank = tc.batch_size // study.world_size
-    cfg = dataclasses.replace(tc, batch_size=per_rank, gen_batch_size=max(tc.gen_batch_size // study.world_size, 1),
-                              queue_size=per_rank * max(processes) * 4, progress=False)
+    cfg = dataclasses.replace(
+        tc,
+        batch_size=per_rank,
+        gen_batch_size=max(tc.gen_batch_size // study.world_size, 1),
+        queue_size=per_rank * max(processes) * 4,
+        progress=False,
+    )
     rows = [measure(study.model, cfg, n, 1, iterations, warmup=1) for n in processes]
     for r in rows:
         log.info("throughput: %d process(es): %.1f images/s", r["processes"], r["images/s"])
@@ -100,8 +130,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         rows.append(measure(model_cfg, cfg, n, t, args.iterations, args.warmup))
         log.info("  %.2f images/s, peak RSS %.2f GiB", rows[-1]["images/s"], rows[-1]["peak RSS GiB"])
     df = pd.DataFrame(rows)
-    df["released images/s"] = [RELEASED.get(f"threads={t}") if n == 1 else None
-                               for n, t in zip(df["processes"], df["threads/process"])]
+    df["released images/s"] = [
+        RELEASED.get(f"threads={t}") if n == 1 else None for n, t in zip(df["processes"], df["threads/process"])
+    ]
     pd.set_option("display.width", 200)
     print(df.to_string(index=False))
     one = df[(df["processes"] == 1) & (df["threads/process"] == 1)]["images/s"]
@@ -109,8 +140,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         many = df[df["processes"] == n]["images/s"]
         if len(one) and len(many) and n > 1:
             print(f"{n} processes vs 1 (1 thread each, same per-rank batch): {many.iloc[0] / one.iloc[0]:.2f}x")
-    print(f"released code (quiet machine): {RELEASED['threads=1']} images/s with 1 thread, {RELEASED['threads=2']} "
-          f"with 2, peak RSS {RELEASED['peak_rss_gib']} GiB; load average now {os.getloadavg()[0]:.1f}")
+    print(
+        f"released code (quiet machine): {RELEASED['threads=1']} images/s with 1 thread, {RELEASED['threads=2']} "
+        f"with 2, peak RSS {RELEASED['peak_rss_gib']} GiB; load average now {os.getloadavg()[0]:.1f}"
+    )
     return df
 
 

@@ -9,9 +9,9 @@ with exactly the batches an uninterrupted run would have used.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -70,12 +70,19 @@ def mnist5k(resolution: int = 32, test_size: int = 1000, seed: int = 0) -> tuple
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
     y = torch.from_numpy(y.astype(np.int64))
     g = torch.Generator().manual_seed(seed)
-    test_idx = torch.cat([torch.nonzero(y == c).flatten()[torch.randperm(int((y == c).sum()), generator=g)]
-                          [: test_size // 10] for c in range(10)])
+    test_idx = torch.cat(
+        [
+            torch.nonzero(y == c).flatten()[torch.randperm(int((y == c).sum()), generator=g)][: test_size // 10]
+            for c in range(10)
+        ]
+    )
     train_mask = torch.ones(len(y), dtype=torch.bool)
     train_mask[test_idx] = False
     train_idx = torch.nonzero(train_mask).flatten()
-    train_idx, test_idx = train_idx[torch.randperm(len(train_idx), generator=g)], test_idx[torch.randperm(len(test_idx), generator=g)]
+    train_idx, test_idx = (
+        train_idx[torch.randperm(len(train_idx), generator=g)],
+        test_idx[torch.randperm(len(test_idx), generator=g)],
+    )
     return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[test_idx], y[test_idx])
 
 
@@ -111,11 +118,19 @@ def load(cfg: DataConfig) -> ImageData:
             if cfg.name == "cifar10":
                 data = ImageData(_cifar10(root, True, tf), _cifar10(root, False, tf), 3, 10)
             elif cfg.name == "stl10":  # the paper trains on the unlabeled split (100k images)
-                data = ImageData(D.STL10(str(root), split="unlabeled", transform=tf, download=False),
-                                 D.STL10(str(root), split="test", transform=tf, download=False), 3, 10)
+                data = ImageData(
+                    D.STL10(str(root), split="unlabeled", transform=tf, download=False),
+                    D.STL10(str(root), split="test", transform=tf, download=False),
+                    3,
+                    10,
+                )
             else:  # celebahq / lsun: <root>/train/<any>/*.png and <root>/test/<any>/*.png
-                data = ImageData(D.ImageFolder(str(root / "train"), transform=tf),
-                                 D.ImageFolder(str(root / "test"), transform=tf), 3, None)
+                data = ImageData(
+                    D.ImageFolder(str(root / "train"), transform=tf),
+                    D.ImageFolder(str(root / "test"), transform=tf),
+                    3,
+                    None,
+                )
         except (RuntimeError, FileNotFoundError) as exc:
             raise UserError(f"could not read {cfg.name} from {root}: {' '.join(str(exc).split())}") from exc
     if cfg.subset:
@@ -137,8 +152,9 @@ class StepBatches(Sampler[list[int]]):
     """Index lists for this rank, one per step from `start_step` to `steps` (the same global batches for any
     number of ranks)."""
 
-    def __init__(self, n: int, global_batch: int, rank: int, world_size: int, steps: int, start_step: int = 0,
-                 seed: int = 0):
+    def __init__(
+        self, n: int, global_batch: int, rank: int, world_size: int, steps: int, start_step: int = 0, seed: int = 0
+    ):
         if global_batch % world_size:
             raise UserError(f"global batch {global_batch} is not divisible by {world_size} processes")
         if global_batch > n:
@@ -151,12 +167,12 @@ class StepBatches(Sampler[list[int]]):
     def global_batch(self, step: int) -> torch.Tensor:
         epoch, b = divmod(step, self.per_epoch)
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        return perm[b * self.gb:(b + 1) * self.gb]
+        return perm[b * self.gb : (b + 1) * self.gb]
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start, self.steps):
             idx = self.global_batch(step)
-            yield idx[self.rank * self.local:(self.rank + 1) * self.local].tolist()
+            yield idx[self.rank * self.local : (self.rank + 1) * self.local].tolist()
 
     def __len__(self) -> int:
         return max(self.steps - self.start, 0)

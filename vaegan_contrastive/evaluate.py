@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 from torch import nn
+from tqdm import tqdm
 
 from common.errors import UserError
 
@@ -41,8 +40,14 @@ class LeNet(nn.Module):
 
     def __init__(self, channels: int = 1, resolution: int = 32, num_classes: int = 10, width: int = 32):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(channels, width, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                                  nn.Conv2d(width, 2 * width, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, width, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * (resolution // 4) ** 2, 128), nn.ReLU())
         self.head = nn.Linear(128, num_classes)
 
@@ -60,13 +65,20 @@ class LeNetFeatures:
     @torch.no_grad()
     def extract(self, images: torch.Tensor, batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
         self.net.eval()
-        out = [self.net(images[i:i + batch]) for i in range(0, len(images), batch)]
+        out = [self.net(images[i : i + batch]) for i in range(0, len(images), batch)]
         return torch.cat([f for f, _ in out]), torch.cat([lg for _, lg in out])
 
 
-def train_lenet(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor | None = None,
-                y_test: torch.Tensor | None = None, epochs: int = 4, batch: int = 64, seed: int = 0,
-                lr: float = 1e-3) -> LeNetFeatures:
+def train_lenet(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+    epochs: int = 4,
+    batch: int = 64,
+    seed: int = 0,
+    lr: float = 1e-3,
+) -> LeNetFeatures:
     """Train the feature network on the training split (same seed -> same network on one machine)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
@@ -77,7 +89,7 @@ def train_lenet(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor | None = 
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x) - batch + 1, batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             loss = F.cross_entropy(net(x[idx])[1], y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -91,8 +103,10 @@ def train_lenet(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor | None = 
 def check_inception_weights(weights_path: str | None) -> Path:
     path = Path(weights_path or "").expanduser()
     if not weights_path or not path.is_file():
-        raise UserError(f"Inception weights file not found: {weights_path!r}; pass eval.inception_weights="
-                        "/path/to/weights-inception-2015-12-05-6726825d.pth")
+        raise UserError(
+            f"Inception weights file not found: {weights_path!r}; pass eval.inception_weights="
+            "/path/to/weights-inception-2015-12-05-6726825d.pth"
+        )
     return path
 
 
@@ -101,8 +115,13 @@ class InceptionFeatures:
 
     name = "Inception features"
 
-    def __init__(self, weights_path: str | None, device: str | torch.device | None = None, progress: bool = True,
-                 features: str = "2048"):
+    def __init__(
+        self,
+        weights_path: str | None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        features: str = "2048",
+    ):
         check_inception_weights(weights_path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.progress = progress
@@ -110,16 +129,23 @@ class InceptionFeatures:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError as exc:
             raise UserError("Inception FID/IS needs torch-fidelity: pip install 'mlsys-repro[paper]'") from exc
-        self.net = FeatureExtractorInceptionV3("inception-v3-compat", [str(features), "logits_unbiased"],
-                                               feature_extractor_weights_path=str(Path(weights_path).expanduser()))
+        self.net = FeatureExtractorInceptionV3(
+            "inception-v3-compat",
+            [str(features), "logits_unbiased"],
+            feature_extractor_weights_path=str(Path(weights_path).expanduser()),
+        )
         self.net.eval().to(self.device)
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor, batch: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
         feats, logits = [], []
-        for i in tqdm(range(0, len(images), batch), desc="inception features", leave=False,
-                      disable=not self.progress or len(images) <= batch):
-            x = images[i:i + batch]
+        for i in tqdm(
+            range(0, len(images), batch),
+            desc="inception features",
+            leave=False,
+            disable=not self.progress or len(images) <= batch,
+        ):
+            x = images[i : i + batch]
             if x.shape[1] == 1:
                 x = x.repeat(1, 3, 1, 1)
             # the release writes PNGs: x * 127.5 + 127.5, clamped, truncated to uint8
@@ -153,7 +179,7 @@ class Reference:
     features: torch.Tensor
 
     @classmethod
-    def of(cls, extractor: FeatureExtractor, images: torch.Tensor) -> "Reference":
+    def of(cls, extractor: FeatureExtractor, images: torch.Tensor) -> Reference:
         return cls(extractor.extract(images)[0])
 
 
@@ -164,8 +190,9 @@ def fid_is(extractor: FeatureExtractor, images: torch.Tensor, ref: Reference) ->
     return {"FID": fid_from_features(feats, ref.features), "IS": is_mean, "IS std": is_std}
 
 
-def faithfulness(extractor: FeatureExtractor, x: torch.Tensor, recon: torch.Tensor,
-                 labels: torch.Tensor | None = None) -> dict[str, float]:
+def faithfulness(
+    extractor: FeatureExtractor, x: torch.Tensor, recon: torch.Tensor, labels: torch.Tensor | None = None
+) -> dict[str, float]:
     """How faithful reconstructions are, in the feature network's eyes.
 
     - "same class": the network gives the reconstruction the class it gives the input;
@@ -189,8 +216,9 @@ def reconstruction_mse(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return float((x - x_hat).pow(2).mean())
 
 
-def linear_probe(z_train: torch.Tensor, y_train: torch.Tensor, z_test: torch.Tensor, y_test: torch.Tensor,
-                 seed: int = 0) -> float:
+def linear_probe(
+    z_train: torch.Tensor, y_train: torch.Tensor, z_test: torch.Tensor, y_test: torch.Tensor, seed: int = 0
+) -> float:
     """Test accuracy of a logistic regression on frozen latent means (standardized)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline

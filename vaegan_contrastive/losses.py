@@ -1,9 +1,9 @@
 """DC-VAE's losses: the hinge adversarial loss (set level), KL to the prior, and instance-level InfoNCE.
 
 The hinge and InfoNCE losses are means over the rows this process holds; with gradients averaged over ranks
-(`train.allreduce_grads`) that equals the single-process loss over the global batch. The KL term is summed
-over the batch, as released; `train` multiplies the local sum by the world size so the averaged gradient is
-that of the global sum.
+(`common.parallel.all_reduce_gradients`) that equals the single-process loss over the global batch. The KL
+term is summed over the batch, as released; `train` multiplies the local sum by the world size so the
+averaged gradient is that of the global sum.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 
-def d_hinge(real: torch.Tensor, fake: torch.Tensor, recon: torch.Tensor | None = None,
-            w_fake: float = 0.5, w_recon: float = 0.5) -> torch.Tensor:
+def d_hinge(
+    real: torch.Tensor, fake: torch.Tensor, recon: torch.Tensor | None = None, w_fake: float = 0.5, w_recon: float = 0.5
+) -> torch.Tensor:
     """Discriminator hinge loss on real images, samples G(z) and reconstructions (weights 1, 0.5, 0.5).
 
     Without reconstructions (a plain GAN term) the samples get the full weight.
@@ -24,8 +25,9 @@ def d_hinge(real: torch.Tensor, fake: torch.Tensor, recon: torch.Tensor | None =
     return loss + w_fake * F.relu(1.0 + fake).mean() + w_recon * F.relu(1.0 + recon).mean()
 
 
-def g_hinge(fake: torch.Tensor, recon: torch.Tensor | None = None, w_fake: float = 0.5,
-            w_recon: float = 0.5) -> torch.Tensor:
+def g_hinge(
+    fake: torch.Tensor, recon: torch.Tensor | None = None, w_fake: float = 0.5, w_recon: float = 0.5
+) -> torch.Tensor:
     """Generator side of the hinge loss: raise the critic's score of samples and reconstructions."""
     if recon is None:
         return -fake.mean()
@@ -39,8 +41,14 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "sum"
     return per_row.sum() if reduction == "sum" else per_row.mean()
 
 
-def nce_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.07,
-               in_batch: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+def nce_logits(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float = 0.07,
+    in_batch: torch.Tensor | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
     """Logits of each query against its positive key (column 0) and its negatives, divided by temperature.
 
     q: (n, d) queries, k: (n, d) positive keys, queue: (K, d) negative keys (no gradient); all unit-norm.
@@ -55,8 +63,14 @@ def nce_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperatur
     return torch.cat(logits, dim=1) / temperature
 
 
-def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.07,
-             in_batch: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+def info_nce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float = 0.07,
+    in_batch: torch.Tensor | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
     """InfoNCE: cross-entropy of the positive against the negatives (see `nce_logits`); mean over rows."""
     logits = nce_logits(q, k, queue, temperature, in_batch, offset)
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

@@ -198,7 +198,8 @@ class Decoder(nn.Module):
         self.fc = nn.Linear(cfg.latent_dim, self.bottom * self.bottom * cfg.dec_ch)
         self.cells = nn.ModuleList(
             UpCell(cfg.dec_ch, "bilinear" if i == 1 else "nearest", n_skip_in=i, shortcut=i < steps - 1)
-            for i in range(steps))
+            for i in range(steps)
+        )
         norm = nn.BatchNorm2d(cfg.dec_ch) if cfg.rgb_norm == "batch" else nn.Identity()
         self.to_rgb = nn.Sequential(norm, nn.ReLU(), nn.Conv2d(cfg.dec_ch, cfg.channels, 3, padding=1), nn.Tanh())
 
@@ -226,8 +227,9 @@ class Discriminator(nn.Module):
         self.embed = spectral_norm(nn.Linear(cfg.disc_ch, cfg.cont_dim, bias=False))
         self.adv_head = spectral_norm(nn.Linear(cfg.cont_dim, 1))
         side = cfg.resolution // 2
-        self.b1_head = nn.Sequential(nn.Conv2d(cfg.disc_ch, 1, 1), nn.Flatten(),
-                                     nn.Linear(side * side, cfg.cont_dim, bias=False))
+        self.b1_head = nn.Sequential(
+            nn.Conv2d(cfg.disc_ch, 1, 1), nn.Flatten(), nn.Linear(side * side, cfg.cont_dim, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.adv_head(self.embed(self.trunk(x)[1])).squeeze(1)
@@ -278,25 +280,27 @@ class DCVAE(nn.Module):
         return dec.eval()
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, ema: bool = True, clamp: bool = True,
-               batch: int = 500) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, ema: bool = True, clamp: bool = True, batch: int = 500
+    ) -> torch.Tensor:
         """G(z), z ~ N(0, I) clamped to [-1, 1] as the release's sampling FID does; decoder in eval mode."""
         dec = self._eval_decoder(ema)
         z = torch.randn(n, self.cfg.latent_dim, generator=generator)
         z = z.clamp(-1, 1) if clamp else z
         dev = next(dec.parameters()).device
-        return torch.cat([dec(z[i:i + batch].to(dev)).cpu() for i in range(0, n, batch)])
+        return torch.cat([dec(z[i : i + batch].to(dev)).cpu() for i in range(0, n, batch)])
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None, ema: bool = True,
-                    batch: int = 500) -> torch.Tensor:
+    def reconstruct(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, ema: bool = True, batch: int = 500
+    ) -> torch.Tensor:
         """G(z), z a posterior sample (not clamped), as the release's reconstruction FID; eval mode."""
         dec = self._eval_decoder(ema)
         self.encoder.eval()
         dev = next(dec.parameters()).device
         out = []
         for i in range(0, len(x), batch):
-            mu, logvar = self.encoder(x[i:i + batch].to(dev))
+            mu, logvar = self.encoder(x[i : i + batch].to(dev))
             gen = generator if generator is None or generator.device == mu.device else None
             out.append(dec(reparameterize(mu, logvar, gen)).cpu())
         return torch.cat(out)
@@ -304,4 +308,4 @@ class DCVAE(nn.Module):
     @torch.no_grad()
     def encode_mean(self, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
         dev = next(self.encoder.parameters()).device
-        return torch.cat([self.encoder(x[i:i + batch].to(dev))[0].cpu() for i in range(0, len(x), batch)])
+        return torch.cat([self.encoder(x[i : i + batch].to(dev))[0].cpu() for i in range(0, len(x), batch)])

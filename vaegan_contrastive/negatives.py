@@ -25,9 +25,17 @@ from .losses import nce_logits, positive_rank_accuracy
 class ContrastiveNegatives(nn.Module):
     """The momentum ("key") copy of the discriminator and one queue of unit-norm keys per feature layer."""
 
-    def __init__(self, disc: nn.Module, layers: tuple[str, ...] = ("b1", "final"), dim: int = 16,
-                 queue_size: int = 8192, momentum: float = 0.999, temperature: float = 0.07,
-                 in_batch: bool = False, global_batch: int | None = None):
+    def __init__(
+        self,
+        disc: nn.Module,
+        layers: tuple[str, ...] = ("b1", "final"),
+        dim: int = 16,
+        queue_size: int = 8192,
+        momentum: float = 0.999,
+        temperature: float = 0.07,
+        in_batch: bool = False,
+        global_batch: int | None = None,
+    ):
         super().__init__()
         if global_batch is not None and queue_size % global_batch:
             raise UserError(f"queue size {queue_size} is not divisible by the global batch {global_batch}")
@@ -53,16 +61,16 @@ class ContrastiveNegatives(nn.Module):
         feats = self.key_disc.features(x)
         return {name: F.normalize(feats[name], dim=1) for name in self.layers}
 
-    def loss(self, query_feats: dict[str, torch.Tensor],
-             keys: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, query_feats: dict[str, torch.Tensor], keys: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean over layers of InfoNCE(query, key, queue [+ the global batch's other queries]) (the release
         weights each of its two layers 1/2), and per layer the top-1/top-5 accuracy of the positive."""
         total, stats = 0.0, {}
         for name in self.layers:
             q = F.normalize(query_feats[name], dim=1)
             extra = all_gather_with_grad(q) if self.in_batch else None
-            logits = nce_logits(q, keys[name], self.queue(name), self.temperature, extra,
-                                offset=rank() * q.shape[0])
+            logits = nce_logits(q, keys[name], self.queue(name), self.temperature, extra, offset=rank() * q.shape[0])
             total = total + F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
             acc = positive_rank_accuracy(logits)
             stats[f"nce_top1_{name}"], stats[f"nce_top5_{name}"] = acc[1], acc[5]
@@ -75,4 +83,3 @@ class ContrastiveNegatives(nn.Module):
         for name in self.layers:
             new_ptr = gather_into_queue(self.queue(name), ptr, keys[name])
         self.ptr.fill_(new_ptr)
-

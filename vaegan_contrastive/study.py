@@ -7,9 +7,10 @@ paper's, faithfulness, feature-network sanity checks, training curves, sample/re
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 import torch
@@ -17,7 +18,8 @@ import torch
 from common.distributed import default_backend, detect_env, init_process_group, run_processes
 from common.errors import UserError
 
-from . import data as D, evaluate as E
+from . import data as D
+from . import evaluate as E
 from .models import DCVAE, ModelConfig
 from .train import VARIANTS, TrainConfig, load_model, train_worker
 
@@ -75,8 +77,16 @@ def build(c: Mapping[str, Any]) -> Study:
     if ev.extractor not in EXTRACTORS:
         raise UserError(f"unknown eval.extractor {ev.extractor!r}; choose lenet or inception")
     thr = c.get("throughput", {})
-    study = Study(data_cfg, model_cfg, {}, ev, int(c["processes"]), int(thr.get("steps", 0)),
-                  tuple(int(n) for n in thr.get("processes", (1, 2))), float(c.get("timeout_s", 0)))
+    study = Study(
+        data_cfg,
+        model_cfg,
+        {},
+        ev,
+        int(c["processes"]),
+        int(thr.get("steps", 0)),
+        tuple(int(n) for n in thr.get("processes", (1, 2))),
+        float(c.get("timeout_s", 0)),
+    )
     train_kw = {**c["train"], "betas": tuple(c["train"]["betas"]), "seed": int(c["seed"])}
     for v in variants:
         tc = TrainConfig.for_variant(v, **train_kw)
@@ -89,20 +99,26 @@ def plan(study: Study) -> str:
     ws = study.world_size
     lines = [f"plan: {study.data.name} at {study.data.resolution} px, {ws} process(es), model {study.model}"]
     for v, tc in study.runs.items():
-        lines.append(f"  train {LABELS[v]}: {tc.steps} iterations, global batch {tc.batch_size} "
-                     f"({tc.batch_size // ws}/rank), {tc.steps // tc.n_critic} encoder/decoder updates, "
-                     f"queue {tc.queue_size if tc.contrastive else '-'}")
+        lines.append(
+            f"  train {LABELS[v]}: {tc.steps} iterations, global batch {tc.batch_size} "
+            f"({tc.batch_size // ws}/rank), {tc.steps // tc.n_critic} encoder/decoder updates, "
+            f"queue {tc.queue_size if tc.contrastive else '-'}"
+        )
     ev = study.eval
-    lines.append(f"  evaluate: {ev.extractor} features, {ev.n_samples} samples, {ev.n_recon or 'all'} test "
-                 "reconstructions; faithfulness; linear probe")
+    lines.append(
+        f"  evaluate: {ev.extractor} features, {ev.n_samples} samples, {ev.n_recon or 'all'} test "
+        "reconstructions; faithfulness; linear probe"
+    )
     if study.throughput_steps:
-        lines.append(f"  images/s: {study.throughput_steps} iterations with {list(study.throughput_processes)} "
-                     "processes")
+        lines.append(
+            f"  images/s: {study.throughput_steps} iterations with {list(study.throughput_processes)} processes"
+        )
     return "\n".join(lines)
 
 
-def launch(study: Study, tracking: Any = None, runs: dict[str, TrainConfig] | None = None,
-           processes: int | None = None) -> dict[str, dict]:
+def launch(
+    study: Study, tracking: Any = None, runs: dict[str, TrainConfig] | None = None, processes: int | None = None
+) -> dict[str, dict]:
     """Train each run (one after the other, one spawn for all) on `processes` spawned ranks, in this process
     when it is 1, and on the job's ranks under torchrun/SLURM. Returns rank 0's results (None elsewhere).
 
@@ -118,19 +134,26 @@ def launch(study: Study, tracking: Any = None, runs: dict[str, TrainConfig] | No
     if n == 1:
         return train_worker(0, 1, study.model, runs, study.data, tracking)
     kwargs = tracking if isinstance(tracking, dict) else None
-    return run_processes(train_worker, n, args=(study.model, runs, study.data, kwargs),
-                         timeout_s=study.timeout_s or 10 ** 9, backend=default_backend())[0]
+    return run_processes(
+        train_worker,
+        n,
+        args=(study.model, runs, study.data, kwargs),
+        timeout_s=study.timeout_s or 10**9,
+        backend=default_backend(),
+    )[0]
 
 
-def feature_network(study: Study, train_xy: tuple[torch.Tensor, torch.Tensor],
-                    test_xy: tuple[torch.Tensor, torch.Tensor]) -> E.FeatureExtractor:
+def feature_network(
+    study: Study, train_xy: tuple[torch.Tensor, torch.Tensor], test_xy: tuple[torch.Tensor, torch.Tensor]
+) -> E.FeatureExtractor:
     if study.eval.extractor == "inception":
         return E.InceptionFeatures(study.eval.inception_weights, features=study.eval.inception_features)
     return E.train_lenet(*train_xy, *test_xy, epochs=study.eval.lenet_epochs, seed=study.data.seed)
 
 
-def evaluate_model(model: DCVAE, fe: E.FeatureExtractor, ref: E.Reference, test_xy, train_xy, n_samples: int,
-                   seed: int) -> dict[str, float]:
+def evaluate_model(
+    model: DCVAE, fe: E.FeatureExtractor, ref: E.Reference, test_xy, train_xy, n_samples: int, seed: int
+) -> dict[str, float]:
     """Sampling and reconstruction FID/IS (the release's paths), faithfulness, MSE and the linear probe."""
     x_test, y_test = test_xy
     samples = model.sample(n_samples, generator=torch.Generator().manual_seed(seed))
@@ -140,8 +163,9 @@ def evaluate_model(model: DCVAE, fe: E.FeatureExtractor, ref: E.Reference, test_
     out |= E.faithfulness(fe, x_test, recon, y_test)
     out["recon MSE"] = E.reconstruction_mse(x_test, recon)
     if y_test is not None and train_xy[1] is not None:
-        out["probe acc"] = E.linear_probe(model.encode_mean(train_xy[0]), train_xy[1], model.encode_mean(x_test),
-                                          y_test, seed)
+        out["probe acc"] = E.linear_probe(
+            model.encode_mean(train_xy[0]), train_xy[1], model.encode_mean(x_test), y_test, seed
+        )
     return out
 
 
@@ -178,26 +202,47 @@ def ablation_table(study: Study, metrics: dict[str, dict], results: dict[str, di
     rows = []
     for v, m in metrics.items():
         tc = results[v]
-        rows.append({"variant": LABELS[v], f"sample {label}": m["sample FID"], "sample IS": m["sample IS"],
-                     f"recon {label}": m["recon FID"], "recon IS": m["recon IS"], "recon MSE": m["recon MSE"],
-                     "probe acc": m.get("probe acc", float("nan")), "iterations": study.runs[v].steps,
-                     "enc/dec updates": study.runs[v].steps // study.runs[v].n_critic, "train s": tc["wall_s"]})
+        rows.append(
+            {
+                "variant": LABELS[v],
+                f"sample {label}": m["sample FID"],
+                "sample IS": m["sample IS"],
+                f"recon {label}": m["recon FID"],
+                "recon IS": m["recon IS"],
+                "recon MSE": m["recon MSE"],
+                "probe acc": m.get("probe acc", float("nan")),
+                "iterations": study.runs[v].steps,
+                "enc/dec updates": study.runs[v].steps // study.runs[v].n_critic,
+                "train s": tc["wall_s"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def faithfulness_table(metrics: dict[str, dict]) -> pd.DataFrame:
-    cols = {"same class": "recon given its input's class", "label acc": "recon classified as input's label",
-            "real label acc": "real inputs classified correctly", "nearest own": "recon nearest its own input"}
-    return pd.DataFrame([{"variant": LABELS[v], **{c: m[k] for k, c in cols.items() if k in m}}
-                         for v, m in metrics.items()])
+    cols = {
+        "same class": "recon given its input's class",
+        "label acc": "recon classified as input's label",
+        "real label acc": "real inputs classified correctly",
+        "nearest own": "recon nearest its own input",
+    }
+    return pd.DataFrame(
+        [{"variant": LABELS[v], **{c: m[k] for k, c in cols.items() if k in m}} for v, m in metrics.items()]
+    )
 
 
 def paper_table2(paper_file: Path) -> pd.DataFrame:
     import yaml
 
     rows = yaml.safe_load(Path(paper_file).read_text())["table2"]
-    return pd.DataFrame(rows).rename(columns={"cifar10_is": "CIFAR-10 IS", "cifar10_fid": "CIFAR-10 FID",
-                                              "stl10_is": "STL-10 IS", "stl10_fid": "STL-10 FID"})
+    return pd.DataFrame(rows).rename(
+        columns={
+            "cifar10_is": "CIFAR-10 IS",
+            "cifar10_fid": "CIFAR-10 FID",
+            "stl10_is": "STL-10 IS",
+            "stl10_fid": "STL-10 FID",
+        }
+    )
 
 
 def table2(metrics: dict[str, dict], dataset: str, label: str) -> pd.DataFrame:
@@ -207,8 +252,14 @@ def table2(metrics: dict[str, dict], dataset: str, label: str) -> pd.DataFrame:
     for v, m in metrics.items():
         for name in names.get(v, []):
             kind = "recon" if name.endswith("reconstruction") else "sample"
-            rows.append({"method": name, f"{dataset} IS": m[f"{kind} IS"], f"{dataset} IS std": m[f"{kind} IS std"],
-                         f"{dataset} {label}": m[f"{kind} FID"]})
+            rows.append(
+                {
+                    "method": name,
+                    f"{dataset} IS": m[f"{kind} IS"],
+                    f"{dataset} IS std": m[f"{kind} IS std"],
+                    f"{dataset} {label}": m[f"{kind} FID"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -220,10 +271,16 @@ def curves_figure(histories: dict[str, list[dict]]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("d_loss", "discriminator hinge"), ("g_loss", "generator hinge"), ("cont_loss", "InfoNCE"),
-              ("nce_top1_final", "InfoNCE top-1 acc (final)"), ("nce_top5_final", "InfoNCE top-5 acc (final)"),
-              ("nce_top1_b1", "InfoNCE top-1 acc (b1)"), ("recon_spread", "reconstruction spread"),
-              ("recon_mse", "reconstruction MSE")]
+    panels = [
+        ("d_loss", "discriminator hinge"),
+        ("g_loss", "generator hinge"),
+        ("cont_loss", "InfoNCE"),
+        ("nce_top1_final", "InfoNCE top-1 acc (final)"),
+        ("nce_top5_final", "InfoNCE top-5 acc (final)"),
+        ("nce_top1_b1", "InfoNCE top-1 acc (b1)"),
+        ("recon_spread", "reconstruction spread"),
+        ("recon_mse", "reconstruction MSE"),
+    ]
     colors = dict(zip(LABELS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
     for ax, (k, title) in zip(axes.flat, panels):
@@ -252,12 +309,16 @@ def grids(out: Any, models: dict[str, DCVAE], x_test: torch.Tensor, n: int, seed
         half = n // 2
         recon = model.reconstruct(x_test[:half], generator=torch.Generator().manual_seed(seed))
         pairs = torch.stack([x_test[:half], recon], dim=1).flatten(0, 1)
-        save_image(torch.cat([samples, pairs]) * 0.5 + 0.5, out.path(f"figures/{v}_samples_recon.png"),
-                   nrow=int(n ** 0.5) if int(n ** 0.5) % 2 == 0 else 8)
+        save_image(
+            torch.cat([samples, pairs]) * 0.5 + 0.5,
+            out.path(f"figures/{v}_samples_recon.png"),
+            nrow=int(n**0.5) if int(n**0.5) % 2 == 0 else 8,
+        )
 
 
 def untrained_probe(study: Study, train_xy, test_xy) -> float:
     torch.manual_seed(study.data.seed)
     m = DCVAE(study.model).eval()
-    return E.linear_probe(m.encode_mean(train_xy[0]), train_xy[1], m.encode_mean(test_xy[0]), test_xy[1],
-                          study.data.seed)
+    return E.linear_probe(
+        m.encode_mean(train_xy[0]), train_xy[1], m.encode_mean(test_xy[0]), test_xy[1], study.data.seed
+    )

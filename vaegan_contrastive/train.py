@@ -7,8 +7,9 @@ reconstructions' discriminator features against the momentum discriminator's key
 + KL), which also trains the discriminator's features; then the keys go into the queue and the decoder's EMA
 is updated. The KL is summed over the batch with weight 1e-6; z is never clamped in training; Adam 2e-4,
 betas (0, 0.9); the decoder is in training mode (BatchNorm batch statistics) throughout.
-Gradients are averaged over ranks with one flat all-reduce per optimizer step (`allreduce_grads`), so the
-replicas stay identical; each rank draws its own noise; the queue is filled with every rank's keys.
+Gradients are averaged over ranks with one flat all-reduce per optimizer step
+(`common.parallel.all_reduce_gradients`), so the replicas stay identical; each rank draws its own noise; the
+queue is filled with every rank's keys.
 
 The ablation variants switch terms on and off at the same schedule (the same number of iterations and of
 encoder/decoder updates): `vae` (the release's per-pixel mean squared error + KL), `vaegan` (+ hinge GAN),
@@ -31,13 +32,21 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from tqdm import tqdm
 
-from common.checkpoint import (latest_checkpoint, load_checkpoint, restore_training_state, rng_state,
-                               save_checkpoint, set_rng_state, training_state)
-from common.distributed import rank as get_rank, world_size as get_world_size
+from common.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_training_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    training_state,
+)
+from common.distributed import rank as get_rank
+from common.distributed import world_size as get_world_size
 from common.errors import UserError
+from common.parallel import all_reduce_gradients, all_reduce_tensors
 
 from . import data as data_mod
 from .losses import d_hinge, g_hinge, kl_divergence, pixel_reconstruction, reconstruction_spread
@@ -85,47 +94,25 @@ class TrainConfig:
     channels_last: bool = False  # NHWC activations (faster convolutions on some CPUs)
 
     @classmethod
-    def for_variant(cls, variant: str, **kwargs: Any) -> "TrainConfig":
+    def for_variant(cls, variant: str, **kwargs: Any) -> TrainConfig:
         if variant not in VARIANTS:
             raise UserError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
         return cls(**{**kwargs, **VARIANTS[variant]})
 
     def check(self, world_size: int) -> None:
         if self.batch_size % world_size or self.gen_batch_size % world_size:
-            raise UserError(f"batch sizes {self.batch_size}/{self.gen_batch_size} are not divisible by "
-                            f"{world_size} processes")
+            raise UserError(
+                f"batch sizes {self.batch_size}/{self.gen_batch_size} are not divisible by {world_size} processes"
+            )
         if self.contrastive and self.queue_size % self.batch_size:
             raise UserError(f"queue size {self.queue_size} is not divisible by the global batch {self.batch_size}")
         if self.steps < 1 or self.n_critic < 1:
             raise UserError("train.steps and train.n_critic must be >= 1")
 
 
-def allreduce_grads(params: list[torch.nn.Parameter]) -> None:
-    """Average the gradients of `params` over ranks with one flat all-reduce (None grads are left alone)."""
-    world = get_world_size()
-    grads = [p.grad for p in params if p.grad is not None]
-    if world == 1 or not grads:
-        return
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= world
-    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-        g.copy_(synced)
-
-
-@torch.no_grad()
-def average_buffers(module: torch.nn.Module) -> None:
-    """Average the floating-point buffers (BatchNorm running statistics) over ranks, so the replicas stay
-    identical although each rank normalizes with its own batch's statistics (as the release's DataParallel
-    does per GPU)."""
-    bufs = [b for b in module.buffers() if b.is_floating_point()]
-    if get_world_size() == 1 or not bufs:
-        return
-    flat = _flatten_dense_tensors(bufs)
-    dist.all_reduce(flat)
-    flat /= get_world_size()
-    for b, synced in zip(bufs, _unflatten_dense_tensors(flat, bufs)):
-        b.copy_(synced)
+def _world_group():
+    """Every rank is a data-parallel replica: the world group, or None (nothing to average) in one process."""
+    return dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
 
 
 @dataclass
@@ -144,9 +131,14 @@ class Trainer:
         self.negatives = None
         if self.cfg.contrastive:
             self.negatives = ContrastiveNegatives(
-                self.model.disc, dim=self.model_cfg.cont_dim, queue_size=self.cfg.queue_size,
-                momentum=self.cfg.key_momentum, temperature=self.cfg.temperature,
-                in_batch=self.cfg.in_batch_negatives, global_batch=self.cfg.batch_size).to(self.device)
+                self.model.disc,
+                dim=self.model_cfg.cont_dim,
+                queue_size=self.cfg.queue_size,
+                momentum=self.cfg.key_momentum,
+                temperature=self.cfg.temperature,
+                in_batch=self.cfg.in_batch_negatives,
+                global_batch=self.cfg.batch_size,
+            ).to(self.device)
         self.model.to(self.device)
         if self.cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -154,8 +146,9 @@ class Trainer:
         self.gen_params = list(m.encoder.parameters()) + list(m.decoder.parameters())
         self.disc_params = list(m.disc.parameters())
         self.opt_gen = torch.optim.Adam(self.gen_params, lr=self.cfg.lr, betas=tuple(self.cfg.betas))
-        self.opt_disc = torch.optim.Adam(self.disc_params, lr=self.cfg.disc_lr or self.cfg.lr,
-                                         betas=tuple(self.cfg.betas))
+        self.opt_disc = torch.optim.Adam(
+            self.disc_params, lr=self.cfg.disc_lr or self.cfg.lr, betas=tuple(self.cfg.betas)
+        )
         self.world = get_world_size()
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -181,7 +174,7 @@ class Trainer:
         loss = d_hinge(real_s, fake_s, recon_s)
         self.opt_disc.zero_grad(set_to_none=True)
         loss.backward()
-        allreduce_grads(self.disc_params)
+        all_reduce_gradients(self.disc_params, _world_group())
         self.opt_disc.step()
         return {"d_loss": loss.detach()}
 
@@ -203,7 +196,7 @@ class Trainer:
             out["pixel"] = pix.detach()
         self.opt_gen.zero_grad(set_to_none=True)
         loss.backward()
-        allreduce_grads(self.gen_params)
+        all_reduce_gradients(self.gen_params, _world_group())
         self.opt_gen.step()
         if not c.contrastive:
             out |= self._recon_stats(recon.detach(), x)
@@ -220,7 +213,7 @@ class Trainer:
         self.opt_gen.zero_grad(set_to_none=True)
         self.opt_disc.zero_grad(set_to_none=True)
         loss.backward()
-        allreduce_grads(self.gen_params + self.disc_params)
+        all_reduce_gradients(self.gen_params + self.disc_params, _world_group())
         self.opt_gen.step()
         self.opt_disc.step()
         negs.enqueue(keys)
@@ -228,8 +221,11 @@ class Trainer:
 
     @staticmethod
     def _recon_stats(recon: torch.Tensor, x: torch.Tensor) -> dict[str, Any]:
-        return {"recon_mse": (recon - x).pow(2).mean(), "recon_spread": reconstruction_spread(recon),
-                "real_spread": reconstruction_spread(x)}
+        return {
+            "recon_mse": (recon - x).pow(2).mean(),
+            "recon_spread": reconstruction_spread(recon),
+            "real_spread": reconstruction_spread(x),
+        }
 
     def step(self, it: int, x: torch.Tensor) -> dict[str, float]:
         """One iteration; returns its metrics as floats (one sync, after every step of the iteration)."""
@@ -245,7 +241,9 @@ class Trainer:
                 out |= self.gen_step(x)
             if self.cfg.contrastive:
                 out |= self.contrastive_step(x)
-        average_buffers(self.model.decoder)
+        # BatchNorm running statistics: each rank normalizes with its own batch (as the release's DataParallel
+        # does per GPU); averaging keeps the replicas identical
+        all_reduce_tensors([b for b in self.model.decoder.buffers() if b.is_floating_point()], _world_group())
         if it % self.cfg.n_critic == 0:
             self.model.update_ema(self.cfg.ema_decay)
         return {k: float(v) for k, v in out.items()}
@@ -259,8 +257,9 @@ class Trainer:
         else:
             rngs = [rng_state()]
         if get_rank() == 0:
-            state = training_state(step, self.modules(), self.optimizers(),
-                                   extra={"rng_per_rank": rngs, "world_size": get_world_size()})
+            state = training_state(
+                step, self.modules(), self.optimizers(), extra={"rng_per_rank": rngs, "world_size": get_world_size()}
+            )
             save_checkpoint(directory / f"ckpt_{step:08d}.pt", state)
         if get_world_size() > 1:
             dist.barrier()
@@ -268,21 +267,39 @@ class Trainer:
     def restore(self, path: Path) -> int:
         state = load_checkpoint(path, map_location=self.device)
         if state["extra"]["world_size"] != get_world_size():
-            raise UserError(f"checkpoint {path} was written by {state['extra']['world_size']} processes; "
-                            f"resume with the same number (got {get_world_size()})")
+            raise UserError(
+                f"checkpoint {path} was written by {state['extra']['world_size']} processes; "
+                f"resume with the same number (got {get_world_size()})"
+            )
         step = restore_training_state(state, self.modules(), self.optimizers())
         set_rng_state(state["extra"]["rng_per_rank"][get_rank()])
         return step
 
 
 def _console_line(name: str, it: int, steps: int, metrics: dict[str, float]) -> str:
-    keys = ("d_loss", "g_loss", "pixel", "cont_loss", "nce_top1_final", "nce_top5_final", "nce_top1_b1",
-            "recon_mse", "recon_spread", "real_spread")
+    keys = (
+        "d_loss",
+        "g_loss",
+        "pixel",
+        "cont_loss",
+        "nce_top1_final",
+        "nce_top5_final",
+        "nce_top1_b1",
+        "recon_mse",
+        "recon_spread",
+        "real_spread",
+    )
     return f"{name} {it}/{steps}: " + " ".join(f"{k}={metrics[k]:.3g}" for k in keys if k in metrics)
 
 
-def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset: torch.utils.data.Dataset,
-          tracker: Any | None = None, name: str = "dcvae", step_offset: int = 0) -> dict[str, Any]:
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    dataset: torch.utils.data.Dataset,
+    tracker: Any | None = None,
+    name: str = "dcvae",
+    step_offset: int = 0,
+) -> dict[str, Any]:
     """Train on this rank's share of `dataset`; returns the history, images/s and (rank 0) the trained state.
 
     Rank 0 logs the metrics every `cfg.log_every` iterations to `tracker` (as `<name>/<metric>`, at W&B step
@@ -305,13 +322,24 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset: torch.utils.data.Da
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     sampler = data_mod.StepBatches(len(dataset), cfg.batch_size, rank, world, cfg.steps, start, cfg.seed)
     # its own generator: a DataLoader iterator otherwise draws a seed from the global RNG (breaks exact resume)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator(),
-                                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        generator=torch.Generator(),
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
     history: list[dict[str, float]] = []
     last: dict[str, float] = {}
     t0, timed_from = time.perf_counter(), None
-    bar = tqdm(total=cfg.steps, initial=start, disable=rank != 0 or not cfg.progress, desc=name, leave=False,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        disable=rank != 0 or not cfg.progress,
+        desc=name,
+        leave=False,
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
+    )
     for it, (x, _) in enumerate(loader, start=start):
         if it == start + cfg.warmup_steps:
             timed_from = time.perf_counter()
@@ -337,8 +365,14 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, dataset: torch.utils.data.Da
     return result
 
 
-def train_worker(rank: int, world_size: int, model_cfg: ModelConfig, runs: dict[str, TrainConfig],
-                 data_cfg: data_mod.DataConfig, tracking: Any = None) -> dict[str, dict[str, Any]]:
+def train_worker(
+    rank: int,
+    world_size: int,
+    model_cfg: ModelConfig,
+    runs: dict[str, TrainConfig],
+    data_cfg: data_mod.DataConfig,
+    tracking: Any = None,
+) -> dict[str, dict[str, Any]]:
     """Entry point for `common.distributed.run_processes`: load the data in the child, then train each of
     `runs` (e.g. the ablation's variants) one after the other in the same process group.
 

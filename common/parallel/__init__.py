@@ -5,11 +5,11 @@ layout). Model code knows nothing of parallelism beyond its blocks (which use th
 - `tensor_parallel`: Megatron regions (`copy_to_tp`, `reduce_from_tp`, `gather_from_tp`) with a hook at each
   communication point, column/row-parallel linears, sharding a one-process state dict.
 - `pipeline_parallel`: stage boundaries with hooks, GPipe and 1F1B (`pipeline_step`, `schedule_order`).
-- `data_parallel`: the gradient all-reduce (`all_reduce_gradients`).
+- `data_parallel`: the gradient all-reduce (`all_reduce_gradients`, `all_reduce_tensors` for buffers).
 - `link_bench`: ping-pong / all-reduce times by size and the latency + bandwidth fit (`fit_link`).
 """
 
-from .data_parallel import all_reduce_gradients
+from .data_parallel import all_reduce_gradients, all_reduce_tensors
 from .mesh import MESH_DIMS, Grid, build_grid, coords, rank_grid
 from .pipeline_parallel import (
     SCHEDULES,
@@ -35,6 +35,7 @@ __all__ = [
     "Grid",
     "RowParallelLinear",
     "all_reduce_gradients",
+    "all_reduce_tensors",
     "build_grid",
     "coords",
     "copy_to_tp",

@@ -18,28 +18,32 @@ from common.collectives import CountingComm
 
 
 @torch.no_grad()
-def all_reduce_gradients(params: Iterable[torch.nn.Parameter], over: CountingComm | Any, average: bool = True) -> None:
-    """Sum (or average) the gradients of `params` over the data-parallel ranks with one flat all-reduce.
+def all_reduce_tensors(tensors: list[torch.Tensor], over: CountingComm | Any, average: bool = True) -> None:
+    """Sum (or average) `tensors` in place over the ranks of `over` with one flat all-reduce.
 
     `over`: a `CountingComm` (counts the message, can emulate a link), a process group (`dist.group.WORLD` for
-    every rank), or None: no data parallelism, nothing to do (a grid's `dp_comm` when dp = 1). Parameters
-    without a gradient are left out.
+    every rank), or None: no data parallelism, nothing to do (a grid's `dp_comm` when dp = 1).
     """
-    grads = [p.grad for p in params if p.grad is not None]
     if over is None:
         return
     if isinstance(over, CountingComm):
         world = over.world_size
     else:
         world = dist.get_world_size(over) if dist.is_available() and dist.is_initialized() else 1
-    if world == 1 or not grads:
+    if world == 1 or not tensors:
         return
-    flat = _flatten_dense_tensors(grads)
+    flat = _flatten_dense_tensors(tensors)
     if isinstance(over, CountingComm):
         over.all_reduce(flat)
     else:
         dist.all_reduce(flat, group=over)
     if average:
         flat /= world
-    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-        g.copy_(synced)
+    for t, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
+        t.copy_(synced)
+
+
+def all_reduce_gradients(params: Iterable[torch.nn.Parameter], over: CountingComm | Any, average: bool = True) -> None:
+    """Sum (or average) the gradients of `params` over the data-parallel ranks with one flat all-reduce;
+    parameters without a gradient are left out."""
+    all_reduce_tensors([p.grad for p in params if p.grad is not None], over, average)

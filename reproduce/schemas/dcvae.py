@@ -1,80 +1,94 @@
-"""`reproduce/conf/dcvae/`: the method's constants; per scale (and `+preset=`) data, model sizes and schedule.
-
-Scale and preset files are `@package _global_`. `data`, `model` and `train` are passed whole to
-`vaegan_contrastive`'s DataConfig, ModelConfig and TrainConfig, so their keys and defaults follow those.
-"""
+"""`reproduce/conf/dcvae/`: the release's CIFAR-10 settings in the base config; scale and preset files
+(`@package _global_`) hold what differs. `data`, `model` and `train` are passed whole to `vaegan_contrastive`'s
+DataConfig, ModelConfig and TrainConfig, so their keys follow those. Defaults here are the mini values (drafted
+by `python -m reproduce.schemas.draft dcvae`); the YAML files set every key."""
 
 from dataclasses import dataclass, field
 
-from .base import BaseConfig, ScaleName
+from .base import BaseConfig
+
+
+@dataclass
+class ScaleConfig:
+    name: str = "mini"
 
 
 @dataclass
 class DataConfig:
     name: str = "mnist5k"
     root: str | None = None
-    resolution: int = 32
+    resolution: int = 16
     test_size: int = 1000
     subset: int | None = None
 
 
 @dataclass
 class ModelConfig:
-    spectral_norm_encoder: bool = True
-    encoder_pool: str = "sum"
-    latent_dim: int = 128
-    enc_ch: int = 128
-    dec_ch: int = 256
-    disc_ch: int = 128
+    latent_dim: int = 32
+    enc_ch: int = 16
+    dec_ch: int = 32
+    disc_ch: int = 16
     cont_dim: int = 16
+    spectral_norm_encoder: bool = False
+    encoder_pool: str = "flatten"
+    rgb_norm: str = "batch"
+    xavier_init: bool = True
 
 
 @dataclass
 class TrainConfig:
-    lr: float = 2.0e-4
+    steps: int = 500
+    batch_size: int = 64
+    gen_batch_size: int = 64
+    n_critic: int = 1
+    lr: float = 0.001
+    disc_lr: float | None = None
     betas: list[float] = field(default_factory=lambda: [0.0, 0.9])
-    kl_weight: float = 1.0e-6
+    pixel_weight: float = 1.0
+    kl_weight: float = 1e-06
+    queue_size: int = 512
     temperature: float = 0.07
+    key_momentum: float = 0.9
     in_batch_negatives: bool = False
+    ema_decay: float = 0.99
+    log_every: int = 10
+    console_every: int = 50
+    warmup_steps: int = 5
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
     resume: bool = False
-    log_every: int = 25
-    n_critic: int = 5
-    key_momentum: float = 0.999
-    steps: int = 1000
-    batch_size: int = 64
-    gen_batch_size: int = 128
-    queue_size: int = 8192
-    ema_decay: float = 0.999
-    warmup_steps: int = 5
     num_workers: int = 0
-
-
-@dataclass
-class ThroughputConfig:
-    steps: int = 0
-    processes: list[int] = field(default_factory=lambda: [1])
+    channels_last: bool = False
 
 
 @dataclass
 class EvalConfig:
-    extractor: str = "lenet"  # lenet | inception
+    extractor: str = "lenet"
     inception_weights: str | None = None
+    inception_features: str = "2048"
     lenet_epochs: int = 2
     n_samples: int = 2000
     n_reference: int = 4000
+    n_recon: int | None = None
     grid: int = 64
+    faithful_class_min: float = 0.85
+    faithful_nearest_min: float = 0.5
+
+
+@dataclass
+class ThroughputConfig:
+    steps: int = 20
+    processes: list[int] = field(default_factory=lambda: [1, 2])
 
 
 @dataclass
 class DcvaeConfig(BaseConfig):
-    scale: ScaleName = field(default_factory=ScaleName)
-    processes: int = 1
-    variants: list[str] = field(default_factory=lambda: ["dcvae"])
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    processes: int = 2
+    variants: list[str] = field(default_factory=lambda: ["vae", "vaegan", "vae_contrastive", "dcvae"])
+    timeout_s: int = 3600
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    timeout_s: int = 0
+    throughput: ThroughputConfig = field(default_factory=ThroughputConfig)

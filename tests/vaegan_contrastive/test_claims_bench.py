@@ -26,14 +26,17 @@ def test_claims_hold_on_the_papers_ordering():
     assert len(v) == 7
 
 
-@pytest.mark.parametrize("variant,key,value,claim", [
-    ("vaegan", "sample FID", 90.0, "dcvae_best_sampling_fid"),
-    ("vae", "recon FID", 30.0, "dcvae_best_recon_fid"),
-    ("vaegan", "sample FID", 400.0, "vaegan_beats_vae_sampling"),
-    ("vae_contrastive", "recon FID", 90.0, "contrastive_improves_vae"),
-    ("dcvae", "same class", 0.84, "faithful_class"),
-    ("dcvae", "nearest own", 0.3, "faithful_nearest"),
-])
+@pytest.mark.parametrize(
+    "variant,key,value,claim",
+    [
+        ("vaegan", "sample FID", 90.0, "dcvae_best_sampling_fid"),
+        ("vae", "recon FID", 30.0, "dcvae_best_recon_fid"),
+        ("vaegan", "sample FID", 400.0, "vaegan_beats_vae_sampling"),
+        ("vae_contrastive", "recon FID", 90.0, "contrastive_improves_vae"),
+        ("dcvae", "same class", 0.84, "faithful_class"),
+        ("dcvae", "nearest own", 0.3, "faithful_nearest"),
+    ],
+)
 def test_a_flipped_measurement_flips_its_claim(variant, key, value, claim):
     m = copy.deepcopy(METRICS)
     m[variant][key] = value

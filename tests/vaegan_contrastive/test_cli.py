@@ -24,7 +24,7 @@ def _compose(overrides):
 
     from reproduce import app
 
-    app._register_base()
+    app._register_base("dcvae")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(app.CONF_ROOT / "dcvae"), version_base="1.3"):
@@ -59,12 +59,15 @@ def test_smoke_run_writes_tables_and_figures(tmp_path, one_torch_thread):
     assert (out / "figures" / "training_curves.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["train.queue_size=100"], "queue size 100 is not divisible by the global batch 16"),
-    (["data.resolution=30"], "unsupported resolution 30"),
-    (["variants=[gan]"], "unknown variants"),
-    (["train.batch_size=15"], "not divisible by 2 processes"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.queue_size=100"], "queue size 100 is not divisible by the global batch 16"),
+        (["data.resolution=30"], "unsupported resolution 30"),
+        (["variants=[gan]"], "unknown variants"),
+        (["train.batch_size=15"], "not divisible by 2 processes"),
+    ],
+)
 def test_bad_config_is_a_user_error(overrides, message):
     from common.errors import UserError
 
@@ -77,7 +80,8 @@ def test_cli_bad_input_is_one_line_exit_2():
     paper = run_cli(["-m", "reproduce.dcvae", "scale=paper", "dry_run=true"], timeout=60)
     assert paper.returncode == 2, paper.stderr
     assert paper.stderr.strip().splitlines()[-1] == (
-        "error: dataset cifar10 needs a data root: pass data.root=/path/to/cifar10")
+        "error: dataset cifar10 needs a data root: pass data.root=/path/to/cifar10"
+    )
 
 
 def test_paper_dry_run_checks_paths_and_prints_the_plan(tmp_path, capsys):
@@ -85,8 +89,16 @@ def test_paper_dry_run_checks_paths_and_prints_the_plan(tmp_path, capsys):
     from reproduce import app, dcvae
 
     weights = tmp_path / "inception.pth"
-    cfg = _compose(["scale=paper", "dry_run=true", f"data.root={tmp_path}", f"eval.inception_weights={weights}",
-                    f"results_dir={tmp_path / 'results'}", "tracking.mode=disabled"])
+    cfg = _compose(
+        [
+            "scale=paper",
+            "dry_run=true",
+            f"data.root={tmp_path}",
+            f"eval.inception_weights={weights}",
+            f"results_dir={tmp_path / 'results'}",
+            "tracking.mode=disabled",
+        ]
+    )
     with pytest.raises(UserError, match="Inception weights file not found"):
         app.execute("dcvae", cfg, dcvae.run)
     weights.write_bytes(b"")
@@ -129,13 +141,32 @@ def test_paper_path_runs_end_to_end_on_written_inputs(tmp_path, one_torch_thread
 
     _write_cifar10(tmp_path / "cifar")
     weights = write_random_inception_weights(tmp_path / "inception.pth")
-    cfg = _compose(["scale=paper", f"data.root={tmp_path / 'cifar'}", f"eval.inception_weights={weights}",
-                    f"results_dir={tmp_path / 'results'}", "tracking.mode=disabled", "train.steps=3",
-                    "train.batch_size=8", "train.gen_batch_size=8", "train.queue_size=16", "train.n_critic=2",
-                    "train.num_workers=0", "train.warmup_steps=1", "train.log_every=1",
-                    "model.latent_dim=8", "model.enc_ch=8", "model.dec_ch=8", "model.disc_ch=8",
-                    "eval.n_samples=10", "eval.n_reference=16", "eval.n_recon=10", "eval.grid=4",
-                    "eval.inception_features=64"])  # the 64-d layer: FID of 2048-d features takes minutes here
+    cfg = _compose(
+        [
+            "scale=paper",
+            f"data.root={tmp_path / 'cifar'}",
+            f"eval.inception_weights={weights}",
+            f"results_dir={tmp_path / 'results'}",
+            "tracking.mode=disabled",
+            "train.steps=3",
+            "train.batch_size=8",
+            "train.gen_batch_size=8",
+            "train.queue_size=16",
+            "train.n_critic=2",
+            "train.num_workers=0",
+            "train.warmup_steps=1",
+            "train.log_every=1",
+            "model.latent_dim=8",
+            "model.enc_ch=8",
+            "model.dec_ch=8",
+            "model.disc_ch=8",
+            "eval.n_samples=10",
+            "eval.n_reference=16",
+            "eval.n_recon=10",
+            "eval.grid=4",
+            "eval.inception_features=64",
+        ]
+    )  # the 64-d layer: FID of 2048-d features takes minutes here
     out = app.execute("dcvae", cfg, dcvae.run)
     assert out == tmp_path / "results" / "dcvae" / "paper"
     t2 = pd.read_csv(out / "table2.csv")

@@ -8,8 +8,15 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 from vaegan_contrastive import evaluate as E
-from vaegan_contrastive.losses import (d_hinge, g_hinge, info_nce, kl_divergence, pixel_reconstruction,
-                                       positive_rank_accuracy, reconstruction_spread)
+from vaegan_contrastive.losses import (
+    d_hinge,
+    g_hinge,
+    info_nce,
+    kl_divergence,
+    pixel_reconstruction,
+    positive_rank_accuracy,
+    reconstruction_spread,
+)
 from vaegan_contrastive.models import DCVAE, ModelConfig
 
 
@@ -23,8 +30,9 @@ def test_hinge_losses_weights_real_samples_and_reconstructions():
 
 def test_kl_matches_torch_distributions():
     mu, logvar = torch.randn(5, 3), torch.randn(5, 3)
-    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mu, (0.5 * logvar).exp()),
-                                            torch.distributions.Normal(0.0, 1.0)).sum()
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu, (0.5 * logvar).exp()), torch.distributions.Normal(0.0, 1.0)
+    ).sum()
     torch.testing.assert_close(kl_divergence(mu, logvar), ref)
     assert kl_divergence(torch.zeros(2, 4), torch.zeros(2, 4)).item() == 0.0
     # the release's reconstruction loss: torch.mean((x_recon - x) ** 2)
@@ -38,8 +46,10 @@ def test_info_nce_is_cross_entropy_against_positive_and_negatives():
     torch.testing.assert_close(info_nce(q, k, queue, 0.07), F.cross_entropy(logits, torch.zeros(4, dtype=torch.long)))
     # in-batch negatives: the other rows of the global batch, never the query itself
     glob = torch.cat([F.normalize(torch.randn(2, 8), dim=1), q])  # this process holds rows 2..5
-    own_excluded = torch.cat([logits, (q @ glob.t()).index_put((torch.arange(4), torch.arange(4) + 2),
-                                                                torch.tensor(float("-inf"))) / 0.07], 1)
+    own_excluded = torch.cat(
+        [logits, (q @ glob.t()).index_put((torch.arange(4), torch.arange(4) + 2), torch.tensor(float("-inf"))) / 0.07],
+        1,
+    )
     expected = F.cross_entropy(own_excluded, torch.zeros(4, dtype=torch.long))
     torch.testing.assert_close(info_nce(q, k, queue, 0.07, in_batch=glob, offset=2), expected)
     # a perfect positive among orthogonal negatives gives a loss near zero
@@ -48,9 +58,13 @@ def test_info_nce_is_cross_entropy_against_positive_and_negatives():
 
 
 def test_positive_rank_accuracy_counts_negatives_above_the_positive():
-    logits = torch.tensor([[5.0, 1.0, 2.0, 3.0],    # positive first: top-1
-                           [2.0, 3.0, 1.0, 0.0],    # one negative above: top-5 only
-                           [0.0, 1.0, 2.0, 3.0]])   # three above: top-5 only (4 columns)
+    logits = torch.tensor(
+        [
+            [5.0, 1.0, 2.0, 3.0],  # positive first: top-1
+            [2.0, 3.0, 1.0, 0.0],  # one negative above: top-5 only
+            [0.0, 1.0, 2.0, 3.0],
+        ]
+    )  # three above: top-5 only (4 columns)
     acc = positive_rank_accuracy(logits, ks=(1, 2, 5))
     assert acc == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 5: pytest.approx(1.0)}
     same = torch.zeros(4, 1, 3, 3)
@@ -154,8 +168,18 @@ def test_inception_path_needs_a_weights_file(tmp_path):
 def test_encoder_pooling_options(pool):
     torch.manual_seed(0)
     for res in (28, 32):
-        m = DCVAE(ModelConfig(resolution=res, channels=1, latent_dim=6, enc_ch=4, dec_ch=4, disc_ch=4,
-                              encoder_pool=pool, spectral_norm_encoder=False))
+        m = DCVAE(
+            ModelConfig(
+                resolution=res,
+                channels=1,
+                latent_dim=6,
+                enc_ch=4,
+                dec_ch=4,
+                disc_ch=4,
+                encoder_pool=pool,
+                spectral_norm_encoder=False,
+            )
+        )
         mu, logvar = m.encoder(torch.randn(2, 1, res, res))
         assert mu.shape == logvar.shape == (2, 6)
     with pytest.raises(UserError, match="encoder_pool"):

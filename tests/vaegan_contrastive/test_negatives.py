@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from common.distributed import run_processes, world_size
+from common.parallel import all_reduce_gradients
 from vaegan_contrastive.models import Discriminator, ModelConfig
 from vaegan_contrastive.negatives import ContrastiveNegatives
-from vaegan_contrastive.train import allreduce_grads
 
 B = 8
 CFG = ModelConfig(resolution=32, channels=1, latent_dim=4, enc_ch=4, dec_ch=4, disc_ch=4, cont_dim=8)
@@ -38,15 +38,20 @@ def _step(rank: int, world: int, in_batch: bool) -> dict:
     loss, _ = negs.loss(disc.features(x_hat), keys)
     loss.backward()
     params = list(disc.parameters())
-    allreduce_grads(params)
+    all_reduce_gradients(params, torch.distributed.group.WORLD if world > 1 else None)
     mean_loss = loss.detach().clone()
     if world > 1:
         torch.distributed.all_reduce(mean_loss)
         mean_loss /= world
     negs.enqueue(keys)
-    return {"loss": mean_loss.item(), "grads": [p.grad.clone() for p in params if p.grad is not None],
-            "x_grad": x_hat.grad / world, "rows": (mine.start, mine.stop),  # d(global mean)/d(own rows)
-            "queues": {k: negs.queue(k).clone() for k in negs.layers}, "ptr": int(negs.ptr)}
+    return {
+        "loss": mean_loss.item(),
+        "grads": [p.grad.clone() for p in params if p.grad is not None],
+        "x_grad": x_hat.grad / world,
+        "rows": (mine.start, mine.stop),  # d(global mean)/d(own rows)
+        "queues": {k: negs.queue(k).clone() for k in negs.layers},
+        "ptr": int(negs.ptr),
+    }
 
 
 @pytest.fixture(scope="module")

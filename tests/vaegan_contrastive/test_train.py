@@ -15,8 +15,18 @@ MC = ModelConfig(resolution=32, channels=1, latent_dim=4, enc_ch=4, dec_ch=4, di
 
 
 def _tiny(variant="dcvae", **kw) -> TrainConfig:
-    base = dict(steps=4, batch_size=8, gen_batch_size=8, n_critic=2, queue_size=16, in_batch_negatives=True,
-                ema_decay=0.5, log_every=1, warmup_steps=1, progress=False)
+    base = dict(
+        steps=4,
+        batch_size=8,
+        gen_batch_size=8,
+        n_critic=2,
+        queue_size=16,
+        in_batch_negatives=True,
+        ema_decay=0.5,
+        log_every=1,
+        warmup_steps=1,
+        progress=False,
+    )
     return TrainConfig.for_variant(variant, **{**base, **kw})
 
 
@@ -31,7 +41,7 @@ def _replica_worker(rank, world):
     x = _dataset().tensors[0]
     start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     for it in range(4):
-        trainer.step(it, x[8 * it + 4 * rank: 8 * it + 4 * rank + 4])
+        trainer.step(it, x[8 * it + 4 * rank : 8 * it + 4 * rank + 4])
     return {"start": start, "end": trainer.model.state_dict(), "negatives": trainer.negatives.state_dict()}
 
 
@@ -51,10 +61,12 @@ def test_resume_is_exact(tmp_path):
     ds = _dataset()
     full = train(MC, _tiny(steps=6, batch_size=4, gen_batch_size=4, queue_size=8), ds)
     ck = tmp_path / "ck"
-    train(MC, _tiny(steps=3, batch_size=4, gen_batch_size=4, queue_size=8, checkpoint_dir=str(ck),
-                    checkpoint_every=3), ds)
-    resumed = train(MC, _tiny(steps=6, batch_size=4, gen_batch_size=4, queue_size=8, checkpoint_dir=str(ck),
-                              resume=True), ds)
+    train(
+        MC, _tiny(steps=3, batch_size=4, gen_batch_size=4, queue_size=8, checkpoint_dir=str(ck), checkpoint_every=3), ds
+    )
+    resumed = train(
+        MC, _tiny(steps=6, batch_size=4, gen_batch_size=4, queue_size=8, checkpoint_dir=str(ck), resume=True), ds
+    )
     for k, v in full["state"].items():
         assert torch.equal(v, resumed["state"][k]), k
     assert [h["step"] for h in resumed["history"]] == [3, 4, 5]
@@ -77,8 +89,11 @@ def test_variants_train_only_their_terms():
         t = Trainer(MC, _tiny(variant, n_critic=1))
         before = {k: v.clone() for k, v in t.model.state_dict().items()}
         t.step(0, x)
-        return {k.split(".")[0] + "." + k.split(".")[1] for k, v in t.model.state_dict().items()
-                if not torch.equal(v, before[k])}
+        return {
+            k.split(".")[0] + "." + k.split(".")[1]
+            for k, v in t.model.state_dict().items()
+            if not torch.equal(v, before[k])
+        }
 
     vae = changed("vae")
     assert not any(k.startswith("disc.") for k in vae) and "encoder.trunk" in vae and "decoder.fc" in vae
