@@ -241,7 +241,7 @@ def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
 
 class Quantize(Compressor):
     """Uniform b-bit quantization with a per-channel (last dimension) offset and scale, bit-packed; the scale and
-    offset travel in the activation's dtype. Rounds to nearest (floor of value + 1/2, in two fused passes)."""
+    offset travel in the activation's dtype. Rounds to nearest (the uint8 cast truncates value + 1/2)."""
 
     name = "quantize"
 
@@ -261,7 +261,7 @@ class Quantize(Compressor):
     def decode(self, payload, shape, dtype):
         packed, scale, lo = payload
         q = unpack_bits(packed, self.bits, math.prod(shape)).view(-1, shape[-1])
-        return torch.addcmul(lo.to(dtype), q.to(dtype), scale.to(dtype)).reshape(shape)
+        return q.to(dtype).mul_(scale.to(dtype)).add_(lo.to(dtype)).reshape(shape)
 
     def payload_spec(self, shape, dtype=torch.float32):
         n = math.prod(shape)
