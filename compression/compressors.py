@@ -408,6 +408,12 @@ class CompressorSpec:
         unknown = set(options) - set(cls.__dataclass_fields__)
         require(not unknown, f"{where}unknown compressor option(s) {sorted(unknown)}; known: "
                              f"{sorted(cls.__dataclass_fields__)}")
+        for key, value in options.items():
+            default = cls.__dataclass_fields__[key].default
+            kind = type(default) if default is not None else (int if key == "k" else float if key == "ratio" else str)
+            ok = value is None and default is None or isinstance(value, kind) and (
+                kind is bool or not isinstance(value, bool)) or kind is float and isinstance(value, int)
+            require(ok, f"{where}{key} must be {kind.__name__}, got {value!r}")
         spec = cls(**dict(options))
         require(spec.name in FAMILIES, f"{where}unknown compressor {spec.name!r}; choose one of {', '.join(NAMES)}")
         require(spec.lr_scale > 0, f"{where}lr_scale must be > 0, got {spec.lr_scale}")

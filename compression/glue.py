@@ -50,21 +50,23 @@ def load_glue(root: str | Path, task: str, split: str):
     path = Path(root) / t.folder / f"{t.dev if split == 'dev' else split}.tsv"
     if not path.exists():
         raise UserError(f"GLUE file not found: {path} (glue.root must hold the task folders, e.g. {t.folder}/)")
-    kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False, "dtype": str}
+    kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False}
     if t.header is not None:
-        kwargs.update(header=None, names=list(t.header))
+        kwargs.update(header=None, column_names=list(t.header))
     ds = datasets.load_dataset("csv", data_files={split: str(path)}, split=split, **kwargs)
     missing = [c for c in (*t.text, t.label) if c not in ds.column_names]
     require(not missing, f"{path}: columns {missing} missing (found {ds.column_names})")
     ids = {name: i for i, name in enumerate(t.labels)}
-    bad = sorted(set(ds[t.label]) - set(ids))
+    bad = sorted(set(map(str, ds[t.label])) - set(ids))
     require(not bad, f"{path}: unexpected labels {bad[:5]}; expected {list(t.labels)}")
 
     def convert(row):
-        return {"text": row[t.text[0]], "text_pair": row[t.text[1]] if len(t.text) > 1 else None,
-                "label": ids[row[t.label]]}
+        return {"text": str(row[t.text[0]]), "text_pair": str(row[t.text[1]]) if len(t.text) > 1 else None,
+                "label": ids[str(row[t.label])]}
 
-    return ds.map(convert, remove_columns=ds.column_names)
+    features = datasets.Features({"text": datasets.Value("string"), "text_pair": datasets.Value("string"),
+                                  "label": datasets.Value("int64")})
+    return ds.map(convert, remove_columns=ds.column_names, features=features)
 
 
 def num_labels(task: str) -> int:

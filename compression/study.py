@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
@@ -142,6 +143,8 @@ class StudyConfig:
         """The fine-tunings of a group: main (every compressor from `start_layer` under every layout), early
         (from layer 0) or ablation (the ablation compressors from `start_layer` under the ablation layout)."""
         n = self.train.layers
+        path = self.train.model_path
+        model = self.train.model_config() if path is None or Path(path).exists() else None
         if group == "main":
             runs = [(lay, lbl, self.start_layer) for lay in self.layouts for lbl in self.compressors]
         elif group == "early":
@@ -155,6 +158,11 @@ class StudyConfig:
                 tc = replace(self.train, tp=layout.tp, pp=layout.pp, seed=seed, compressor=spec, start_layer=start,
                              micro_batches=self.train.micro_batches if layout.pp > 1 else 1)
                 tc.check()
+                if model is not None:
+                    require(model.heads % layout.tp == 0 and model.ffn % layout.tp == 0,
+                            f"{layout.name}: {model.heads} heads do not split over tp={layout.tp}")
+                    require(layout.pp <= model.layers, f"{layout.name}: {layout.pp} stages need at least as many "
+                                                       f"layers (have {model.layers})")
                 out.append(Setting(layout, label, f"{start}-{n - 1}" if spec.active else "-", group, tc))
         return out
 

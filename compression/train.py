@@ -73,9 +73,14 @@ class TrainConfig:
         return "dev" if self.glue_root else "test"
 
     def check(self) -> None:
+        """Bad settings as UserErrors; the model's shape is checked once its directory exists (`missing_paths`)."""
         require(self.batch_size % self.micro_batches == 0,
                 f"batch_size {self.batch_size} does not split into {self.micro_batches} micro-batches")
-        validate(self.model_config(), self.plan(), self.batch_size // self.micro_batches * self.seq_len)
+        if self.model_path is None or Path(self.model_path).exists():
+            validate(self.model_config(), self.plan(), self.batch_size // self.micro_batches * self.seq_len)
+
+    def missing_paths(self) -> list[str]:
+        return [p for p in (self.model_path, self.glue_root) if p and not Path(p).exists()]
 
 
 def tokenize(texts: list[str], seq_len: int, pairs: list[str] | None = None, model_path: str | None = None
@@ -99,7 +104,8 @@ def load_data(cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor, t
         splits = {}
         for split in ("train", "dev"):
             ds = load_glue(cfg.glue_root, cfg.task, split)
-            splits[split] = (ds["text"], ds["text_pair"] if ds["text_pair"][0] is not None else None, ds["label"])
+            pairs = list(ds["text_pair"])
+            splits[split] = (list(ds["text"]), pairs if pairs[0] is not None else None, list(ds["label"]))
     else:
         from common.data import rotten_tomatoes
 
@@ -205,6 +211,7 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
     """Fine-tune (Rotten Tomatoes or a GLUE task); returns {loss curve, accuracy, bytes} on the reporting rank
     (last stage, tensor-parallel rank 0) and None on the others."""
     torch.manual_seed(cfg.seed)
+    require(not cfg.missing_paths(), f"not found: {', '.join(cfg.missing_paths())}")
     cfg.check()
     par = setup(cfg.tp, cfg.pp)
     data = data or load_data(cfg)

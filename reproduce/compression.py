@@ -14,6 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from common.claims import DOES_NOT_HOLD, write_claims
+from common.errors import UserError
 from common.results import beside_paper
 from compression import findings, study
 from reproduce import app
@@ -46,6 +47,9 @@ def run(ctx: app.RunContext) -> None:
     print(study.plan_text(s, ctx.scale) + "\n" + paths_text(s))
     if ctx.dry_run:
         return
+    if s.train.missing_paths():
+        raise UserError(f"not found: {', '.join(s.train.missing_paths())} (accuracy.model_path: a Hugging Face BERT "
+                        "directory; accuracy.glue_root: GLUE's task folders)")
     out, started = ctx.out, time.time()
 
     bench, codec, net = study.run_bench(s.bench, s.bench_world, s.codec_repeats)
