@@ -239,6 +239,11 @@ def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     return out.reshape(-1)[:numel]
 
 
+def _chunk_rows(channels: int, elements: int = 196_608) -> int:
+    """Rows per chunk so that a float32 chunk (~768 KB) stays in a core's cache between two passes over it."""
+    return max(1, elements // channels)
+
+
 class Quantize(Compressor):
     """Uniform b-bit quantization with a per-channel (last dimension) offset and scale, bit-packed; the scale and
     offset travel in the activation's dtype. Rounds to nearest (the uint8 cast truncates value + 1/2)."""
@@ -252,16 +257,66 @@ class Quantize(Compressor):
 
     def encode(self, x):
         rows = x.reshape(-1, x.shape[-1])
-        lo, hi = rows.amin(dim=0), rows.amax(dim=0)  # two reductions beat torch.aminmax(dim=0) ~20x on CPU
-        scale = ((hi - lo) / (2 ** self.bits - 1)).clamp_min(1e-12)
-        # (x - lo) / scale + 1/2, truncated by the uint8 cast: rounds to nearest, always within [0, 2**bits - 1]
-        q = torch.sub(rows, lo - 0.5 * scale).mul_(scale.reciprocal()).to(torch.uint8)
-        return [pack_bits(q, self.bits), scale, lo]
+        levels = 2 ** self.bits - 1
+        step = _chunk_rows(rows.shape[-1])
+        with torch.no_grad():
+            parts = [(r.amin(dim=0), r.amax(dim=0)) for r in rows.split(step)]  # each chunk read once from memory
+        lo = torch.stack([p[0] for p in parts]).amin(dim=0)
+        hi = torch.stack([p[1] for p in parts]).amax(dim=0)
+        span = hi - lo
+        inv = torch.where(span > 0, levels / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
+        bias = 0.5 - lo * inv
+        per, c = 8 // self.bits, rows.shape[-1]
+        if c % per:  # a row does not fill whole bytes: quantize everything, then pack
+            return [pack_bits(self._levels(rows, inv, bias, step), self.bits), span / levels, lo]
+        # Chunk by chunk through buffers that stay in cache: q = x / scale + bias (bias = 1/2 - lo / scale) in one
+        # fused pass, truncated by the integer cast (q >= 0): round to nearest; float -> int16 is ~4x faster than
+        # float -> uint8 on CPU; values are packed from int16 with shifts, then cast to bytes.
+        packed = torch.empty(rows.numel() // per, dtype=torch.uint8)
+        f = torch.empty(min(step, rows.shape[0]), c, dtype=rows.dtype)
+        i16 = torch.empty(f.shape, dtype=torch.int16)
+        with torch.no_grad():
+            for start in range(0, rows.shape[0], step):
+                n = min(step, rows.shape[0] - start)
+                torch.addcmul(bias, rows[start:start + n], inv, out=f[:n])
+                i16[:n].copy_(f[:n])
+                v = i16[:n].view(-1, per)
+                acc = v[:, 0].clone() if per > 1 else v[:, 0]
+                for j in range(1, per):
+                    acc.bitwise_or_(v[:, j] << (j * self.bits))
+                packed[start * c // per:(start + n) * c // per].copy_(acc)
+        return [packed, span / levels, lo]
+
+    @staticmethod
+    def _levels(rows: torch.Tensor, inv: torch.Tensor, bias: torch.Tensor, step: int) -> torch.Tensor:
+        """round((x - lo) / scale) as uint8 (the general path, for widths that do not fill whole bytes)."""
+        q = torch.empty(rows.shape, dtype=torch.uint8)
+        with torch.no_grad():
+            for start in range(0, rows.shape[0], step):
+                n = min(step, rows.shape[0] - start)
+                q[start:start + n].copy_(torch.addcmul(bias, rows[start:start + n], inv).to(torch.int16))
+        return q
 
     def decode(self, payload, shape, dtype):
         packed, scale, lo = payload
-        q = unpack_bits(packed, self.bits, math.prod(shape)).view(-1, shape[-1])
-        return q.to(dtype).mul_(scale.to(dtype)).add_(lo.to(dtype)).reshape(shape)
+        c = shape[-1]
+        scale, lo = scale.to(dtype), lo.to(dtype)
+        out = torch.empty(math.prod(shape) // c, c, dtype=dtype)
+        step = _chunk_rows(c)
+        per, mask = 8 // self.bits, (1 << self.bits) - 1
+        f = torch.empty(min(step, out.shape[0]), c, dtype=dtype)
+        q = unpack_bits(packed, self.bits, math.prod(shape)).view(-1, c) if c % per else None
+        for start in range(0, out.shape[0], step):
+            n = min(step, out.shape[0] - start)
+            if q is not None:
+                f[:n].copy_(q[start:start + n])
+            else:
+                p = packed[start * c // per:(start + n) * c // per]
+                fv = f[:n].view(-1, per)
+                for j in range(per):  # unpacked straight into the float buffer
+                    fv[:, j].copy_(p if per == 1 else (p >> (j * self.bits)) & mask if j else p & mask)
+            torch.addcmul(lo, f[:n], scale, out=out[start:start + n])
+        return out.reshape(shape)
 
     def payload_spec(self, shape, dtype=torch.float32):
         n = math.prod(shape)
