@@ -190,7 +190,7 @@ def test_spec_is_parsed_once_with_the_label_in_errors():
 def test_codec_benchmark_command_prints_threads_shape_and_ratio(capsys):
     from compression.bench import main
 
-    main(["codecs", "--shape", "4,8,64", "--repeats", "2"])
+    main(["codecs", "--shape", "4,8,128", "--repeats", "2"])
     out = capsys.readouterr().out
-    assert "threads" in out and "4x8x64" in out and "vs_copy" in out
+    assert "threads" in out and "4x8x128" in out and "vs_copy" in out
     assert all(name in out for name in ("int8", "int4", "int2", "topk", "randk", "ae100", "powersgd"))
