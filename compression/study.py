@@ -132,6 +132,11 @@ class StudyConfig:
 
     def check(self) -> None:
         """Every setting and bench plan builds (widths, k against the tensor, layers): UserErrors before any work."""
+        t = self.train
+        if t.model_path is None or Path(t.model_path).exists():
+            hidden = t.model_config().hidden
+            for label, spec in self.specs.items():  # every defined compressor, used here or not
+                spec.check(hidden, t.batch_size // t.micro_batches * t.seq_len, label)
         self.settings("main")
         self.settings("early")
         self.settings("ablation")

@@ -93,7 +93,11 @@ def test_paper_config_fine_tunes_under_tp2_x_pp2_to_the_tables(inputs):
     assert set(acc.group) == {"main", "early"}
 
 
-def test_paper_scale_defaults_hold_the_studys_layouts(inputs):
-    s = study.StudyConfig.parse(_paper_cfg(inputs, "accuracy.layouts=[{tp:4,pp:1},{tp:2,pp:2},{tp:4,pp:4}]"))
+def test_paper_scale_defaults_hold_the_studys_layouts():
+    app._register_base()
+    with initialize_config_dir(config_dir=str(ROOT / "reproduce" / "conf" / "compression"), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name="config", overrides=["scale=paper"]), resolve=True)
+    s = study.StudyConfig.parse(cfg)  # the model directory is missing here: its shape is checked when it exists
     assert [lay.name for lay in s.layouts] == ["TP4", "TP2xPP2", "TP4xPP4"]
     assert [lay.world for lay in s.layouts] == [4, 4, 16]
+    assert s.train.layers == 24 and s.start_layer == 12 and s.train.glue_root and s.train.missing_paths()
