@@ -21,7 +21,6 @@ from .parallel import setup
 from .train import forward_backward
 
 
-
 @dataclass
 class BenchConfig:
     model: BertConfig = field(default_factory=lambda: BertConfig(vocab=1000, layers=4, dropout=0.0))
@@ -141,14 +140,14 @@ def codec_times(specs: dict[str, C.CompressorSpec], shape: tuple[int, ...], repe
 
     for label, spec in specs.items():
         comp = spec.build(shape[-1])
-        if not spec.active:
-            run = lambda: None  # noqa: E731
-        elif comp.trainable and backward:
-            run = lambda: comp.decode(comp.encode(xg), x.shape, x.dtype).sum().backward()  # noqa: E731
-        else:
-            def run():
-                with torch.no_grad():
-                    comp.decode(comp.encode(x), x.shape, x.dtype)
+
+        def run(comp=comp, grad=comp.trainable and backward):
+            if grad:  # it trains: its backward (both matmuls' gradients) runs every step too
+                comp.decode(comp.encode(xg), x.shape, x.dtype).sum().backward()
+                return
+            with torch.no_grad():
+                comp.decode(comp.encode(x), x.shape, x.dtype)
+
         run()
         x.clone()
         copies, codecs = [], []

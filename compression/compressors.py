@@ -11,8 +11,8 @@ different (Top-K indices, per-rank quantization scales), so the codes are all-ga
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -457,7 +457,7 @@ class CompressorSpec:
     lr_scale: float = 1.0
 
     @classmethod
-    def parse(cls, options: Mapping, label: str | None = None) -> "CompressorSpec":
+    def parse(cls, options: Mapping, label: str | None = None) -> CompressorSpec:
         """A spec from a config mapping; unknown keys and bad values are UserErrors naming `label`."""
         where = f"compressors.{label}: " if label else ""
         unknown = set(options) - set(cls.__dataclass_fields__)
@@ -498,7 +498,7 @@ class CompressorSpec:
             require(self.k <= tokens * hidden, f"{where}k={self.k} is larger than the tensor it compresses "
                                                f"({tokens} tokens x {hidden} = {tokens * hidden} elements)")
 
-    def build(self, hidden: int, seed: int = 0) -> "Compressor":
+    def build(self, hidden: int, seed: int = 0) -> Compressor:
         """A fresh compressor for one compression site (each site has its own weights and state)."""
         return build(self, hidden, seed)
 

@@ -7,7 +7,7 @@ over seeds (or `claims.min_gap`, whichever is larger), so that three noisy seeds
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -57,8 +57,9 @@ def early_layers_hurt(acc: pd.DataFrame, min_gap: float) -> tuple[bool | None, s
             continue
         hurt = late.acc_mean - e.acc_mean > max(_std(late.acc_std), _std(e.acc_std), min_gap)
         checks.append(hurt)
+        note = "" if hurt else " (within spread)"
         evidence.append(f"{e.layout} {e.compressor}: layers {e.layers} {e.acc_mean:.3f}±{_std(e.acc_std):.3f} vs "
-                        f"{late.layers} {late.acc_mean:.3f}±{_std(late.acc_std):.3f}{'' if hurt else ' (within spread)'}")
+                        f"{late.layers} {late.acc_mean:.3f}±{_std(late.acc_std):.3f}{note}")
     if not checks:
         return None, "no compressor was run on every layer"
     return all(checks), f"{sum(checks)}/{len(checks)} hurt. " + "; ".join(evidence)
@@ -79,9 +80,10 @@ def pays_only_below_break_even(throughput: pd.DataFrame, break_even: pd.DataFram
         crosses = [c for c in fast.index if fast[c] <= 1.0 < low[c]]
         verdicts.append(len(crosses) * 2 > len(fast))
         be = break_even[break_even.layout == layout].set_index("compressor").break_even_Gbps
+        each = ", ".join(f"{c} {fast[c]:.2f}x->{low[c]:.2f}x, break-even {be.get(c, float('nan')):.3g} Gbps"
+                         for c in fast.index)
         evidence.append(f"{layout}: {len(crosses)}/{len(fast)} compressors slower at loopback and faster at "
-                        f"{slowest:g} Gbps (" + ", ".join(f"{c} {fast[c]:.2f}x->{low[c]:.2f}x, break-even "
-                                                          f"{be.get(c, float('nan')):.3g} Gbps" for c in fast.index) + ")")
+                        f"{slowest:g} Gbps ({each})")
     return all(verdicts), "; ".join(evidence)
 
 
@@ -119,7 +121,8 @@ def ablation_note(acc: pd.DataFrame, learning: str, rivals: list[str], min_gap: 
         if ok:
             fixed.append(r.compressor)
     base = _row(acc, layout, learning)
-    head = f" Ablation under {layout} (same seeds; {learning} {base.acc_mean:.3f}): " if base is not None else " Ablation: "
+    head = f" Ablation under {layout} (same seeds; {learning} {base.acc_mean:.3f}): " if base is not None else \
+        " Ablation: "
     tail = (f"the finding holds with {', '.join(fixed)}: the default setup, not the implementation, decides it"
             if fixed else "no auto-encoder setting tried keeps accuracy and beats the rivals: not a matter of d, "
                           "lr or sharing at this scale")
@@ -145,8 +148,8 @@ def study_claims(acc: pd.DataFrame | None, throughput: pd.DataFrame | None, brea
     ok, ev = pays_only_below_break_even(throughput, break_even) if throughput is not None else (None, "not run")
     out.append(Claim("break_even_bandwidth", "compression pays only below a break-even bandwidth",
                      paper["break_even_bandwidth"], ev, decide(ok)))
-    ok, ev = (cost_model_predicts(fitted, float(settings["cost_model_error_pct"]), float(settings["cost_model_spearman"]))
-              if fitted is not None else (None, "not run"))
+    limits = float(settings["cost_model_error_pct"]), float(settings["cost_model_spearman"])
+    ok, ev = cost_model_predicts(fitted, *limits) if fitted is not None else (None, "not run")
     out.append(Claim("cost_model_predicts", "the cost model predicts held-out throughput", paper["cost_model_predicts"],
                      ev, decide(ok)))
     ok, ev = int8_saves_nothing(message, str(settings["dtype"]))
@@ -155,5 +158,15 @@ def study_claims(acc: pd.DataFrame | None, throughput: pd.DataFrame | None, brea
     return out
 
 
-__all__ = ["study_claims", "learning_keeps_accuracy", "early_layers_hurt", "pays_only_below_break_even",
-           "cost_model_predicts", "int8_saves_nothing", "ablation_note", "HOLDS", "DOES_NOT_HOLD", "NOT_MEASURED"]
+__all__ = [
+    "DOES_NOT_HOLD",
+    "HOLDS",
+    "NOT_MEASURED",
+    "ablation_note",
+    "cost_model_predicts",
+    "early_layers_hurt",
+    "int8_saves_nothing",
+    "learning_keeps_accuracy",
+    "pays_only_below_break_even",
+    "study_claims",
+]

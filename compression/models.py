@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from common.errors import UserError, require
 
 from . import compressors as C
-from .parallel import ColumnParallelLinear, Cut, Parallel, RowParallelLinear, copy_to_tp, split_layers
+from .parallel import (
+    ColumnParallelLinear,
+    Cut,
+    Parallel,
+    RowParallelLinear,
+    copy_to_tp,
+    split_layers,
+)
 
 
 @dataclass
@@ -97,7 +104,7 @@ class Layer(nn.Module):
     def __init__(self, cfg: BertConfig, par: Parallel, plan: Plan, index: int):
         super().__init__()
         on = plan.active(index) and plan.tp_sites
-        site = lambda j, bwd=False: plan.build(cfg.hidden, 4 * index + j, bwd) if on and (not bwd or plan.backward) else None  # noqa: E731
+        site = lambda j, bwd=False: plan.build(cfg.hidden, 4 * index + j, bwd) if on and (not bwd or plan.backward) else None
         self.attn = Attention(cfg, par, site(0), site(0, True))
         self.ln1 = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
         self.mlp = MLP(cfg, par, site(1), site(1, True))

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 import torch
@@ -45,7 +46,7 @@ class Layout:
         return "x".join(p for p in parts if p) or "1 process"
 
     @classmethod
-    def parse(cls, d: Mapping) -> "Layout":
+    def parse(cls, d: Mapping) -> Layout:
         require(set(d) <= {"tp", "pp"}, f"a layout has keys tp and pp, got {sorted(d)}")
         out = cls(int(d.get("tp", 1)), int(d.get("pp", 1)))
         require(out.tp >= 1 and out.pp >= 1, f"tp and pp must be >= 1, got {dict(d)}")
@@ -84,7 +85,7 @@ class StudyConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, cfg: Mapping) -> "StudyConfig":
+    def parse(cls, cfg: Mapping) -> StudyConfig:
         specs = parse_specs(cfg["compressors"])
         a = dict(cfg["accuracy"])
 
@@ -116,7 +117,8 @@ class StudyConfig:
         require(all(g is None or g > 0 for g in bc.bandwidths_gbps), "bench.bandwidths_gbps must be >= 0 (0: loopback)")
         require(set(bc.layouts) <= {"tp", "pp"}, f"bench.layouts must be tp and/or pp, got {list(bc.layouts)}")
         require("none" in bc.compressors, "bench.compressors must include none (the baseline of every speedup)")
-        out = cls(specs=specs, train=train, layouts=layouts, compressors=labels(a["compressors"], "accuracy.compressors"),
+        out = cls(specs=specs, train=train, layouts=layouts,
+                  compressors=labels(a["compressors"], "accuracy.compressors"),
                   early=labels(a["early"], "accuracy.early"), seeds=[int(s) for s in a["seeds"]],
                   ablation=labels(ab.get("compressors", []), "ablation.compressors"),
                   ablation_layout=Layout.parse(ab["layout"]) if ab.get("layout") else None,
@@ -142,7 +144,8 @@ class StudyConfig:
         self.settings("ablation")
         for spec in self.bench.compressors.values():
             for layout in self.bench.layouts:
-                validate(self.bench.model, plan_for(self.bench, spec, layout), self.bench.batch_size * self.bench.seq_len)
+                tokens = self.bench.batch_size * self.bench.seq_len
+                validate(self.bench.model, plan_for(self.bench, spec, layout), tokens)
 
     def settings(self, group: str) -> list[Setting]:
         """The fine-tunings of a group: main (every compressor from `start_layer` under every layout), early
@@ -295,8 +298,8 @@ def break_even_figure(report: CostModelReport, bench: pd.DataFrame, bc: BenchCon
         meas = bench[(bench.layout_key == layout) & (bench.gbps > 0)]
         for label in (lbl for lbl in bc.compressors if lbl != "none"):
             m, coded = msgs[(layout, label)]
-            sp = [model.predict(layout, "none", none_m, none_c, g * 1e9 / 8) / model.predict(layout, label, m, coded,
-                                                                                               g * 1e9 / 8) for g in gbps]
+            sp = [model.predict(layout, "none", none_m, none_c, g * 1e9 / 8)
+                  / model.predict(layout, label, m, coded, g * 1e9 / 8) for g in gbps]
             line, = ax.plot(gbps, sp, label=label)
             for g in sorted(meas.gbps.unique()):
                 t_none = meas[(meas.gbps == g) & (meas.compressor == "none")].iter_s.iloc[0]
@@ -332,11 +335,12 @@ def message_table(message: Mapping) -> pd.DataFrame:
 def plan_text(study: StudyConfig, scale: str) -> str:
     t = study.train
     n = {g: len(study.settings(g)) for g in ("main", "early", "ablation")}
+    data = f"GLUE {t.task} at {t.glue_root}" if t.glue_root else "Rotten Tomatoes"
     return "\n".join([
         f"accuracy ({scale}): {n['main'] + n['early']} fine-tunings ({len(study.compressors)} compressors from layer "
         f"{study.start_layer}, {len(study.early)} from layer 0) under {[lay.name for lay in study.layouts]}, seeds "
         f"{study.seeds}; {t.layers}-layer BERT ({t.model_path or 'all-MiniLM-L6-v2'}), seq {t.seq_len}, batch "
-        f"{t.batch_size}, {t.steps} steps; data: {'GLUE ' + t.task + ' at ' + t.glue_root if t.glue_root else 'Rotten Tomatoes'}",
+        f"{t.batch_size}, {t.steps} steps; data: {data}",
         f"ablation ({study.ablation_when}): {n['ablation']} fine-tunings of {study.ablation} under "
         f"{(study.ablation_layout or study.layouts[0]).name}",
         f"bench: {len(study.bench.compressors)} compressors x layouts {study.bench.layouts} x links "

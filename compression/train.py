@@ -16,12 +16,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint, training_state
+from common.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from common.errors import require
 
 from . import compressors as C
-from .models import BertConfig, BertModel, Plan, hf_config, load_hf_bert, minilm_config, validate
-from .parallel import Parallel, gpipe_step, recv_activation, send_activation, setup, shard, sync_partial_grads
+from .models import (
+    BertConfig,
+    BertModel,
+    Plan,
+    hf_config,
+    load_hf_bert,
+    minilm_config,
+    validate,
+)
+from .parallel import (
+    Parallel,
+    gpipe_step,
+    recv_activation,
+    send_activation,
+    setup,
+    shard,
+    sync_partial_grads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +131,8 @@ def load_data(cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor, t
     else:
         from common.data import rotten_tomatoes
 
-        splits = {k: (df["text"].tolist(), None, df["label"].tolist()) for k, df in rotten_tomatoes(seed=cfg.seed).items()}
+        splits = {k: (df["text"].tolist(), None, df["label"].tolist())
+                  for k, df in rotten_tomatoes(seed=cfg.seed).items()}
     out = {}
     for split, (texts, pairs, labels) in splits.items():
         if split != "train" and cfg.max_eval:
@@ -237,7 +260,8 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
     if reporting and rank == world - 1:
         from tqdm import tqdm
 
-        progress = tqdm(progress, desc=f"TP{cfg.tp}xPP{cfg.pp} {cfg.compressor.name} from layer {cfg.start_layer}", leave=False)
+        desc = f"TP{cfg.tp}xPP{cfg.pp} {cfg.compressor.name} from layer {cfg.start_layer}"
+        progress = tqdm(progress, desc=desc, leave=False)
     model.train()
     for step in progress:
         idx = torch.from_numpy(batch_indices(step, len(labels), cfg.batch_size, cfg.seed))

@@ -37,7 +37,8 @@ def accuracy_note(s: study.StudyConfig) -> str:
 def paths_text(s: study.StudyConfig) -> str:
     t = s.train
     found = {p: Path(p).exists() for p in (t.model_path, t.glue_root) if p}
-    return "paths: " + (", ".join(f"{p} ({'found' if ok else 'MISSING'})" for p, ok in found.items()) or "packaged data")
+    listed = ", ".join(f"{p} ({'found' if ok else 'MISSING'})" for p, ok in found.items())
+    return "paths: " + (listed or "packaged data")
 
 
 def run(ctx: app.RunContext) -> None:

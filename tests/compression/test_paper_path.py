@@ -69,7 +69,8 @@ def _paper_cfg(inputs, *extra):
                  "accuracy.task=rte", "accuracy.layouts=[{tp:2,pp:2}]", "accuracy.compressors=[none,ae50,topk]",
                  "accuracy.early=[ae50]", "accuracy.start_layer=1", "accuracy.layers=2", "accuracy.seq_len=16",
                  "accuracy.batch_size=8", "accuracy.micro_batches=2", "accuracy.steps=3", "accuracy.lr=1e-3",
-                 "accuracy.seeds=[0]", "compressors.ae50.d=4", "ablation.when=never", "ablation.compressors=[]", "bench.world=2",
+                 "accuracy.seeds=[0]", "compressors.ae50.d=4", "ablation.when=never", "ablation.compressors=[]",
+                 "bench.world=2",
                  "bench.hidden=16", "bench.heads=4", "bench.ffn=32", "bench.layers=2", "bench.seq_len=8",
                  "bench.batch_size=4", "bench.start_layer=0", "bench.compressors=[none,int8]", *extra]
     app._register_base()

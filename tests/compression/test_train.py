@@ -4,7 +4,13 @@ import torch
 
 from compression.models import BertModel, minilm_config
 from compression.parallel import Parallel
-from compression.train import TrainConfig, batch_indices, finetune, initial_weights, load_data
+from compression.train import (
+    TrainConfig,
+    batch_indices,
+    finetune,
+    initial_weights,
+    load_data,
+)
 
 
 def _cfg(**kw):
