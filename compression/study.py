@@ -137,8 +137,8 @@ class StudyConfig:
         t = self.train
         if t.model_path is None or Path(t.model_path).exists():
             hidden = t.model_config().hidden
-            for label, spec in self.specs.items():  # every defined compressor, used here or not
-                spec.check(hidden, t.batch_size // t.micro_batches * t.seq_len, label)
+            for label in dict.fromkeys(self.compressors + self.early + self.ablation):  # every one this run uses
+                self.specs[label].check(hidden, t.batch_size // t.micro_batches * t.seq_len, label)
         self.settings("main")
         self.settings("early")
         self.settings("ablation")

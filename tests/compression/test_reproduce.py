@@ -24,11 +24,11 @@ def _cfg(*overrides):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("override, message", [
-    ("compressors.topk.k=100000000", "larger than the tensor"),
+    ("accuracy.compressors=[none,topk] compressors.topk.k=100000000", "larger than the tensor"),
     ("compressors.int4.bits=3", "bits must be one of 2, 4, 8"),
 ])
 def test_bad_input_is_one_line_and_exit_2(override, message, tmp_path):
-    r = run_cli(["-m", "reproduce.compression", "scale=smoke", override, f"results_dir={tmp_path}"], timeout=60)
+    r = run_cli(["-m", "reproduce.compression", "scale=smoke", *override.split(), f"results_dir={tmp_path}"], timeout=60)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr[-2000:]
