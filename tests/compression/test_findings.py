@@ -84,3 +84,8 @@ def test_ablation_is_reported_beside_a_failed_learning_claim():
     ab.loc[0, "acc_mean"] = 0.70  # no setting recovers: then it is not the setup
     ev = F.study_claims(pd.concat([acc, ab]), _thr(), BE, FIT, MSG, RULES, PAPER)[0].measured_evidence
     assert "no auto-encoder setting tried" in ev and not math.isnan(len(ev))
+    # a setting keeps accuracy but a rival keeps it too: the rivals, not the auto-encoder, fail the finding
+    keep = _acc(ae=0.74, int4=0.80)
+    ab.loc[0, "acc_mean"] = 0.80
+    ev = F.study_claims(pd.concat([keep, ab]), _thr(), BE, FIT, MSG, RULES, PAPER)[0].measured_evidence
+    assert "with ae100 the auto-encoder keeps accuracy" in ev and "but int4 keeps it too" in ev
