@@ -21,7 +21,6 @@ from .parallel import setup
 from .train import forward_backward
 
 
-
 @dataclass
 class BenchConfig:
     model: BertConfig = field(default_factory=lambda: BertConfig(vocab=1000, layers=4, dropout=0.0))
@@ -30,7 +29,7 @@ class BenchConfig:
     micro_batches: int = 2  # pipeline only
     start_layer: int = 0
     backward: bool = True  # also compress activation gradients (not for the auto-encoder)
-    compressors: dict[str, dict] = field(default_factory=lambda: {"none": {"name": "none"}})
+    compressors: dict[str, C.CompressorSpec] = field(default_factory=lambda: {"none": C.CompressorSpec("none")})
     bandwidths_gbps: list[float | None] = field(default_factory=lambda: [None])  # None: loopback
     layouts: list[str] = field(default_factory=lambda: ["tp", "pp"])
     warmup: int = 0  # untimed iterations before each timed one (plus `warmup_first` once per layout)
@@ -39,9 +38,9 @@ class BenchConfig:
     seed: int = 0
 
 
-def plan_for(cfg: BenchConfig, spec: dict, layout: str) -> Plan:
+def plan_for(cfg: BenchConfig, spec: C.CompressorSpec, layout: str) -> Plan:
     """Compress what the layout communicates: TP all-reduces under TP, pipeline cuts under PP."""
-    s = C.spec_from_dict(dict(spec))
+    s = spec
     return Plan(s, cfg.start_layer, cfg.backward and s.name not in ("none", "identity", "autoencoder"), cfg.seed,
                 tp_sites=layout == "tp", pp_cuts=layout == "pp")
 
@@ -113,35 +112,41 @@ def bench_worker(rank: int, world: int, cfg: BenchConfig) -> dict:
     return {"rows": rows, "net": net}
 
 
-def codec_times(specs: dict[str, dict], shape: tuple[int, ...], hidden: int, repeats: int = 5) -> list[dict]:
-    """Encode+decode seconds per element of a `shape` tensor for each compressor (for a trainable one with
-    its backward), and a plain copy's."""
+def codec_times(specs: dict[str, C.CompressorSpec], shape: tuple[int, ...], repeats: int = 5,
+                backward: bool = True) -> list[dict]:
+    """Encode+decode seconds per element of a `shape` float32 tensor for each compressor (a trainable one with its
+    backward when `backward`: it runs every training step too) beside a plain copy of the same tensor, timed in
+    turn in the same loop, each the best of `repeats`. Timed in this thread's CPU time (`time.thread_time`), so that
+    other processes preempting a long codec on a shared machine do not count against it; one thread."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    xg = x.clone().requires_grad_()
     rows = []
 
-    def best(fn) -> float:
+    def timed(fn) -> float:
+        t = time.thread_time()
         fn()
-        out = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-        return min(out)
+        return time.thread_time() - t
 
-    copy_s = best(lambda: x.clone())
     for label, spec in specs.items():
-        comp = C.build(C.spec_from_dict(dict(spec)), hidden)
-        if label == "none":
-            s = 0.0
-        elif comp.trainable:  # it trains: its backward (both matmuls' gradients) runs every step too
-            xg = x.clone().requires_grad_()
-            s = best(lambda: comp.decode(comp.encode(xg), x.shape, x.dtype).sum().backward())
-        else:
+        comp = spec.build(shape[-1])
+
+        def run(comp=comp, grad=comp.trainable and backward):
+            if grad:  # it trains: its backward (both matmuls' gradients) runs every step too
+                comp.decode(comp.encode(xg), x.shape, x.dtype).sum().backward()
+                return
             with torch.no_grad():
-                s = best(lambda: comp.decode(comp.encode(x), x.shape, x.dtype))
-        rows.append({"compressor": label, "codec_ns_per_elem": 1e9 * s / x.numel(),
-                     "copy_ns_per_elem": 1e9 * copy_s / x.numel(), "vs_copy": s / copy_s,
-                     "fewer_bytes": comp.ratio(shape)})
+                comp.decode(comp.encode(x), x.shape, x.dtype)
+
+        run()
+        x.clone()
+        copies, codecs = [], []
+        for _ in range(repeats):
+            copies.append(timed(x.clone))
+            codecs.append(timed(run) if spec.active else 0.0)
+        copy_s, codec_s = min(copies), min(codecs)
+        rows.append({"compressor": label, "threads": torch.get_num_threads(), "shape": "x".join(map(str, shape)),
+                     "codec_ns_per_elem": 1e9 * codec_s / x.numel(), "copy_ns_per_elem": 1e9 * copy_s / x.numel(),
+                     "vs_copy": codec_s / copy_s, "fewer_bytes": comp.ratio(shape)})
     return rows
 
 
@@ -156,3 +161,40 @@ def combine(per_rank: list[list[dict]]) -> list[dict]:
         row["iter_s"] = max(p["iter_s"] for p in parts)
         rows.append(row)
     return rows
+
+
+CODEC_SPECS = {
+    "int8": C.CompressorSpec("quantize", bits=8), "int4": C.CompressorSpec("quantize", bits=4),
+    "int2": C.CompressorSpec("quantize", bits=2), "topk": C.CompressorSpec("topk", ratio=0.125),
+    "randk": C.CompressorSpec("randk", ratio=0.125), "ae100": C.CompressorSpec("autoencoder", d=100),
+    "powersgd": C.CompressorSpec("powersgd", rank=4),
+}
+LIMITS = {"quantization": 5.0, "pruning": 20.0, "learning": 20.0}  # the issue's bounds, x a plain copy
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m compression.bench codecs [--shape 128,32,768] [--threads 1] [--repeats 7]`: encode+decode
+    time of every compressor against a plain copy of the same tensor, in one run (CPU time of this thread; the
+    auto-encoder also with its backward, what a training step pays); prints a table."""
+    import argparse
+
+    import pandas as pd
+
+    p = argparse.ArgumentParser(prog="python -m compression.bench")
+    p.add_argument("what", choices=["codecs"])
+    p.add_argument("--shape", default="128,32,768")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=7)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    shape = tuple(int(v) for v in a.shape.split(","))
+    df = pd.DataFrame(codec_times(CODEC_SPECS, shape, a.repeats, backward=False))
+    ae = {"ae100 (+backward)": CODEC_SPECS["ae100"]}
+    df = pd.concat([df, pd.DataFrame(codec_times(ae, shape, a.repeats, backward=True))], ignore_index=True)
+    df["limit"] = [LIMITS.get(CODEC_SPECS[c.split()[0]].family, float("nan")) for c in df.compressor]
+    df["within"] = df.vs_copy <= df.limit
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ different (Top-K indices, per-rank quantization scales), so the codes are all-ga
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,9 @@ class Compressor(nn.Module):
     name = "base"
     trainable = False
     collective = "all_gather"
+    # Every tensor-parallel rank holds the same state (read by the runtime's `sync_partial_grads`, which sums the
+    # gradients of such a compressor's parameters over the TP group); False: one independent copy per rank.
+    shared_across_tp = True
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -88,8 +92,47 @@ def _count(numel: int, k: int | None, ratio: float | None) -> int:
     return k
 
 
+_ARANGE: dict[int, torch.Tensor] = {}
+
+
+def _arange(n: int) -> torch.Tensor:
+    """0..n-1 as int32, cached: Top-K selects its indices out of it with a mask."""
+    if n not in _ARANGE:
+        _ARANGE.clear()
+        _ARANGE[n] = torch.arange(n, dtype=torch.int32)
+    return _ARANGE[n]
+
+
+def topk_indices(a: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat int32 indices of the k largest entries of the 1-d non-negative tensor `a`, in no particular order.
+
+    Exact, and several times faster on CPU than `torch.topk` for large k: a threshold from a strided sample
+    (with a margin) selects a few more than k candidates in one pass; the surplus smallest candidates are
+    then dropped with a small `topk`. Falls back to `torch.topk` when the sample's guess is too high."""
+    n = a.numel()
+    if k * 4 > n * 3 or n < 65_536:
+        return a.topk(k, sorted=False).indices.to(torch.int32)
+    stride = max(1, n // 32_768)
+    sample = a[::stride]
+    m = sample.numel()
+    want = k / n * m
+    keep = min(m, int(want + 4 * math.sqrt(want) + 8))  # ~4 sigma above the expected count
+    t = sample.kthvalue(m - keep + 1).values
+    cand = _arange(n).masked_select(a >= t)
+    if cand.numel() < k:
+        return a.topk(k, sorted=False).indices.to(torch.int32)
+    surplus = cand.numel() - k
+    if surplus == 0:
+        return cand
+    drop = a.index_select(0, cand).topk(surplus, largest=False, sorted=False).indices
+    mask = torch.ones(cand.numel(), dtype=torch.bool)
+    mask[drop] = False
+    return cand.masked_select(mask)
+
+
 class TopK(Compressor):
-    """The k largest magnitudes and their flat indices (int32, or int64 as the study sent them)."""
+    """The k largest magnitudes, sent in the activation's dtype, with their flat indices (int32, or int64 as the
+    study's code sent them: what `torch.topk` returns)."""
 
     name = "topk"
 
@@ -103,13 +146,13 @@ class TopK(Compressor):
 
     def encode(self, x):
         flat = x.reshape(-1)
-        idx = flat.abs().topk(_count(flat.numel(), self.k, self.keep), sorted=False).indices
-        return [flat[idx], idx.to(self.index_dtype)]
+        idx = topk_indices(flat.detach().abs(), _count(flat.numel(), self.k, self.keep))
+        return [flat.index_select(0, idx), idx.to(self.index_dtype)]
 
     def decode(self, payload, shape, dtype):
         values, idx = payload
         out = torch.zeros(math.prod(shape), dtype=dtype)
-        return out.index_put((idx.long(),), values.to(dtype)).reshape(shape)
+        return out.index_put_((idx.long(),), values.to(dtype)).reshape(shape)
 
     def payload_spec(self, shape, dtype=torch.float32):
         k = _count(math.prod(shape), self.k, self.keep)
@@ -117,28 +160,41 @@ class TopK(Compressor):
 
 
 class RandomK(Compressor):
-    """k random elements; the indices come from a seed every rank shares, so only the values travel and
-    ranks can all-reduce them. The seed advances with every call (the same on every rank)."""
+    """k random elements. The indices come from a seed every rank shares, so only the values travel and ranks can
+    all-reduce them. `pool` index sets are drawn once per tensor size and used in turn (call n uses set n mod
+    pool, the same on every rank), so no call pays for drawing them. With `rescale` the kept values are multiplied
+    by numel / k, which makes the decoded tensor an unbiased estimate of the input (the study did not rescale)."""
 
     name = "randk"
     collective = "all_reduce"
 
-    def __init__(self, k: int | None = None, ratio: float | None = None, seed: int = 0):
+    def __init__(self, k: int | None = None, ratio: float | None = None, seed: int = 0, rescale: bool = True,
+                 pool: int = 16):
         super().__init__()
         require(k is not None or ratio is not None, "randk: give k or ratio")
         require(k is None or k >= 1, f"randk: k must be >= 1, got {k}")
         require(k is not None or 0 < ratio <= 1, f"randk: ratio must be in (0, 1], got {ratio}")
-        self.k, self.keep, self.seed = k, ratio, seed
+        require(pool >= 1, f"randk: index_pool must be >= 1, got {pool}")
+        self.k, self.keep, self.seed, self.rescale, self.pool = k, ratio, seed, rescale, pool
         self.encoded = self.decoded = 0  # the n-th decode uses the n-th encode's indices, on any rank
+        self._sets: tuple[int, list[torch.Tensor]] | None = None
 
     def _indices(self, numel: int, call: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + call)
-        return torch.randperm(numel, generator=g)[:_count(numel, self.k, self.keep)]
+        if self._sets is None or self._sets[0] != numel:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + numel)
+            k = _count(numel, self.k, self.keep)
+            # sorted: the gather and the scatter then walk memory in order
+            self._sets = (numel, [torch.randperm(numel, generator=g)[:k].sort().values for _ in range(self.pool)])
+        return self._sets[1][call % self.pool]
+
+    def _scale(self, numel: int) -> float:
+        return numel / _count(numel, self.k, self.keep) if self.rescale else 1.0
 
     def encode(self, x):
         idx = self._indices(x.numel(), self.encoded)
         self.encoded += 1
-        return [x.reshape(-1)[idx]]
+        values = x.reshape(-1).index_select(0, idx)
+        return [values * self._scale(x.numel()) if self.rescale else values]
 
     def get_extra_state(self):
         return {"encoded": self.encoded, "decoded": self.decoded}
@@ -150,30 +206,47 @@ class RandomK(Compressor):
         idx = self._indices(math.prod(shape), self.decoded)
         self.decoded += 1
         out = torch.zeros(math.prod(shape), dtype=dtype)
-        return out.index_put((idx,), payload[0].to(dtype)).reshape(shape)
+        return out.index_copy_(0, idx, payload[0].to(dtype)).reshape(shape)
 
     def payload_spec(self, shape, dtype=torch.float32):
         return [((_count(math.prod(shape), self.k, self.keep),), dtype)]
 
 
 def pack_bits(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack integers in [0, 2**bits) into bytes, 8 // bits per byte (zero-padded at the end)."""
+    """Pack integers in [0, 2**bits) (uint8) into bytes, 8 // bits per byte, first value in the low bits
+    (zero-padded at the end). One shift-or per value in a byte, on uint8 views: no reduction kernel."""
     per = 8 // bits
     q = q.reshape(-1).to(torch.uint8)
-    q = F.pad(q, (0, (-q.numel()) % per)).reshape(-1, per)
-    shifts = torch.arange(per, dtype=torch.uint8) * bits
-    return (q << shifts).sum(dim=1, dtype=torch.uint8)
+    if per == 1:
+        return q
+    if q.numel() % per:
+        q = F.pad(q, (0, (-q.numel()) % per))
+    q = q.view(-1, per)
+    out = q[:, 0].clone()
+    for j in range(1, per):
+        out.bitwise_or_(q[:, j] << (j * bits))
+    return out
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     per = 8 // bits
-    shifts = torch.arange(per, dtype=torch.uint8) * bits
-    q = (packed.reshape(-1, 1) >> shifts) & ((1 << bits) - 1)
-    return q.reshape(-1)[:numel]
+    if per == 1:
+        return packed[:numel]
+    out = torch.empty(packed.numel(), per, dtype=torch.uint8)
+    mask = (1 << bits) - 1
+    for j in range(per):
+        torch.bitwise_and(packed >> (j * bits) if j else packed, mask, out=out[:, j])
+    return out.reshape(-1)[:numel]
+
+
+def _chunk_rows(channels: int, elements: int = 196_608) -> int:
+    """Rows per chunk so that a float32 chunk (~768 KB) stays in a core's cache between two passes over it."""
+    return max(1, elements // channels)
 
 
 class Quantize(Compressor):
-    """Uniform b-bit quantization with a per-channel (last dimension) offset and scale, bit-packed."""
+    """Uniform b-bit quantization with a per-channel (last dimension) offset and scale, bit-packed; the scale and
+    offset travel in the activation's dtype. Rounds to nearest (the uint8 cast truncates value + 1/2)."""
 
     name = "quantize"
 
@@ -184,15 +257,66 @@ class Quantize(Compressor):
 
     def encode(self, x):
         rows = x.reshape(-1, x.shape[-1])
-        lo, hi = rows.amin(dim=0), rows.amax(dim=0)
-        scale = ((hi - lo) / (2 ** self.bits - 1)).clamp_min(1e-12)
-        q = torch.round((rows - lo) / scale).clamp_(0, 2 ** self.bits - 1)
-        return [pack_bits(q, self.bits), scale, lo]
+        levels = 2 ** self.bits - 1
+        step = _chunk_rows(rows.shape[-1])
+        with torch.no_grad():
+            parts = [(r.amin(dim=0), r.amax(dim=0)) for r in rows.split(step)]  # each chunk read once from memory
+        lo = torch.stack([p[0] for p in parts]).amin(dim=0)
+        hi = torch.stack([p[1] for p in parts]).amax(dim=0)
+        span = hi - lo
+        inv = torch.where(span > 0, levels / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
+        bias = 0.5 - lo * inv
+        per, c = 8 // self.bits, rows.shape[-1]
+        if c % per:  # a row does not fill whole bytes: quantize everything, then pack
+            return [pack_bits(self._levels(rows, inv, bias, step), self.bits), span / levels, lo]
+        # Chunk by chunk through buffers that stay in cache: q = x / scale + bias (bias = 1/2 - lo / scale) in one
+        # fused pass, truncated by the integer cast (q >= 0): round to nearest; float -> int16 is ~4x faster than
+        # float -> uint8 on CPU; values are packed from int16 with shifts, then cast to bytes.
+        packed = torch.empty(rows.numel() // per, dtype=torch.uint8)
+        f = torch.empty(min(step, rows.shape[0]), c, dtype=rows.dtype)
+        i16 = torch.empty(f.shape, dtype=torch.int16)
+        with torch.no_grad():
+            for start in range(0, rows.shape[0], step):
+                n = min(step, rows.shape[0] - start)
+                torch.addcmul(bias, rows[start:start + n], inv, out=f[:n])
+                i16[:n].copy_(f[:n])
+                v = i16[:n].view(-1, per)
+                acc = v[:, 0].clone() if per > 1 else v[:, 0]
+                for j in range(1, per):
+                    acc.bitwise_or_(v[:, j] << (j * self.bits))
+                packed[start * c // per:(start + n) * c // per].copy_(acc)
+        return [packed, span / levels, lo]
+
+    @staticmethod
+    def _levels(rows: torch.Tensor, inv: torch.Tensor, bias: torch.Tensor, step: int) -> torch.Tensor:
+        """round((x - lo) / scale) as uint8 (the general path, for widths that do not fill whole bytes)."""
+        q = torch.empty(rows.shape, dtype=torch.uint8)
+        with torch.no_grad():
+            for start in range(0, rows.shape[0], step):
+                n = min(step, rows.shape[0] - start)
+                q[start:start + n].copy_(torch.addcmul(bias, rows[start:start + n], inv).to(torch.int16))
+        return q
 
     def decode(self, payload, shape, dtype):
         packed, scale, lo = payload
-        q = unpack_bits(packed, self.bits, math.prod(shape)).reshape(-1, shape[-1]).to(dtype)
-        return (q * scale.to(dtype) + lo.to(dtype)).reshape(shape)
+        c = shape[-1]
+        scale, lo = scale.to(dtype), lo.to(dtype)
+        out = torch.empty(math.prod(shape) // c, c, dtype=dtype)
+        step = _chunk_rows(c)
+        per, mask = 8 // self.bits, (1 << self.bits) - 1
+        f = torch.empty(min(step, out.shape[0]), c, dtype=dtype)
+        q = unpack_bits(packed, self.bits, math.prod(shape)).view(-1, c) if c % per else None
+        for start in range(0, out.shape[0], step):
+            n = min(step, out.shape[0] - start)
+            if q is not None:
+                f[:n].copy_(q[start:start + n])
+            else:
+                p = packed[start * c // per:(start + n) * c // per]
+                fv = f[:n].view(-1, per)
+                for j in range(per):  # unpacked straight into the float buffer
+                    fv[:, j].copy_(p if per == 1 else (p >> (j * self.bits)) & mask if j else p & mask)
+            torch.addcmul(lo, f[:n], scale, out=out[start:start + n])
+        return out.reshape(shape)
 
     def payload_spec(self, shape, dtype=torch.float32):
         n = math.prod(shape)
@@ -200,15 +324,20 @@ class Quantize(Compressor):
 
 
 class AutoEncoder(Compressor):
-    """A linear encoder (hidden -> d, no bias, so it commutes with the tensor-parallel sum) and a linear
-    decoder (d -> hidden), trained end to end with the task loss. Each rank encodes its partial sum with the
-    same encoder, so the encoder's gradient must be summed over the tensor-parallel group (`tp_partial`)."""
+    """A linear encoder (hidden -> d, no bias, so it commutes with the tensor-parallel sum) and a linear decoder
+    (d -> hidden), trained end to end with the task loss. Ranks all-reduce their codes and decode the sum.
+
+    `shared=False` (the study's code: an encoder and a decoder inside each row-parallel layer, on every rank, with
+    no gradient synchronisation): each tensor-parallel rank trains its own encoder on its own partial sum, so the
+    code is sum_r E_r x_r. `shared=True`: one encoder for all ranks, its gradient summed over the group every step
+    (`tp_partial`, `shared_across_tp`), d x hidden more values on the wire per compression site and step. Both
+    start from the same orthonormal basis on every rank (decoder = encoder transposed: a projection)."""
 
     name = "autoencoder"
     trainable = True
     collective = "all_reduce"
 
-    def __init__(self, hidden: int, d: int, seed: int = 0):
+    def __init__(self, hidden: int, d: int, seed: int = 0, shared: bool = False):
         super().__init__()
         require(0 < d < hidden, f"autoencoder: width d must be in [1, hidden={hidden}), got {d}")
         g = torch.Generator().manual_seed(seed)
@@ -219,7 +348,9 @@ class AutoEncoder(Compressor):
             self.encoder.weight.copy_(basis.T)
             self.decoder.weight.copy_(basis)
             self.decoder.bias.zero_()
-        self.encoder.weight.tp_partial = True
+        self.shared_across_tp = shared
+        if shared:
+            self.encoder.weight.tp_partial = True  # its gradient sees only this rank's partial sum
 
     def encode(self, x):
         return [self.encoder(x)]
@@ -229,6 +360,10 @@ class AutoEncoder(Compressor):
 
     def payload_spec(self, shape, dtype=torch.float32):
         return [((*shape[:-1], self.encoder.out_features), dtype)]
+
+    def sync_bytes(self, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes of the encoder gradient all-reduced per step when shared (0 when each rank has its own)."""
+        return self.encoder.weight.numel() * torch.empty((), dtype=dtype).element_size() if self.shared_across_tp else 0
 
 
 def _orthonormalize(p: torch.Tensor) -> torch.Tensor:
@@ -295,10 +430,18 @@ class PowerSGD(Compressor):
         return (p @ q.T).reshape(x.shape)
 
 
-@dataclass
+FAMILIES = {"identity": "none", "none": "none", "autoencoder": "learning", "topk": "pruning", "randk": "pruning",
+            "quantize": "quantization", "powersgd": "low-rank"}
+
+
+@dataclass(frozen=True)
 class CompressorSpec:
-    """What to build at each compression site. `k` (wins when set) or `ratio` for Top-K and Random-K, `bits` for quantization,
-    `d` for the auto-encoder, `rank` and `error_feedback` for PowerSGD."""
+    """What to build at each compression site, parsed and checked once (`parse`) from a config mapping.
+
+    `k` (wins when set) or `ratio` for Top-K and Random-K; `index_dtype` for Top-K; `rescale` and `index_pool`
+    for Random-K; `bits` for quantization; `d`, `shared` (one encoder for all TP ranks instead of one per rank)
+    and `lr_scale` (its learning rate against the model's) for the auto-encoder; `rank` and `error_feedback`
+    for PowerSGD."""
 
     name: str = "identity"
     ratio: float | None = None
@@ -308,6 +451,60 @@ class CompressorSpec:
     rank: int = 4
     error_feedback: bool = False
     index_dtype: str = "int32"
+    shared: bool = False
+    rescale: bool = True
+    index_pool: int = 16
+    lr_scale: float = 1.0
+
+    @classmethod
+    def parse(cls, options: Mapping, label: str | None = None) -> CompressorSpec:
+        """A spec from a config mapping; unknown keys and bad values are UserErrors naming `label`."""
+        where = f"compressors.{label}: " if label else ""
+        unknown = set(options) - set(cls.__dataclass_fields__)
+        require(not unknown, f"{where}unknown compressor option(s) {sorted(unknown)}; known: "
+                             f"{sorted(cls.__dataclass_fields__)}")
+        for key, value in options.items():
+            default = cls.__dataclass_fields__[key].default
+            kind = type(default) if default is not None else (int if key == "k" else float if key == "ratio" else str)
+            ok = value is None and default is None or isinstance(value, kind) and (
+                kind is bool or not isinstance(value, bool)) or kind is float and isinstance(value, int)
+            require(ok, f"{where}{key} must be {kind.__name__}, got {value!r}")
+        spec = cls(**dict(options))
+        require(spec.name in FAMILIES, f"{where}unknown compressor {spec.name!r}; choose one of {', '.join(NAMES)}")
+        require(spec.lr_scale > 0, f"{where}lr_scale must be > 0, got {spec.lr_scale}")
+        try:
+            spec.build(max(spec.d + 1, spec.rank + 1, 2))  # checks bits, ratio, k, rank, index options
+        except UserError as exc:
+            raise UserError(f"{where}{exc}") from None
+        return spec
+
+    @property
+    def family(self) -> str:
+        """none, learning, pruning, quantization or low-rank (the study's grouping)."""
+        return FAMILIES[self.name]
+
+    @property
+    def active(self) -> bool:
+        return self.family != "none"
+
+    def check(self, hidden: int, tokens: int, label: str | None = None) -> None:
+        """Can this spec compress a (tokens x hidden) activation? UserError otherwise."""
+        where = f"compressors.{label}: " if label else ""
+        if self.name == "autoencoder":
+            require(0 < self.d < hidden, f"{where}autoencoder width d={self.d} must be below the hidden size {hidden}")
+        if self.name == "powersgd":
+            require(self.rank < hidden, f"{where}powersgd rank {self.rank} must be below the hidden size {hidden}")
+        if self.name in ("topk", "randk") and self.k is not None:
+            require(self.k <= tokens * hidden, f"{where}k={self.k} is larger than the tensor it compresses "
+                                               f"({tokens} tokens x {hidden} = {tokens * hidden} elements)")
+
+    def build(self, hidden: int, seed: int = 0) -> Compressor:
+        """A fresh compressor for one compression site (each site has its own weights and state)."""
+        return build(self, hidden, seed)
+
+    def fewer_bytes(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> float:
+        """How many times fewer bytes one message takes than uncompressed."""
+        return 1.0 if not self.active else self.build(shape[-1]).ratio(shape, dtype)
 
 
 def build(spec: CompressorSpec, hidden: int, seed: int = 0) -> Compressor:
@@ -318,18 +515,21 @@ def build(spec: CompressorSpec, hidden: int, seed: int = 0) -> Compressor:
     if name == "topk":
         return TopK(k=spec.k, ratio=spec.ratio, index_dtype=spec.index_dtype)
     if name == "randk":
-        return RandomK(k=spec.k, ratio=spec.ratio, seed=seed)
+        return RandomK(k=spec.k, ratio=spec.ratio, seed=seed, rescale=spec.rescale, pool=spec.index_pool)
     if name == "quantize":
         return Quantize(spec.bits)
     if name == "autoencoder":
-        return AutoEncoder(hidden, spec.d, seed=seed)
+        return AutoEncoder(hidden, spec.d, seed=seed, shared=spec.shared)
     if name == "powersgd":
         return PowerSGD(hidden, spec.rank, spec.error_feedback, seed=seed)
     raise UserError(f"unknown compressor {name!r}; choose one of {', '.join(NAMES)}")
 
 
-def spec_from_dict(d: dict) -> CompressorSpec:
-    known = CompressorSpec.__dataclass_fields__
-    unknown = set(d) - set(known)
-    require(not unknown, f"unknown compressor option(s) {sorted(unknown)}; known: {sorted(known)}")
-    return CompressorSpec(**d)
+def spec_from_dict(d: Mapping) -> CompressorSpec:
+    """`CompressorSpec.parse` without a label (kept for callers of the earlier API)."""
+    return CompressorSpec.parse(d)
+
+
+def parse_specs(options: Mapping[str, Mapping]) -> dict[str, CompressorSpec]:
+    """Every labelled compressor of a config (`compressors:` block), parsed once."""
+    return {str(label): CompressorSpec.parse(dict(o), str(label)) for label, o in options.items()}

@@ -37,14 +37,16 @@ def _collective(kind: str, nbytes: float, n: int) -> Message:
     return Message(kind, (n - 1) * nbytes, n - 1)
 
 
-def _bytes(shape, dtype) -> int:
+def tensor_bytes(shape, dtype) -> int:
+    """Bytes of a dense tensor of this shape and dtype."""
     return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
 
 
-def _site(comp: C.Compressor | None, shape, n: int, dtype) -> list[Message]:
+def site_messages(comp: C.Compressor | None, shape, n: int, dtype) -> list[Message]:
+    """The transfers of one tensor-parallel sum over `n` ranks of a `shape` tensor, through `comp` (None: plain)."""
     if comp is None:
-        return [_collective("all_reduce", _bytes(shape, dtype), n)]
-    return [_collective(comp.collective, _bytes(s, d), n) for s, d in comp.payload_spec(shape, dtype)]
+        return [_collective("all_reduce", tensor_bytes(shape, dtype), n)]
+    return [_collective(comp.collective, tensor_bytes(s, d), n) for s, d in comp.payload_spec(shape, dtype)]
 
 
 def messages(cfg: BertConfig, plan: Plan, layout: str, n: int, batch: int, seq: int, micro: int = 1,
@@ -52,7 +54,7 @@ def messages(cfg: BertConfig, plan: Plan, layout: str, n: int, batch: int, seq: 
     """The transfers of one training iteration and the number of elements that go through a codec.
 
     TP (n ranks): per layer two forward all-reduces and two backward ones, each through the plan's
-    compressor where active (auto-encoder: plus the encoder-gradient all-reduce). PP (n stages, GPipe):
+    compressor where active (a shared auto-encoder: plus its encoder-gradient all-reduce). PP (n stages, GPipe):
     per cut and micro-batch one activation send and one gradient send, both on the critical path.
     """
     shape = (batch, seq, cfg.hidden)
@@ -64,10 +66,10 @@ def messages(cfg: BertConfig, plan: Plan, layout: str, n: int, batch: int, seq: 
             for j in range(2):
                 fwd = plan.build(cfg.hidden, 4 * layer + j) if on else None
                 bwd = plan.build(cfg.hidden, 4 * layer + j, True) if on and plan.backward else None
-                out += _site(fwd, shape, n, dtype) + _site(bwd, shape, n, dtype)
+                out += site_messages(fwd, shape, n, dtype) + site_messages(bwd, shape, n, dtype)
                 coded += math.prod(shape) * ((fwd is not None) + (bwd is not None))
-                if fwd is not None and fwd.trainable:
-                    out.append(_collective("all_reduce", _bytes((fwd.encoder.weight.shape), dtype), n))
+                if fwd is not None and fwd.trainable and fwd.shared_across_tp:  # one encoder for all ranks
+                    out.append(_collective("all_reduce", fwd.sync_bytes(dtype), n))
         return out, coded
     mb = (batch // micro, seq, cfg.hidden)
     for first in [ids[0] for ids in split_layers(cfg.layers, n)[1:]]:
@@ -78,8 +80,8 @@ def messages(cfg: BertConfig, plan: Plan, layout: str, n: int, batch: int, seq: 
             sent = fwd.payload_spec(mb, dtype) if fwd is not None else [(mb, dtype)]
             back = fwd.payload_spec(mb, dtype)[:1] if fwd is not None and fwd.trainable else (
                 bwd.payload_spec(mb, dtype) if bwd is not None else [(mb, dtype)])
-            out.append(Message("send", sum(_bytes(s, d) for s, d in sent), len(sent)))
-            out.append(Message("send", sum(_bytes(s, d) for s, d in back), len(back)))
+            out.append(Message("send", sum(tensor_bytes(s, d) for s, d in sent), len(sent)))
+            out.append(Message("send", sum(tensor_bytes(s, d) for s, d in back), len(back)))
             coded += math.prod(mb) * ((fwd is not None) + (bwd is not None))
     return out, coded
 

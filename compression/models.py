@@ -11,10 +11,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.errors import require
+from common.errors import UserError, require
 
 from . import compressors as C
-from .parallel import ColumnParallelLinear, Cut, Parallel, RowParallelLinear, copy_to_tp, split_layers
+from .parallel import (
+    ColumnParallelLinear,
+    Cut,
+    Parallel,
+    RowParallelLinear,
+    copy_to_tp,
+    split_layers,
+)
 
 
 @dataclass
@@ -44,7 +51,7 @@ class Plan:
     pp_cuts: bool = True  # compress at pipeline cuts
 
     def active(self, layer: int) -> bool:
-        return self.spec.name not in ("none",) and layer >= self.start_layer
+        return self.spec.name != "none" and layer >= self.start_layer
 
     def build(self, hidden: int, site: int, backward: bool = False) -> C.Compressor | None:
         if backward:
@@ -57,11 +64,7 @@ def validate(cfg: BertConfig, plan: Plan, tokens: int) -> None:
     """Bad settings as UserErrors before any process starts."""
     require(0 <= plan.start_layer < cfg.layers,
             f"start_layer {plan.start_layer} is out of range for a {cfg.layers}-layer model (0..{cfg.layers - 1})")
-    if plan.spec.name == "autoencoder":
-        require(0 < plan.spec.d < cfg.hidden, f"autoencoder width d={plan.spec.d} must be below the hidden size {cfg.hidden}")
-    elif plan.spec.name in ("topk", "randk") and plan.spec.k is not None:
-        require(plan.spec.k <= tokens * cfg.hidden,
-                f"k={plan.spec.k} is larger than the tensor it compresses ({tokens} x {cfg.hidden} = {tokens * cfg.hidden})")
+    plan.spec.check(cfg.hidden, tokens)
     C.build(plan.spec, cfg.hidden)  # checks the remaining options (bits, ratio, rank, name)
     if plan.backward:
         plan.build(cfg.hidden, 0, backward=True)
@@ -101,7 +104,7 @@ class Layer(nn.Module):
     def __init__(self, cfg: BertConfig, par: Parallel, plan: Plan, index: int):
         super().__init__()
         on = plan.active(index) and plan.tp_sites
-        site = lambda j, bwd=False: plan.build(cfg.hidden, 4 * index + j, bwd) if on and (not bwd or plan.backward) else None  # noqa: E731
+        site = lambda j, bwd=False: plan.build(cfg.hidden, 4 * index + j, bwd) if on and (not bwd or plan.backward) else None
         self.attn = Attention(cfg, par, site(0), site(0, True))
         self.ln1 = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
         self.mlp = MLP(cfg, par, site(1), site(1, True))
@@ -200,12 +203,26 @@ def minilm_config(layers: int = 6, dropout: float = 0.1) -> BertConfig:
     return BertConfig(vocab=30522, hidden=384, heads=12, ffn=1536, layers=layers, dropout=dropout)
 
 
-def load_minilm(path: str | Path, cfg: BertConfig) -> dict[str, torch.Tensor]:
-    """all-MiniLM-L6-v2's weights under this module's one-process names (first `cfg.layers` layers)."""
-    from safetensors.torch import load_file
+def hf_config(path: str | Path, layers: int | None = None, dropout: float = 0.1, classes: int = 2) -> BertConfig:
+    """The shape of a Hugging Face BERT checkpoint (its config.json), keeping its first `layers` layers."""
+    from transformers import AutoConfig
 
+    c = AutoConfig.from_pretrained(str(path))
+    n = c.num_hidden_layers if layers is None else layers
+    require(1 <= n <= c.num_hidden_layers, f"{path} has {c.num_hidden_layers} layers; cannot keep {n}")
+    return BertConfig(vocab=c.vocab_size, hidden=c.hidden_size, heads=c.num_attention_heads, ffn=c.intermediate_size,
+                      layers=n, max_positions=c.max_position_embeddings, type_vocab=c.type_vocab_size,
+                      classes=classes, dropout=dropout, ln_eps=c.layer_norm_eps)
+
+
+def from_hf_state(state: dict[str, torch.Tensor], cfg: BertConfig) -> dict[str, torch.Tensor]:
+    """A Hugging Face BERT state dict (`bert.` prefix or none) under this module's one-process names (first
+    `cfg.layers` layers; the pooler and any task head are dropped: the classifier here mean-pools)."""
     out = {}
-    for key, t in load_file(str(Path(path) / "model.safetensors")).items():
+    for key, t in state.items():
+        key = key.removeprefix("bert.")
+        if "." not in key:
+            continue
         name, leaf = key.rsplit(".", 1)
         leaf = {"gamma": "weight", "beta": "bias"}.get(leaf, leaf)
         if name.startswith("encoder.layer."):
@@ -215,3 +232,22 @@ def load_minilm(path: str | Path, cfg: BertConfig) -> dict[str, torch.Tensor]:
         elif name in _HF:
             out[f"{_HF[name]}.{leaf}"] = t
     return out
+
+
+def load_hf_bert(path: str | Path, cfg: BertConfig) -> dict[str, torch.Tensor]:
+    """The weights of a Hugging Face BERT directory (safetensors or PyTorch bin) under this module's names."""
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        from safetensors.torch import load_file
+
+        state = load_file(str(path / "model.safetensors"))
+    elif (path / "pytorch_model.bin").exists():
+        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise UserError(f"no model.safetensors or pytorch_model.bin in {path}")
+    return from_hf_state(state, cfg)
+
+
+def load_minilm(path: str | Path, cfg: BertConfig) -> dict[str, torch.Tensor]:
+    """all-MiniLM-L6-v2's weights under this module's one-process names (first `cfg.layers` layers)."""
+    return load_hf_bert(path, cfg)

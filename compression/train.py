@@ -16,12 +16,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint, training_state
+from common.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from common.errors import require
 
 from . import compressors as C
-from .models import BertConfig, BertModel, Plan, load_minilm, minilm_config, validate
-from .parallel import Parallel, gpipe_step, recv_activation, send_activation, setup, shard, sync_partial_grads
+from .models import (
+    BertConfig,
+    BertModel,
+    Plan,
+    hf_config,
+    load_hf_bert,
+    minilm_config,
+    validate,
+)
+from .parallel import (
+    Parallel,
+    gpipe_step,
+    recv_activation,
+    send_activation,
+    setup,
+    shard,
+    sync_partial_grads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,47 +65,81 @@ class TrainConfig:
     eval_batch_size: int = 128
     max_eval: int | None = None  # cap on dev/test examples (smoke)
     seed: int = 0
-    compressor: dict = field(default_factory=lambda: {"name": "none"})
+    compressor: C.CompressorSpec = field(default_factory=lambda: C.CompressorSpec("none"))
     start_layer: int = 0
     backward: bool = False
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
     stop_after: int | None = None  # stop (as if interrupted) after this many steps; for resume tests
+    model_path: str | None = None  # a Hugging Face BERT directory; None: all-MiniLM-L6-v2 from its package
+    glue_root: str | None = None  # GLUE's task folders; None: Rotten Tomatoes from its package
+    task: str = "sst2"  # the GLUE task when glue_root is set
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.compressor, C.CompressorSpec):
+            self.compressor = C.CompressorSpec.parse(dict(self.compressor))
 
     def plan(self) -> Plan:
-        return Plan(C.spec_from_dict(dict(self.compressor)), self.start_layer, self.backward, self.seed)
+        return Plan(self.compressor, self.start_layer, self.backward, self.seed)
 
     def model_config(self) -> BertConfig:
-        return minilm_config(self.layers, self.dropout)
+        if self.model_path is None:
+            return minilm_config(self.layers, self.dropout)
+        from .glue import num_labels
+
+        return hf_config(self.model_path, self.layers, self.dropout, num_labels(self.task) if self.glue_root else 2)
+
+    @property
+    def eval_split(self) -> str:
+        """Rotten Tomatoes: its held-out test split; GLUE: dev (GLUE's test files have no labels)."""
+        return "dev" if self.glue_root else "test"
 
     def check(self) -> None:
+        """Bad settings as UserErrors; the model's shape is checked once its directory exists (`missing_paths`)."""
         require(self.batch_size % self.micro_batches == 0,
                 f"batch_size {self.batch_size} does not split into {self.micro_batches} micro-batches")
-        validate(self.model_config(), self.plan(), self.batch_size // self.micro_batches * self.seq_len)
+        if self.model_path is None or Path(self.model_path).exists():
+            validate(self.model_config(), self.plan(), self.batch_size // self.micro_batches * self.seq_len)
+
+    def missing_paths(self) -> list[str]:
+        return [p for p in (self.model_path, self.glue_root) if p and not Path(p).exists()]
 
 
-def tokenize(texts: list[str], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask with all-MiniLM-L6-v2's tokenizer, padded/truncated to `seq_len`."""
-    from tokenizers import Tokenizer
+def tokenize(texts: list[str], seq_len: int, pairs: list[str] | None = None, model_path: str | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, padded/truncated to `seq_len`, with the model's own tokenizer
+    (all-MiniLM-L6-v2's when `model_path` is None). Sentence pairs are joined BERT's way, [SEP] between."""
+    from transformers import AutoTokenizer
 
     from common.data import minilm_path
 
-    tok = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
-    tok.enable_truncation(seq_len)
-    tok.enable_padding(length=seq_len, pad_id=0)
-    enc = tok.encode_batch(list(texts))
-    return torch.tensor([e.ids for e in enc]), torch.tensor([e.attention_mask for e in enc])
+    tok = AutoTokenizer.from_pretrained(str(model_path or minilm_path()))
+    enc = tok(list(texts), pairs, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
 
 
 def load_data(cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    from common.data import rotten_tomatoes
+    """{split: (ids, mask, labels)}: Rotten Tomatoes train/dev/test, or a GLUE task's train/dev."""
+    if cfg.glue_root:
+        from .glue import load_glue
 
+        splits = {}
+        for split in ("train", "dev"):
+            ds = load_glue(cfg.glue_root, cfg.task, split)
+            pairs = list(ds["text_pair"])
+            splits[split] = (list(ds["text"]), pairs if pairs[0] is not None else None, list(ds["label"]))
+    else:
+        from common.data import rotten_tomatoes
+
+        splits = {k: (df["text"].tolist(), None, df["label"].tolist())
+                  for k, df in rotten_tomatoes(seed=cfg.seed).items()}
     out = {}
-    for split, df in rotten_tomatoes(seed=cfg.seed).items():
+    for split, (texts, pairs, labels) in splits.items():
         if split != "train" and cfg.max_eval:
-            df = df.iloc[:cfg.max_eval]
-        ids, mask = tokenize(df["text"].tolist(), cfg.seq_len)
-        out[split] = (ids, mask, torch.tensor(df["label"].to_numpy()))
+            texts, labels = texts[:cfg.max_eval], labels[:cfg.max_eval]
+            pairs = pairs[:cfg.max_eval] if pairs is not None else None
+        ids, mask = tokenize(texts, cfg.seq_len, pairs, cfg.model_path)
+        out[split] = (ids, mask, torch.tensor(labels))
     return out
 
 
@@ -96,11 +152,22 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
 
 
 def initial_weights(cfg: TrainConfig, full_model: BertModel) -> dict[str, torch.Tensor]:
+    """The one-process model's state: the pretrained encoder, a seeded classifier, fresh compressors."""
     from common.data import minilm_path
 
     sd = full_model.state_dict()
-    sd.update(load_minilm(minilm_path(), cfg.model_config()))
+    sd.update(load_hf_bert(cfg.model_path or minilm_path(), cfg.model_config()))
     return sd
+
+
+def param_groups(model: BertModel, cfg: TrainConfig) -> list[dict]:
+    """The model's trainable parameters; a trainable compressor's at `lr * compressor.lr_scale`."""
+    comp = {id(p) for m in model.modules() if isinstance(m, C.Compressor) for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in comp], "lr": cfg.lr}]
+    if comp:
+        groups.append({"params": [p for p in params if id(p) in comp], "lr": cfg.lr * cfg.compressor.lr_scale})
+    return groups
 
 
 def build(cfg: TrainConfig, par: Parallel, full_state: dict[str, torch.Tensor] | None = None) -> BertModel:
@@ -164,9 +231,10 @@ def accuracy(model, par, data, batch_size) -> float | None:
 
 
 def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
-    """Fine-tune on Rotten Tomatoes; returns {loss curve, dev/test accuracy, bytes} on the reporting rank
+    """Fine-tune (Rotten Tomatoes or a GLUE task); returns {loss curve, accuracy, bytes} on the reporting rank
     (last stage, tensor-parallel rank 0) and None on the others."""
     torch.manual_seed(cfg.seed)
+    require(not cfg.missing_paths(), f"not found: {', '.join(cfg.missing_paths())}")
     cfg.check()
     par = setup(cfg.tp, cfg.pp)
     data = data or load_data(cfg)
@@ -176,7 +244,7 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
     seed_replicas(cfg.seed)
     if cfg.freeze_word_embeddings and model.stage.embeddings is not None:
         model.stage.embeddings.word.weight.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     if ckpt_dir is not None:
@@ -192,7 +260,8 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
     if reporting and rank == world - 1:
         from tqdm import tqdm
 
-        progress = tqdm(progress, desc=f"{cfg.compressor.get('name')} from layer {cfg.start_layer}", leave=False)
+        desc = f"TP{cfg.tp}xPP{cfg.pp} {cfg.compressor.name} from layer {cfg.start_layer}"
+        progress = tqdm(progress, desc=desc, leave=False)
     model.train()
     for step in progress:
         idx = torch.from_numpy(batch_indices(step, len(labels), cfg.batch_size, cfg.seed))
@@ -207,9 +276,11 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
     result = {"losses": losses, "steps_run": end - start, "bytes": sum(c.total_bytes() for c in par.comms()),
               "params": {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}}
     if end == cfg.steps:
-        if cfg.eval_dev:
+        if cfg.eval_dev and cfg.eval_split != "dev":
             result["dev_acc"] = accuracy(model, par, data["dev"], cfg.eval_batch_size)
-        result["test_acc"] = accuracy(model, par, data["test"], cfg.eval_batch_size)
+        result["eval_acc"] = accuracy(model, par, data[cfg.eval_split], cfg.eval_batch_size)
+        if cfg.eval_split == "test":
+            result["test_acc"] = result["eval_acc"]
     return result if reporting else None
 
 

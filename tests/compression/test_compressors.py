@@ -130,3 +130,67 @@ def test_autoencoder_learns_the_subspace():
 def test_bad_options_are_user_errors(make, msg):
     with pytest.raises(UserError, match=msg):
         make()
+
+
+def test_randomk_rescaled_is_unbiased_and_plain_is_not():
+    x = _x()
+    mean = sum(C.RandomK(ratio=0.25, seed=s, pool=1)(x) for s in range(400)) / 400
+    plain = sum(C.RandomK(ratio=0.25, seed=s, pool=1, rescale=False)(x) for s in range(400)) / 400
+    assert (mean - x).abs().mean() < 0.15 * x.abs().mean()
+    assert (plain - 0.25 * x).abs().mean() < 0.05 * x.abs().mean()  # the study's: a quarter of x on average
+
+
+def test_randomk_draws_its_index_sets_once():
+    r = C.RandomK(ratio=0.25, seed=1, pool=3)
+    x = _x()
+    masks = [r(x) != 0 for _ in range(4)]
+    assert torch.equal(masks[0], masks[3]) and not torch.equal(masks[0], masks[1])  # the pool, in turn
+    assert len(r._sets[1]) == 3
+
+
+def test_topk_indices_are_exact_on_large_tensors():
+    a = torch.randn(300_000, generator=torch.Generator().manual_seed(0)).abs()
+    for k in (1, 1000, 37_500, 150_000):
+        got = C.topk_indices(a, k)
+        want = a.topk(k).indices
+        assert got.dtype == torch.int32 and got.numel() == k
+        assert torch.equal(got.long().sort().values, want.sort().values), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_sends_values_in_the_activation_dtype(dtype):
+    x = _x().to(dtype)
+    t = C.TopK(ratio=0.25)
+    payload = t.encode(x)
+    assert payload[0].dtype == dtype and payload[1].dtype == torch.int32
+    assert [(tuple(p.shape), p.dtype) for p in payload] == [(tuple(s), d) for s, d in t.payload_spec(SHAPE, dtype)]
+    assert t.wire_bytes(SHAPE, dtype) == x.numel() // 4 * (x.element_size() + 4)
+
+
+def test_autoencoder_per_rank_or_shared():
+    per_rank, shared = C.AutoEncoder(16, 4), C.AutoEncoder(16, 4, shared=True)
+    assert not per_rank.shared_across_tp and not getattr(per_rank.encoder.weight, "tp_partial", False)
+    assert per_rank.sync_bytes() == 0
+    assert shared.shared_across_tp and shared.encoder.weight.tp_partial and shared.sync_bytes() == 4 * 16 * 4
+    assert C.Quantize(8).shared_across_tp  # stateless compressors are the same on every rank
+
+
+def test_spec_is_parsed_once_with_the_label_in_errors():
+    spec = C.CompressorSpec.parse({"name": "autoencoder", "d": 8, "shared": True}, "ae8")
+    assert spec.family == "learning" and spec.build(16).shared_across_tp
+    assert C.parse_specs({"a": {"name": "quantize", "bits": 4}})["a"] == C.CompressorSpec("quantize", bits=4)
+    for options, msg in [({"name": "quantize", "bits": 3}, "compressors.x: quantize: bits"),
+                         ({"name": "zip"}, "compressors.x: unknown compressor 'zip'"),
+                         ({"name": "topk", "kk": 1}, "compressors.x: unknown compressor option"),
+                         ({"name": "autoencoder", "lr_scale": 0}, "lr_scale must be > 0")]:
+        with pytest.raises(UserError, match=msg):
+            C.CompressorSpec.parse(options, "x")
+
+
+def test_codec_benchmark_command_prints_threads_shape_and_ratio(capsys):
+    from compression.bench import main
+
+    main(["codecs", "--shape", "4,8,128", "--repeats", "2"])
+    out = capsys.readouterr().out
+    assert "threads" in out and "4x8x128" in out and "vs_copy" in out
+    assert all(name in out for name in ("int8", "int4", "int2", "topk", "randk", "ae100", "powersgd"))

@@ -4,7 +4,13 @@ import torch
 
 from compression.models import BertModel, minilm_config
 from compression.parallel import Parallel
-from compression.train import TrainConfig, batch_indices, finetune, initial_weights, load_data
+from compression.train import (
+    TrainConfig,
+    batch_indices,
+    finetune,
+    initial_weights,
+    load_data,
+)
 
 
 def _cfg(**kw):
@@ -51,3 +57,36 @@ def test_batches_are_a_function_of_the_step():
     assert all(len(b) == 32 for b in a)
     assert len(set(a[0]) | set(a[1]) | set(a[2])) == 96  # one epoch without repeats
     assert (batch_indices(4, 100, 32, 0) == a[4]).all() and not (a[3] == a[0]).all()
+
+
+def _ae_step(rank, world):
+    """One SGD step of a TP=2 model whose every all-reduce goes through an auto-encoder, per rank or shared."""
+    from compression.compressors import CompressorSpec
+    from compression.models import BertConfig, Plan
+    from compression.parallel import setup
+    from compression.train import forward_backward
+
+    cfg = BertConfig(vocab=40, hidden=16, heads=4, ffn=32, layers=2, max_positions=12, dropout=0.0)
+    par = setup(2, 1)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 40, (4, 6), generator=g)
+    out = {}
+    for shared in (False, True):
+        torch.manual_seed(rank)  # different shards on the two ranks (the auto-encoders start equal: their own seed)
+        model = BertModel(cfg, par, Plan(CompressorSpec("autoencoder", d=4, shared=shared)))
+        par.tp_comm.reset()
+        forward_backward(model, par, ids, torch.ones_like(ids), torch.tensor([0, 1, 0, 1]))
+        enc = model.stage.layers["0"].attn.o.compressor.encoder.weight
+        out[shared] = (enc.grad.clone(), par.tp_comm.total_bytes())
+    return out
+
+
+def test_autoencoder_per_rank_encoders_train_apart_and_shared_ones_together():
+    from common.distributed import run_processes
+
+    r0, r1 = run_processes(_ae_step, 2, timeout_s=60)
+    assert not torch.allclose(r0[False][0], r1[False][0])  # the study's: each rank's encoder sees its partial sum
+    torch.testing.assert_close(r0[True][0], r1[True][0])  # shared: the summed gradient on every rank
+    torch.testing.assert_close(r0[True][0], r0[False][0] + r1[False][0])
+    # sharing costs one all-reduce of the encoder gradient (4 x 16 floats) per site: 2 layers x 2 sites
+    assert r0[True][1] - r0[False][1] == 2 * 2 * 4 * 16 * 4

@@ -1,0 +1,91 @@
+"""The claims are decided from the tables: each verdict flips when the table is changed against it."""
+
+import math
+
+import pandas as pd
+
+from common.claims import DOES_NOT_HOLD, HOLDS, NOT_MEASURED
+from compression import findings as F
+
+PAPER = {k: "paper" for k in ("learning_keeps_accuracy", "early_layers_hurt", "break_even_bandwidth",
+                              "cost_model_predicts", "int8_all_gather_saves_nothing")}
+RULES = {"learning": "ae50", "rivals": ["topk", "int4"], "min_gap": 0.01, "cost_model_error_pct": 25,
+         "cost_model_spearman": 0.8, "dtype": "float16"}
+
+
+def _acc(ae=0.80, topk=0.70, int4=0.72, early_ae=0.70, std=0.01, layouts=("TP2", "PP2")):
+    rows = []
+    for lay in layouts:
+        for comp, layers, group, mean in [("none", "-", "main", 0.80), ("ae50", "2-3", "main", ae),
+                                          ("topk", "2-3", "main", topk), ("int4", "2-3", "main", int4),
+                                          ("ae50", "0-3", "early", early_ae)]:
+            rows.append({"layout": lay, "compressor": comp, "layers": layers, "group": group, "acc_mean": mean,
+                         "acc_std": std})
+    return pd.DataFrame(rows)
+
+
+def _thr(fast=0.8, slow=1.5):
+    rows = []
+    for lay in ("TP=2", "PP=2"):
+        for comp in ("none", "int8", "ae50"):
+            for g, sp in ((0.0, fast), (0.1, slow)):
+                rows.append({"layout": lay, "compressor": comp, "gbps": g, "speedup": 1.0 if comp == "none" else sp})
+    return pd.DataFrame(rows)
+
+
+BE = pd.DataFrame([{"layout": lay, "compressor": c, "break_even_Gbps": 2.0} for lay in ("TP=2", "PP=2")
+                   for c in ("int8", "ae50")])
+MSG = pd.DataFrame([{"compressor": "int8", "wire_MB_per_rank": 50.3, "vs_ring_all_reduce": 1.0}])
+FIT = {"held_out_n": 10, "held_out_mean_abs_error_pct": 12.0, "held_out_max_abs_error_pct": 30.0,
+       "held_out_spearman": 0.9}
+
+
+def _verdicts(**kw):
+    args = {"acc": _acc(), "throughput": _thr(), "break_even": BE, "fitted": FIT, "message": MSG}
+    args.update(kw)
+    return {c.key: c.verdict for c in F.study_claims(args["acc"], args["throughput"], args["break_even"],
+                                                      args["fitted"], args["message"], RULES, PAPER)}
+
+
+def test_every_claim_holds_on_tables_that_show_it():
+    assert set(_verdicts().values()) == {HOLDS}
+
+
+def test_each_claim_flips_when_its_table_says_otherwise():
+    assert _verdicts(acc=_acc(int4=0.795))["learning_keeps_accuracy"] == DOES_NOT_HOLD  # a rival keeps up
+    assert _verdicts(acc=_acc(ae=0.74))["learning_keeps_accuracy"] == DOES_NOT_HOLD  # the AE loses accuracy
+    assert _verdicts(acc=_acc(std=0.09))["learning_keeps_accuracy"] == DOES_NOT_HOLD  # within the seeds' spread
+    assert _verdicts(acc=_acc(early_ae=0.795))["early_layers_hurt"] == DOES_NOT_HOLD
+    assert _verdicts(throughput=_thr(fast=1.2))["break_even_bandwidth"] == DOES_NOT_HOLD  # pays even when fast
+    assert _verdicts(throughput=_thr(slow=0.9))["break_even_bandwidth"] == DOES_NOT_HOLD  # never pays
+    assert _verdicts(fitted={**FIT, "held_out_mean_abs_error_pct": 40.0})["cost_model_predicts"] == DOES_NOT_HOLD
+    assert _verdicts(fitted={**FIT, "held_out_spearman": 0.3})["cost_model_predicts"] == DOES_NOT_HOLD
+    msg = MSG.assign(vs_ring_all_reduce=2.0)
+    assert _verdicts(message=msg)["int8_all_gather_saves_nothing"] == DOES_NOT_HOLD
+
+
+def test_unmeasured_claims_say_so():
+    v = _verdicts(acc=_acc().query("group != 'early'"), fitted={"held_out_n": 0})
+    assert v["early_layers_hurt"] == NOT_MEASURED and v["cost_model_predicts"] == NOT_MEASURED
+    only_ae = _acc().query("compressor in ['none', 'ae50']")
+    assert _verdicts(acc=only_ae)["learning_keeps_accuracy"] == NOT_MEASURED
+
+
+def test_ablation_is_reported_beside_a_failed_learning_claim():
+    acc = _acc(ae=0.74)
+    ab = pd.DataFrame([{"layout": "TP2", "compressor": "ae100", "layers": "2-3", "group": "ablation",
+                        "acc_mean": 0.80, "acc_std": 0.005},
+                       {"layout": "TP2", "compressor": "ae50_lr10", "layers": "2-3", "group": "ablation",
+                        "acc_mean": 0.73, "acc_std": 0.005}])
+    claims = F.study_claims(pd.concat([acc, ab]), _thr(), BE, FIT, MSG, RULES, PAPER)
+    ev = claims[0].measured_evidence
+    assert claims[0].verdict == DOES_NOT_HOLD
+    assert "Ablation under TP2" in ev and "holds with ae100" in ev and "default setup" in ev
+    ab.loc[0, "acc_mean"] = 0.70  # no setting recovers: then it is not the setup
+    ev = F.study_claims(pd.concat([acc, ab]), _thr(), BE, FIT, MSG, RULES, PAPER)[0].measured_evidence
+    assert "no auto-encoder setting tried" in ev and not math.isnan(len(ev))
+    # a setting keeps accuracy but a rival keeps it too: the rivals, not the auto-encoder, fail the finding
+    keep = _acc(ae=0.74, int4=0.80)
+    ab.loc[0, "acc_mean"] = 0.80
+    ev = F.study_claims(pd.concat([keep, ab]), _thr(), BE, FIT, MSG, RULES, PAPER)[0].measured_evidence
+    assert "with ae100 the auto-encoder keeps accuracy" in ev and "but int4 keeps it too" in ev
