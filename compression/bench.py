@@ -41,8 +41,14 @@ class BenchConfig:
 def plan_for(cfg: BenchConfig, spec: C.CompressorSpec, layout: str) -> Plan:
     """Compress what the layout communicates: TP all-reduces under TP, pipeline cuts under PP."""
     s = spec
-    return Plan(s, cfg.start_layer, cfg.backward and s.name not in ("none", "identity", "autoencoder"), cfg.seed,
-                tp_sites=layout == "tp", pp_cuts=layout == "pp")
+    return Plan(
+        s,
+        cfg.start_layer,
+        cfg.backward and s.name not in ("none", "identity", "autoencoder"),
+        cfg.seed,
+        tp_sites=layout == "tp",
+        pp_cuts=layout == "pp",
+    )
 
 
 def _iteration(model, par, batch, cfg: BenchConfig, opt) -> tuple[float, dict]:
@@ -57,8 +63,11 @@ def _iteration(model, par, batch, cfg: BenchConfig, opt) -> tuple[float, dict]:
     dist.barrier()
     seconds = time.perf_counter() - start
     stats = [s for c in par.comms() for s in c.stats.values()]
-    return seconds, {"wire_bytes": sum(s.wire_bytes for s in stats), "messages": sum(s.calls for s in stats),
-                     "comm_s": sum(s.seconds for s in stats)}
+    return seconds, {
+        "wire_bytes": sum(s.wire_bytes for s in stats),
+        "messages": sum(s.calls for s in stats),
+        "comm_s": sum(s.seconds for s in stats),
+    }
 
 
 def network_times(par, layout: str, sizes: list[int], repeats: int = 10) -> list[dict]:
@@ -106,14 +115,20 @@ def bench_worker(rank: int, world: int, cfg: BenchConfig) -> dict:
                     seconds, counted = _iteration(model, par, batch, cfg, opt)
                     key = (label, gbps)
                     if key not in best or seconds < best[key]["iter_s"]:
-                        best[key] = {"layout": f"{layout.upper()}={world}", "compressor": label,
-                                     "gbps": gbps or 0.0, "iter_s": seconds, **counted}
+                        best[key] = {
+                            "layout": f"{layout.upper()}={world}",
+                            "compressor": label,
+                            "gbps": gbps or 0.0,
+                            "iter_s": seconds,
+                            **counted,
+                        }
         rows += [best[(label, gbps)] for label in runs for gbps in cfg.bandwidths_gbps]
     return {"rows": rows, "net": net}
 
 
-def codec_times(specs: dict[str, C.CompressorSpec], shape: tuple[int, ...], repeats: int = 5,
-                backward: bool = True) -> list[dict]:
+def codec_times(
+    specs: dict[str, C.CompressorSpec], shape: tuple[int, ...], repeats: int = 5, backward: bool = True
+) -> list[dict]:
     """Encode+decode seconds per element of a `shape` float32 tensor for each compressor (a trainable one with its
     backward when `backward`: it runs every training step too) beside a plain copy of the same tensor, timed in
     turn in the same loop, each the best of `repeats`. Timed in this thread's CPU time (`time.thread_time`), so that
@@ -144,9 +159,17 @@ def codec_times(specs: dict[str, C.CompressorSpec], shape: tuple[int, ...], repe
             copies.append(timed(x.clone))
             codecs.append(timed(run) if spec.active else 0.0)
         copy_s, codec_s = min(copies), min(codecs)
-        rows.append({"compressor": label, "threads": torch.get_num_threads(), "shape": "x".join(map(str, shape)),
-                     "codec_ns_per_elem": 1e9 * codec_s / x.numel(), "copy_ns_per_elem": 1e9 * copy_s / x.numel(),
-                     "vs_copy": codec_s / copy_s, "fewer_bytes": comp.ratio(shape)})
+        rows.append(
+            {
+                "compressor": label,
+                "threads": torch.get_num_threads(),
+                "shape": "x".join(map(str, shape)),
+                "codec_ns_per_elem": 1e9 * codec_s / x.numel(),
+                "copy_ns_per_elem": 1e9 * copy_s / x.numel(),
+                "vs_copy": codec_s / copy_s,
+                "fewer_bytes": comp.ratio(shape),
+            }
+        )
     return rows
 
 
@@ -164,9 +187,12 @@ def combine(per_rank: list[list[dict]]) -> list[dict]:
 
 
 CODEC_SPECS = {
-    "int8": C.CompressorSpec("quantize", bits=8), "int4": C.CompressorSpec("quantize", bits=4),
-    "int2": C.CompressorSpec("quantize", bits=2), "topk": C.CompressorSpec("topk", ratio=0.125),
-    "randk": C.CompressorSpec("randk", ratio=0.125), "ae100": C.CompressorSpec("autoencoder", d=100),
+    "int8": C.CompressorSpec("quantize", bits=8),
+    "int4": C.CompressorSpec("quantize", bits=4),
+    "int2": C.CompressorSpec("quantize", bits=2),
+    "topk": C.CompressorSpec("topk", ratio=0.125),
+    "randk": C.CompressorSpec("randk", ratio=0.125),
+    "ae100": C.CompressorSpec("autoencoder", d=100),
     "powersgd": C.CompressorSpec("powersgd", rank=4),
 }
 LIMITS = {"quantization": 5.0, "pruning": 20.0, "learning": 20.0}  # the issue's bounds, x a plain copy

@@ -168,8 +168,9 @@ class RandomK(Compressor):
     name = "randk"
     collective = "all_reduce"
 
-    def __init__(self, k: int | None = None, ratio: float | None = None, seed: int = 0, rescale: bool = True,
-                 pool: int = 16):
+    def __init__(
+        self, k: int | None = None, ratio: float | None = None, seed: int = 0, rescale: bool = True, pool: int = 16
+    ):
         super().__init__()
         require(k is not None or ratio is not None, "randk: give k or ratio")
         require(k is None or k >= 1, f"randk: k must be >= 1, got {k}")
@@ -257,7 +258,7 @@ class Quantize(Compressor):
 
     def encode(self, x):
         rows = x.reshape(-1, x.shape[-1])
-        levels = 2 ** self.bits - 1
+        levels = 2**self.bits - 1
         step = _chunk_rows(rows.shape[-1])
         with torch.no_grad():
             parts = [(r.amin(dim=0), r.amax(dim=0)) for r in rows.split(step)]  # each chunk read once from memory
@@ -278,13 +279,13 @@ class Quantize(Compressor):
         with torch.no_grad():
             for start in range(0, rows.shape[0], step):
                 n = min(step, rows.shape[0] - start)
-                torch.addcmul(bias, rows[start:start + n], inv, out=f[:n])
+                torch.addcmul(bias, rows[start : start + n], inv, out=f[:n])
                 i16[:n].copy_(f[:n])
                 v = i16[:n].view(-1, per)
                 acc = v[:, 0].clone() if per > 1 else v[:, 0]
                 for j in range(1, per):
                     acc.bitwise_or_(v[:, j] << (j * self.bits))
-                packed[start * c // per:(start + n) * c // per].copy_(acc)
+                packed[start * c // per : (start + n) * c // per].copy_(acc)
         return [packed, span / levels, lo]
 
     @staticmethod
@@ -294,7 +295,7 @@ class Quantize(Compressor):
         with torch.no_grad():
             for start in range(0, rows.shape[0], step):
                 n = min(step, rows.shape[0] - start)
-                q[start:start + n].copy_(torch.addcmul(bias, rows[start:start + n], inv).to(torch.int16))
+                q[start : start + n].copy_(torch.addcmul(bias, rows[start : start + n], inv).to(torch.int16))
         return q
 
     def decode(self, payload, shape, dtype):
@@ -309,13 +310,13 @@ class Quantize(Compressor):
         for start in range(0, out.shape[0], step):
             n = min(step, out.shape[0] - start)
             if q is not None:
-                f[:n].copy_(q[start:start + n])
+                f[:n].copy_(q[start : start + n])
             else:
-                p = packed[start * c // per:(start + n) * c // per]
+                p = packed[start * c // per : (start + n) * c // per]
                 fv = f[:n].view(-1, per)
                 for j in range(per):  # unpacked straight into the float buffer
                     fv[:, j].copy_(p if per == 1 else (p >> (j * self.bits)) & mask if j else p & mask)
-            torch.addcmul(lo, f[:n], scale, out=out[start:start + n])
+            torch.addcmul(lo, f[:n], scale, out=out[start : start + n])
         return out.reshape(shape)
 
     def payload_spec(self, shape, dtype=torch.float32):
@@ -430,8 +431,15 @@ class PowerSGD(Compressor):
         return (p @ q.T).reshape(x.shape)
 
 
-FAMILIES = {"identity": "none", "none": "none", "autoencoder": "learning", "topk": "pruning", "randk": "pruning",
-            "quantize": "quantization", "powersgd": "low-rank"}
+FAMILIES = {
+    "identity": "none",
+    "none": "none",
+    "autoencoder": "learning",
+    "topk": "pruning",
+    "randk": "pruning",
+    "quantize": "quantization",
+    "powersgd": "low-rank",
+}
 
 
 @dataclass(frozen=True)
@@ -461,13 +469,21 @@ class CompressorSpec:
         """A spec from a config mapping; unknown keys and bad values are UserErrors naming `label`."""
         where = f"compressors.{label}: " if label else ""
         unknown = set(options) - set(cls.__dataclass_fields__)
-        require(not unknown, f"{where}unknown compressor option(s) {sorted(unknown)}; known: "
-                             f"{sorted(cls.__dataclass_fields__)}")
+        require(
+            not unknown,
+            f"{where}unknown compressor option(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}",
+        )
         for key, value in options.items():
             default = cls.__dataclass_fields__[key].default
             kind = type(default) if default is not None else (int if key == "k" else float if key == "ratio" else str)
-            ok = value is None and default is None or isinstance(value, kind) and (
-                kind is bool or not isinstance(value, bool)) or kind is float and isinstance(value, int)
+            ok = (
+                value is None
+                and default is None
+                or isinstance(value, kind)
+                and (kind is bool or not isinstance(value, bool))
+                or kind is float
+                and isinstance(value, int)
+            )
             require(ok, f"{where}{key} must be {kind.__name__}, got {value!r}")
         spec = cls(**dict(options))
         require(spec.name in FAMILIES, f"{where}unknown compressor {spec.name!r}; choose one of {', '.join(NAMES)}")
@@ -495,8 +511,11 @@ class CompressorSpec:
         if self.name == "powersgd":
             require(self.rank < hidden, f"{where}powersgd rank {self.rank} must be below the hidden size {hidden}")
         if self.name in ("topk", "randk") and self.k is not None:
-            require(self.k <= tokens * hidden, f"{where}k={self.k} is larger than the tensor it compresses "
-                                               f"({tokens} tokens x {hidden} = {tokens * hidden} elements)")
+            require(
+                self.k <= tokens * hidden,
+                f"{where}k={self.k} is larger than the tensor it compresses "
+                f"({tokens} tokens x {hidden} = {tokens * hidden} elements)",
+            )
 
     def build(self, hidden: int, seed: int = 0) -> Compressor:
         """A fresh compressor for one compression site (each site has its own weights and state)."""

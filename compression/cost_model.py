@@ -49,8 +49,16 @@ def site_messages(comp: C.Compressor | None, shape, n: int, dtype) -> list[Messa
     return [_collective(comp.collective, tensor_bytes(s, d), n) for s, d in comp.payload_spec(shape, dtype)]
 
 
-def messages(cfg: BertConfig, plan: Plan, layout: str, n: int, batch: int, seq: int, micro: int = 1,
-             dtype: torch.dtype = torch.float32) -> tuple[list[Message], int]:
+def messages(
+    cfg: BertConfig,
+    plan: Plan,
+    layout: str,
+    n: int,
+    batch: int,
+    seq: int,
+    micro: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[list[Message], int]:
     """The transfers of one training iteration and the number of elements that go through a codec.
 
     TP (n ranks): per layer two forward all-reduces and two backward ones, each through the plan's
@@ -78,8 +86,11 @@ def messages(cfg: BertConfig, plan: Plan, layout: str, n: int, batch: int, seq: 
         bwd = plan.build(cfg.hidden, 10_000 + first, True) if on and plan.backward else None
         for _ in range(micro):
             sent = fwd.payload_spec(mb, dtype) if fwd is not None else [(mb, dtype)]
-            back = fwd.payload_spec(mb, dtype)[:1] if fwd is not None and fwd.trainable else (
-                bwd.payload_spec(mb, dtype) if bwd is not None else [(mb, dtype)])
+            back = (
+                fwd.payload_spec(mb, dtype)[:1]
+                if fwd is not None and fwd.trainable
+                else (bwd.payload_spec(mb, dtype) if bwd is not None else [(mb, dtype)])
+            )
             out.append(Message("send", sum(tensor_bytes(s, d) for s, d in sent), len(sent)))
             out.append(Message("send", sum(tensor_bytes(s, d) for s, d in back), len(back)))
             coded += math.prod(mb) * ((fwd is not None) + (bwd is not None))
@@ -105,8 +116,9 @@ class CostModel:
         return t
 
     def predict(self, layout: str, compressor: str, msgs: list[Message], coded: int, link_Bps: float | None) -> float:
-        return (self.compute_s[layout] + self.comm_time(layout, msgs, link_Bps)
-                + coded * self.codec_s_per_elem[compressor])
+        return (
+            self.compute_s[layout] + self.comm_time(layout, msgs, link_Bps) + coded * self.codec_s_per_elem[compressor]
+        )
 
     def break_even_Bps(self, msgs_none: list[Message], msgs_c: list[Message], coded: int, compressor: str) -> float:
         """Bandwidth below which the compressor is faster than sending uncompressed (inf: always, 0: never)."""
@@ -117,8 +129,13 @@ class CostModel:
         return math.inf if cost <= 0 else saved / cost
 
 
-def fit(bench: pd.DataFrame, codec: pd.DataFrame, net: pd.DataFrame, world: int,
-        msgs: dict[tuple[str, str], tuple[list[Message], int]]) -> CostModel:
+def fit(
+    bench: pd.DataFrame,
+    codec: pd.DataFrame,
+    net: pd.DataFrame,
+    world: int,
+    msgs: dict[tuple[str, str], tuple[list[Message], int]],
+) -> CostModel:
     """Fit latency and bandwidth per layout to the loopback network micro-benchmark (least squares on
     ring steps and wire bytes), codec costs to the codec micro-benchmark, and compute to the uncompressed
     loopback run; `msgs[(layout, compressor)]` from `messages`."""
@@ -132,7 +149,9 @@ def fit(bench: pd.DataFrame, codec: pd.DataFrame, net: pd.DataFrame, world: int,
         model.latency_s[layout] = max(float(coef[0]), 0.0)
         model.bandwidth_Bps[layout] = 1.0 / float(coef[1])
     for r in bench[(bench.gbps == 0) & (bench.compressor == "none")].itertuples():
-        model.compute_s[r.layout_key] = max(r.iter_s - model.comm_time(r.layout_key, msgs[(r.layout_key, "none")][0], None), 0.0)
+        model.compute_s[r.layout_key] = max(
+            r.iter_s - model.comm_time(r.layout_key, msgs[(r.layout_key, "none")][0], None), 0.0
+        )
     return model
 
 
@@ -141,7 +160,15 @@ def predicted_vs_measured(model: CostModel, bench: pd.DataFrame, msgs) -> pd.Dat
     for r in bench.itertuples():
         m, coded = msgs[(r.layout_key, r.compressor)]
         pred = model.predict(r.layout_key, r.compressor, m, coded, r.gbps * 1e9 / 8 if r.gbps else None)
-        rows.append({"layout": r.layout, "compressor": r.compressor, "link": f"{r.gbps:g} Gbps" if r.gbps else "loopback",
-                     "measured_s": r.iter_s, "predicted_s": pred, "error_%": 100 * (pred - r.iter_s) / r.iter_s,
-                     "used_for_fit": r.gbps == 0 and r.compressor == "none"})
+        rows.append(
+            {
+                "layout": r.layout,
+                "compressor": r.compressor,
+                "link": f"{r.gbps:g} Gbps" if r.gbps else "loopback",
+                "measured_s": r.iter_s,
+                "predicted_s": pred,
+                "error_%": 100 * (pred - r.iter_s) / r.iter_s,
+                "used_for_fit": r.gbps == 0 and r.compressor == "none",
+            }
+        )
     return pd.DataFrame(rows)

@@ -27,8 +27,14 @@ def _fmt(r) -> str:
     return f"{r.compressor} {r.acc_mean:.3f}±{_std(r.acc_std):.3f}"
 
 
-def learning_keeps_accuracy(acc: pd.DataFrame, learning: str, rivals: list[str], min_gap: float,
-                            group: str = "main", layouts: list[str] | None = None) -> tuple[bool | None, str]:
+def learning_keeps_accuracy(
+    acc: pd.DataFrame,
+    learning: str,
+    rivals: list[str],
+    min_gap: float,
+    group: str = "main",
+    layouts: list[str] | None = None,
+) -> tuple[bool | None, str]:
     """Per layout: the learning-based compressor keeps accuracy (its drop from no compression within the spread)
     and beats every pruning and quantization rival at about equal bytes by more than the spread."""
     verdicts, evidence = [], []
@@ -40,8 +46,10 @@ def learning_keeps_accuracy(acc: pd.DataFrame, learning: str, rivals: list[str],
         keeps = none.acc_mean - ae.acc_mean <= max(_std(none.acc_std), _std(ae.acc_std), min_gap)
         beats = [ae.acc_mean - o.acc_mean > max(_std(ae.acc_std), _std(o.acc_std), min_gap) for o in others]
         verdicts.append(keeps and all(beats))
-        evidence.append(f"{layout}: none {none.acc_mean:.3f}, {_fmt(ae)} ({'keeps' if keeps else 'loses'}), vs "
-                        + ", ".join(f"{_fmt(o)}{'' if b else ' (not beaten)'}" for o, b in zip(others, beats)))
+        evidence.append(
+            f"{layout}: none {none.acc_mean:.3f}, {_fmt(ae)} ({'keeps' if keeps else 'loses'}), vs "
+            + ", ".join(f"{_fmt(o)}{'' if b else ' (not beaten)'}" for o, b in zip(others, beats))
+        )
     if not verdicts:
         return None, "no layout measured the learning-based compressor beside its rivals"
     return all(verdicts), f"{sum(verdicts)}/{len(verdicts)} layouts. " + "; ".join(evidence)
@@ -58,8 +66,10 @@ def early_layers_hurt(acc: pd.DataFrame, min_gap: float) -> tuple[bool | None, s
         hurt = late.acc_mean - e.acc_mean > max(_std(late.acc_std), _std(e.acc_std), min_gap)
         checks.append(hurt)
         note = "" if hurt else " (within spread)"
-        evidence.append(f"{e.layout} {e.compressor}: layers {e.layers} {e.acc_mean:.3f}±{_std(e.acc_std):.3f} vs "
-                        f"{late.layers} {late.acc_mean:.3f}±{_std(late.acc_std):.3f}{note}")
+        evidence.append(
+            f"{e.layout} {e.compressor}: layers {e.layers} {e.acc_mean:.3f}±{_std(e.acc_std):.3f} vs "
+            f"{late.layers} {late.acc_mean:.3f}±{_std(late.acc_std):.3f}{note}"
+        )
     if not checks:
         return None, "no compressor was run on every layer"
     return all(checks), f"{sum(checks)}/{len(checks)} hurt. " + "; ".join(evidence)
@@ -80,10 +90,13 @@ def pays_only_below_break_even(throughput: pd.DataFrame, break_even: pd.DataFram
         crosses = [c for c in fast.index if fast[c] <= 1.0 < low[c]]
         verdicts.append(len(crosses) * 2 > len(fast))
         be = break_even[break_even.layout == layout].set_index("compressor").break_even_Gbps
-        each = ", ".join(f"{c} {fast[c]:.2f}x->{low[c]:.2f}x, break-even {be.get(c, float('nan')):.3g} Gbps"
-                         for c in fast.index)
-        evidence.append(f"{layout}: {len(crosses)}/{len(fast)} compressors slower at loopback and faster at "
-                        f"{slowest:g} Gbps ({each})")
+        each = ", ".join(
+            f"{c} {fast[c]:.2f}x->{low[c]:.2f}x, break-even {be.get(c, float('nan')):.3g} Gbps" for c in fast.index
+        )
+        evidence.append(
+            f"{layout}: {len(crosses)}/{len(fast)} compressors slower at loopback and faster at "
+            f"{slowest:g} Gbps ({each})"
+        )
     return all(verdicts), "; ".join(evidence)
 
 
@@ -93,8 +106,10 @@ def cost_model_predicts(fitted: Mapping, max_error_pct: float, min_spearman: flo
         return None, f"{n} held-out runs"
     err, rho = fitted["held_out_mean_abs_error_pct"], fitted["held_out_spearman"]
     ok = err <= max_error_pct and rho >= min_spearman
-    return ok, (f"held-out mean |error| {err:.1f}% (max {fitted['held_out_max_abs_error_pct']:.1f}%), Spearman "
-                f"{rho:.2f} over {n} runs; thresholds {max_error_pct:g}% and {min_spearman:g}")
+    return ok, (
+        f"held-out mean |error| {err:.1f}% (max {fitted['held_out_max_abs_error_pct']:.1f}%), Spearman "
+        f"{rho:.2f} over {n} runs; thresholds {max_error_pct:g}% and {min_spearman:g}"
+    )
 
 
 def int8_saves_nothing(message: pd.DataFrame, dtype: str) -> tuple[bool | None, str]:
@@ -104,7 +119,8 @@ def int8_saves_nothing(message: pd.DataFrame, dtype: str) -> tuple[bool | None, 
     r = r.iloc[0]
     return bool(r.vs_ring_all_reduce <= 1.0 + 1e-3), (
         f"{dtype}: the int8 all-gather sends {r.wire_MB_per_rank:.1f} MB per rank vs "
-        f"{r.wire_MB_per_rank * r.vs_ring_all_reduce:.1f} MB for a ring all-reduce ({r.vs_ring_all_reduce:.2f}x fewer)")
+        f"{r.wire_MB_per_rank * r.vs_ring_all_reduce:.1f} MB for a ring all-reduce ({r.vs_ring_all_reduce:.2f}x fewer)"
+    )
 
 
 def ablation_note(acc: pd.DataFrame, learning: str, rivals: list[str], min_gap: float) -> str:
@@ -125,29 +141,48 @@ def ablation_note(acc: pd.DataFrame, learning: str, rivals: list[str], min_gap: 
             fixed.append(r.compressor)
         elif none is not None and none.acc_mean - r.acc_mean <= max(_std(none.acc_std), _std(r.acc_std), min_gap):
             keeps.append(r.compressor)
-    kept = [o for o in rivals if (x := _row(acc, layout, o)) is not None and none is not None
-            and none.acc_mean - x.acc_mean <= max(_std(none.acc_std), _std(x.acc_std), min_gap)]
+    kept = [
+        o
+        for o in rivals
+        if (x := _row(acc, layout, o)) is not None
+        and none is not None
+        and none.acc_mean - x.acc_mean <= max(_std(none.acc_std), _std(x.acc_std), min_gap)
+    ]
     base = _row(acc, layout, learning)
-    head = f" Ablation under {layout} (same seeds; {learning} {base.acc_mean:.3f}" if base is not None else \
-        f" Ablation under {layout} ("
+    head = (
+        f" Ablation under {layout} (same seeds; {learning} {base.acc_mean:.3f}"
+        if base is not None
+        else f" Ablation under {layout} ("
+    )
     head += f", none {none.acc_mean:.3f}): " if none is not None else "): "
     if fixed:
         tail = f"the finding holds with {', '.join(fixed)}: the default setup, not the implementation, decides it"
     elif keeps:
-        base_keeps = base is not None and none is not None and none.acc_mean - base.acc_mean <= max(
-            _std(none.acc_std), _std(base.acc_std), min_gap)
+        base_keeps = (
+            base is not None
+            and none is not None
+            and none.acc_mean - base.acc_mean <= max(_std(none.acc_std), _std(base.acc_std), min_gap)
+        )
         why = "within the seeds' spread" if base_keeps else "the default setup, not the implementation, lost it"
-        tail = (f"with {', '.join(keeps)} the auto-encoder keeps accuracy ({why}), but {', '.join(kept) or 'no rival'} "
-                f"keep{'s' if len(kept) == 1 else ''} it too at about equal bytes: the rivals not losing accuracy at "
-                "this scale is what fails the finding")
+        tail = (
+            f"with {', '.join(keeps)} the auto-encoder keeps accuracy ({why}), but {', '.join(kept) or 'no rival'} "
+            f"keep{'s' if len(kept) == 1 else ''} it too at about equal bytes: the rivals not losing accuracy at "
+            "this scale is what fails the finding"
+        )
     else:
         tail = "no auto-encoder setting tried keeps accuracy: not a matter of d, lr or sharing at this scale"
     return head + ", ".join(parts) + "; " + tail + "."
 
 
-def study_claims(acc: pd.DataFrame | None, throughput: pd.DataFrame | None, break_even: pd.DataFrame | None,
-                 fitted: Mapping | None, message: pd.DataFrame, settings: Mapping, paper: Mapping[str, str]
-                 ) -> list[Claim]:
+def study_claims(
+    acc: pd.DataFrame | None,
+    throughput: pd.DataFrame | None,
+    break_even: pd.DataFrame | None,
+    fitted: Mapping | None,
+    message: pd.DataFrame,
+    settings: Mapping,
+    paper: Mapping[str, str],
+) -> list[Claim]:
     """The study's claims from this run's tables. `settings`: learning (label), rivals (labels at about equal
     bytes), min_gap, cost_model_error_pct, cost_model_spearman, dtype (of the message table)."""
     gap = float(settings["min_gap"])
@@ -156,21 +191,52 @@ def study_claims(acc: pd.DataFrame | None, throughput: pd.DataFrame | None, brea
     ok, ev = learning_keeps_accuracy(acc, learning, rivals, gap) if acc is not None else (None, "not run")
     if ok is False and acc is not None:
         ev += ablation_note(acc, learning, rivals, gap)
-    out.append(Claim("learning_keeps_accuracy", "learning-based compression keeps accuracy where pruning and "
-                     "quantization at equal bytes lose it", paper["learning_keeps_accuracy"], ev, decide(ok)))
+    out.append(
+        Claim(
+            "learning_keeps_accuracy",
+            "learning-based compression keeps accuracy where pruning and quantization at equal bytes lose it",
+            paper["learning_keeps_accuracy"],
+            ev,
+            decide(ok),
+        )
+    )
     ok, ev = early_layers_hurt(acc, gap) if acc is not None else (None, "not run")
-    out.append(Claim("early_layers_hurt", "compressing early layers hurts accuracy", paper["early_layers_hurt"], ev,
-                     decide(ok)))
+    out.append(
+        Claim(
+            "early_layers_hurt", "compressing early layers hurts accuracy", paper["early_layers_hurt"], ev, decide(ok)
+        )
+    )
     ok, ev = pays_only_below_break_even(throughput, break_even) if throughput is not None else (None, "not run")
-    out.append(Claim("break_even_bandwidth", "compression pays only below a break-even bandwidth",
-                     paper["break_even_bandwidth"], ev, decide(ok)))
+    out.append(
+        Claim(
+            "break_even_bandwidth",
+            "compression pays only below a break-even bandwidth",
+            paper["break_even_bandwidth"],
+            ev,
+            decide(ok),
+        )
+    )
     limits = float(settings["cost_model_error_pct"]), float(settings["cost_model_spearman"])
     ok, ev = cost_model_predicts(fitted, *limits) if fitted is not None else (None, "not run")
-    out.append(Claim("cost_model_predicts", "the cost model predicts held-out throughput", paper["cost_model_predicts"],
-                     ev, decide(ok)))
+    out.append(
+        Claim(
+            "cost_model_predicts",
+            "the cost model predicts held-out throughput",
+            paper["cost_model_predicts"],
+            ev,
+            decide(ok),
+        )
+    )
     ok, ev = int8_saves_nothing(message, str(settings["dtype"]))
-    out.append(Claim("int8_all_gather_saves_nothing", "int8 all-gather saves nothing against a ring all-reduce at "
-                     "TP=4 (fp16)", paper["int8_all_gather_saves_nothing"], ev, decide(ok)))
+    out.append(
+        Claim(
+            "int8_all_gather_saves_nothing",
+            "int8 all-gather saves nothing against a ring all-reduce at TP=4 (fp16)",
+            paper["int8_all_gather_saves_nothing"],
+            ev,
+            decide(ok),
+        )
+    )
     return out
 
 

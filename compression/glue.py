@@ -33,8 +33,9 @@ TASKS = {
     "qqp": GlueTask("QQP", ("question1", "question2"), "is_duplicate", ("0", "1")),
     "qnli": GlueTask("QNLI", ("question", "sentence"), "label", ("entailment", "not_entailment")),
     "rte": GlueTask("RTE", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment")),
-    "mnli": GlueTask("MNLI", ("sentence1", "sentence2"), "gold_label", ("contradiction", "entailment", "neutral"),
-                     dev="dev_matched"),
+    "mnli": GlueTask(
+        "MNLI", ("sentence1", "sentence2"), "gold_label", ("contradiction", "entailment", "neutral"), dev="dev_matched"
+    ),
 }
 SPLITS = ("train", "dev")
 
@@ -61,11 +62,15 @@ def load_glue(root: str | Path, task: str, split: str):
     require(not bad, f"{path}: unexpected labels {bad[:5]}; expected {list(t.labels)}")
 
     def convert(row):
-        return {"text": str(row[t.text[0]]), "text_pair": str(row[t.text[1]]) if len(t.text) > 1 else None,
-                "label": ids[str(row[t.label])]}
+        return {
+            "text": str(row[t.text[0]]),
+            "text_pair": str(row[t.text[1]]) if len(t.text) > 1 else None,
+            "label": ids[str(row[t.label])],
+        }
 
-    features = datasets.Features({"text": datasets.Value("string"), "text_pair": datasets.Value("string"),
-                                  "label": datasets.Value("int64")})
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "text_pair": datasets.Value("string"), "label": datasets.Value("int64")}
+    )
     return ds.map(convert, remove_columns=ds.column_names, features=features)
 
 

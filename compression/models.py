@@ -55,15 +55,19 @@ class Plan:
 
     def build(self, hidden: int, site: int, backward: bool = False) -> C.Compressor | None:
         if backward:
-            require(self.spec.name != "autoencoder",
-                    "the auto-encoder compresses activations only; set backward=false for it")
+            require(
+                self.spec.name != "autoencoder",
+                "the auto-encoder compresses activations only; set backward=false for it",
+            )
         return C.build(self.spec, hidden, seed=self.seed * 10_007 + 2 * site + int(backward))
 
 
 def validate(cfg: BertConfig, plan: Plan, tokens: int) -> None:
     """Bad settings as UserErrors before any process starts."""
-    require(0 <= plan.start_layer < cfg.layers,
-            f"start_layer {plan.start_layer} is out of range for a {cfg.layers}-layer model (0..{cfg.layers - 1})")
+    require(
+        0 <= plan.start_layer < cfg.layers,
+        f"start_layer {plan.start_layer} is out of range for a {cfg.layers}-layer model (0..{cfg.layers - 1})",
+    )
     plan.spec.check(cfg.hidden, tokens)
     C.build(plan.spec, cfg.hidden)  # checks the remaining options (bits, ratio, rank, name)
     if plan.backward:
@@ -104,7 +108,10 @@ class Layer(nn.Module):
     def __init__(self, cfg: BertConfig, par: Parallel, plan: Plan, index: int):
         super().__init__()
         on = plan.active(index) and plan.tp_sites
-        site = lambda j, bwd=False: plan.build(cfg.hidden, 4 * index + j, bwd) if on and (not bwd or plan.backward) else None
+
+        def site(j, bwd=False):
+            return plan.build(cfg.hidden, 4 * index + j, bwd) if on and (not bwd or plan.backward) else None
+
         self.attn = Attention(cfg, par, site(0), site(0, True))
         self.ln1 = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
         self.mlp = MLP(cfg, par, site(1), site(1, True))
@@ -154,11 +161,18 @@ class BertStage(nn.Module):
         if not (plan.active(layer) and plan.pp_cuts):
             return Cut()
         site = 10_000 + layer
-        return Cut(plan.build(self.cfg.hidden, site), plan.build(self.cfg.hidden, site, True) if plan.backward else None)
+        return Cut(
+            plan.build(self.cfg.hidden, site), plan.build(self.cfg.hidden, site, True) if plan.backward else None
+        )
 
     def cut_modules(self) -> nn.ModuleList:
-        return nn.ModuleList(c for cut in (self.cut_in, self.cut_out) if cut is not None
-                             for c in (cut.forward, cut.backward) if c is not None)
+        return nn.ModuleList(
+            c
+            for cut in (self.cut_in, self.cut_out)
+            if cut is not None
+            for c in (cut.forward, cut.backward)
+            if c is not None
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """First stage: token ids -> hidden states; others: hidden states in. Last stage: logits out."""
@@ -189,11 +203,18 @@ class BertModel(nn.Module):
 # Pretrained weights
 
 _HF = {
-    "embeddings.word_embeddings": "stage.embeddings.word", "embeddings.position_embeddings": "stage.embeddings.position",
-    "embeddings.token_type_embeddings": "stage.embeddings.token_type", "embeddings.LayerNorm": "stage.embeddings.ln",
-    "attention.self.query": "attn.q", "attention.self.key": "attn.k", "attention.self.value": "attn.v",
-    "attention.output.dense": "attn.o", "attention.output.LayerNorm": "ln1",
-    "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2", "output.LayerNorm": "ln2",
+    "embeddings.word_embeddings": "stage.embeddings.word",
+    "embeddings.position_embeddings": "stage.embeddings.position",
+    "embeddings.token_type_embeddings": "stage.embeddings.token_type",
+    "embeddings.LayerNorm": "stage.embeddings.ln",
+    "attention.self.query": "attn.q",
+    "attention.self.key": "attn.k",
+    "attention.self.value": "attn.v",
+    "attention.output.dense": "attn.o",
+    "attention.output.LayerNorm": "ln1",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    "output.LayerNorm": "ln2",
 }
 
 
@@ -210,9 +231,18 @@ def hf_config(path: str | Path, layers: int | None = None, dropout: float = 0.1,
     c = AutoConfig.from_pretrained(str(path))
     n = c.num_hidden_layers if layers is None else layers
     require(1 <= n <= c.num_hidden_layers, f"{path} has {c.num_hidden_layers} layers; cannot keep {n}")
-    return BertConfig(vocab=c.vocab_size, hidden=c.hidden_size, heads=c.num_attention_heads, ffn=c.intermediate_size,
-                      layers=n, max_positions=c.max_position_embeddings, type_vocab=c.type_vocab_size,
-                      classes=classes, dropout=dropout, ln_eps=c.layer_norm_eps)
+    return BertConfig(
+        vocab=c.vocab_size,
+        hidden=c.hidden_size,
+        heads=c.num_attention_heads,
+        ffn=c.intermediate_size,
+        layers=n,
+        max_positions=c.max_position_embeddings,
+        type_vocab=c.type_vocab_size,
+        classes=classes,
+        dropout=dropout,
+        ln_eps=c.layer_norm_eps,
+    )
 
 
 def from_hf_state(state: dict[str, torch.Tensor], cfg: BertConfig) -> dict[str, torch.Tensor]:
@@ -226,7 +256,7 @@ def from_hf_state(state: dict[str, torch.Tensor], cfg: BertConfig) -> dict[str, 
         name, leaf = key.rsplit(".", 1)
         leaf = {"gamma": "weight", "beta": "bias"}.get(leaf, leaf)
         if name.startswith("encoder.layer."):
-            i, rest = name[len("encoder.layer."):].split(".", 1)
+            i, rest = name[len("encoder.layer.") :].split(".", 1)
             if int(i) < cfg.layers and rest in _HF:
                 out[f"stage.layers.{i}.{_HF[rest]}.{leaf}"] = t
         elif name in _HF:

@@ -64,8 +64,9 @@ def setup(tp: int = 1, pp: int = 1, link: Link | None = None) -> Parallel:
 class RowParallelLinear(tp_.RowParallelLinear):
     """Megatron's row-parallel linear whose forward all-reduce goes through `compressor`."""
 
-    def __init__(self, d_in: int, d_out: int, tp: int = 1, comm: CountingComm | None = None,
-                 compressor: Compressor | None = None):
+    def __init__(
+        self, d_in: int, d_out: int, tp: int = 1, comm: CountingComm | None = None, compressor: Compressor | None = None
+    ):
         super().__init__(d_in, d_out, tp, comm, compressor)
 
     @property
@@ -85,8 +86,12 @@ def sync_partial_grads(model: nn.Module, comm: CountingComm | None) -> None:
     (`shared_across_tp`, default True); a compressor private to each rank keeps its own gradient."""
     if tp_.comm_size(comm) == 1:
         return
-    private = {id(p) for m in model.modules() if isinstance(m, Compressor) and not getattr(m, "shared_across_tp", True)
-               for p in m.parameters()}
+    private = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, Compressor) and not getattr(m, "shared_across_tp", True)
+        for p in m.parameters()
+    }
     for p in model.parameters():
         if getattr(p, "tp_partial", False) and p.grad is not None and id(p) not in private:
             comm.all_reduce(p.grad)
@@ -99,8 +104,9 @@ def send_activation(x: torch.Tensor, cut: Cut, comm: CountingComm, dst: int) -> 
     return out
 
 
-def recv_activation(shape: tuple[int, ...], cut: Cut, comm: CountingComm, src: int
-                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def recv_activation(
+    shape: tuple[int, ...], cut: Cut, comm: CountingComm, src: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Receive and decode; returns the activation and the leaves whose gradients go back to the sender."""
     return cut.recv_forward(shape, comm, src)
 
@@ -114,23 +120,48 @@ def recv_gradient(outputs: list[torch.Tensor], cut: Cut, comm: CountingComm, src
     return cut.recv_backward(outputs, comm, src)
 
 
-def pipeline_step(stage_fn: Callable[[torch.Tensor | None, int], torch.Tensor],
-                  loss_fn: Callable[[torch.Tensor, int], torch.Tensor], par: Parallel, n_micro: int,
-                  act_shape: tuple[int, ...], cut_in: Cut | None, cut_out: Cut | None, schedule: str = "gpipe"
-                  ) -> torch.Tensor | None:
+def pipeline_step(
+    stage_fn: Callable[[torch.Tensor | None, int], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, int], torch.Tensor],
+    par: Parallel,
+    n_micro: int,
+    act_shape: tuple[int, ...],
+    cut_in: Cut | None,
+    cut_out: Cut | None,
+    schedule: str = "gpipe",
+) -> torch.Tensor | None:
     """One forward/backward over `n_micro` micro-batches under `schedule` ("gpipe" or "1f1b").
 
     `stage_fn(x, i)` runs this stage on micro-batch i (x is None on the first stage, which reads its own
     input); `loss_fn(out, i)` is the last stage's loss for micro-batch i, already divided by `n_micro`.
     Gradients accumulate in the stage's parameters. Returns the summed loss on the last stage, else None.
     """
-    return pp_.pipeline_step(stage_fn, loss_fn, par.pp_comm, par.stage, par.pp, n_micro, act_shape,
-                             None if par.first else par.peer(par.stage - 1),
-                             None if par.last else par.peer(par.stage + 1), cut_in, cut_out, schedule)
+    return pp_.pipeline_step(
+        stage_fn,
+        loss_fn,
+        par.pp_comm,
+        par.stage,
+        par.pp,
+        n_micro,
+        act_shape,
+        None if par.first else par.peer(par.stage - 1),
+        None if par.last else par.peer(par.stage + 1),
+        cut_in,
+        cut_out,
+        schedule,
+    )
 
 
-def gpipe_step(stage_fn, loss_fn, par: Parallel, n_micro: int, act_shape: tuple[int, ...], cut_in: Cut | None,
-               cut_out: Cut | None, schedule: str = "gpipe") -> torch.Tensor | None:
+def gpipe_step(
+    stage_fn,
+    loss_fn,
+    par: Parallel,
+    n_micro: int,
+    act_shape: tuple[int, ...],
+    cut_in: Cut | None,
+    cut_out: Cut | None,
+    schedule: str = "gpipe",
+) -> torch.Tensor | None:
     """`pipeline_step`, GPipe by default (the name compression's callers use)."""
     return pipeline_step(stage_fn, loss_fn, par, n_micro, act_shape, cut_in, cut_out, schedule)
 

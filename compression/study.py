@@ -100,31 +100,58 @@ class StudyConfig:
         train = replace(train, max_eval=train.max_eval or None)
         layouts = [Layout.parse(d) for d in a["layouts"]]
         require(layouts, "accuracy.layouts must name at least one layout")
-        require(0 <= int(a["start_layer"]) < train.layers, f"accuracy.start_layer={a['start_layer']} is out of range "
-                                                           f"for a {train.layers}-layer model (0..{train.layers - 1})")
+        require(
+            0 <= int(a["start_layer"]) < train.layers,
+            f"accuracy.start_layer={a['start_layer']} is out of range "
+            f"for a {train.layers}-layer model (0..{train.layers - 1})",
+        )
         ab = dict(cfg.get("ablation") or {})
         require(ab.get("when", "never") in ("failed", "always", "never"), "ablation.when: failed, always or never")
         b = dict(cfg["bench"])
-        model = BertConfig(vocab=1000, hidden=int(b["hidden"]), heads=int(b["heads"]), ffn=int(b["ffn"]),
-                           layers=int(b["layers"]), max_positions=max(512, int(b["seq_len"])), dropout=0.0)
-        bc = BenchConfig(model=model, batch_size=int(b["batch_size"]), seq_len=int(b["seq_len"]),
-                         micro_batches=int(b["micro_batches"]), start_layer=int(b["start_layer"]),
-                         backward=bool(b["backward"]),
-                         compressors={lbl: specs[lbl] for lbl in labels(b["compressors"], "bench.compressors")},
-                         bandwidths_gbps=[float(g) or None for g in b["bandwidths_gbps"]], layouts=list(b["layouts"]),
-                         warmup=int(b["warmup"]), warmup_first=int(b["warmup_first"]), iters=int(b["iters"]),
-                         seed=int(cfg.get("seed", 0)))
+        model = BertConfig(
+            vocab=1000,
+            hidden=int(b["hidden"]),
+            heads=int(b["heads"]),
+            ffn=int(b["ffn"]),
+            layers=int(b["layers"]),
+            max_positions=max(512, int(b["seq_len"])),
+            dropout=0.0,
+        )
+        bc = BenchConfig(
+            model=model,
+            batch_size=int(b["batch_size"]),
+            seq_len=int(b["seq_len"]),
+            micro_batches=int(b["micro_batches"]),
+            start_layer=int(b["start_layer"]),
+            backward=bool(b["backward"]),
+            compressors={lbl: specs[lbl] for lbl in labels(b["compressors"], "bench.compressors")},
+            bandwidths_gbps=[float(g) or None for g in b["bandwidths_gbps"]],
+            layouts=list(b["layouts"]),
+            warmup=int(b["warmup"]),
+            warmup_first=int(b["warmup_first"]),
+            iters=int(b["iters"]),
+            seed=int(cfg.get("seed", 0)),
+        )
         require(all(g is None or g > 0 for g in bc.bandwidths_gbps), "bench.bandwidths_gbps must be >= 0 (0: loopback)")
         require(set(bc.layouts) <= {"tp", "pp"}, f"bench.layouts must be tp and/or pp, got {list(bc.layouts)}")
         require("none" in bc.compressors, "bench.compressors must include none (the baseline of every speedup)")
-        out = cls(specs=specs, train=train, layouts=layouts,
-                  compressors=labels(a["compressors"], "accuracy.compressors"),
-                  early=labels(a["early"], "accuracy.early"), seeds=[int(s) for s in a["seeds"]],
-                  ablation=labels(ab.get("compressors", []), "ablation.compressors"),
-                  ablation_layout=Layout.parse(ab["layout"]) if ab.get("layout") else None,
-                  ablation_when=str(ab.get("when", "never")), bench=bc, bench_world=int(b["world"]),
-                  codec_repeats=int(b["codec_repeats"]), message=dict(cfg["message"]), claims=dict(cfg["claims"]),
-                  extra={"start_layer": int(a["start_layer"])})
+        out = cls(
+            specs=specs,
+            train=train,
+            layouts=layouts,
+            compressors=labels(a["compressors"], "accuracy.compressors"),
+            early=labels(a["early"], "accuracy.early"),
+            seeds=[int(s) for s in a["seeds"]],
+            ablation=labels(ab.get("compressors", []), "ablation.compressors"),
+            ablation_layout=Layout.parse(ab["layout"]) if ab.get("layout") else None,
+            ablation_when=str(ab.get("when", "never")),
+            bench=bc,
+            bench_world=int(b["world"]),
+            codec_repeats=int(b["codec_repeats"]),
+            message=dict(cfg["message"]),
+            claims=dict(cfg["claims"]),
+            extra={"start_layer": int(a["start_layer"])},
+        )
         out.check()
         return out
 
@@ -163,14 +190,25 @@ class StudyConfig:
         for seed in self.seeds:
             for layout, label, start in runs:
                 spec = self.specs[label]
-                tc = replace(self.train, tp=layout.tp, pp=layout.pp, seed=seed, compressor=spec, start_layer=start,
-                             micro_batches=self.train.micro_batches if layout.pp > 1 else 1)
+                tc = replace(
+                    self.train,
+                    tp=layout.tp,
+                    pp=layout.pp,
+                    seed=seed,
+                    compressor=spec,
+                    start_layer=start,
+                    micro_batches=self.train.micro_batches if layout.pp > 1 else 1,
+                )
                 tc.check()
                 if model is not None:
-                    require(model.heads % layout.tp == 0 and model.ffn % layout.tp == 0,
-                            f"{layout.name}: {model.heads} heads do not split over tp={layout.tp}")
-                    require(layout.pp <= model.layers, f"{layout.name}: {layout.pp} stages need at least as many "
-                                                       f"layers (have {model.layers})")
+                    require(
+                        model.heads % layout.tp == 0 and model.ffn % layout.tp == 0,
+                        f"{layout.name}: {model.heads} heads do not split over tp={layout.tp}",
+                    )
+                    require(
+                        layout.pp <= model.layers,
+                        f"{layout.name}: {layout.pp} stages need at least as many layers (have {model.layers})",
+                    )
                 out.append(Setting(layout, label, f"{start}-{n - 1}" if spec.active else "-", group, tc))
         return out
 
@@ -197,22 +235,50 @@ def run_accuracy(settings: list[Setting], tracker=None, timeout_s: float = 3600)
                     tracker.log({f"loss/{tag}": loss, "train_step": i})
                 tracker.log({f"acc/{tag}": res["eval_acc"]})
             tail = res["losses"][-10:]
-            rows.append({"layout": layout.name, "compressor": s.label, "layers": s.layers, "group": s.group,
-                         "seed": seed, "acc": res["eval_acc"], "final_loss": sum(tail) / len(tail),
-                         "MB_per_step": res["bytes"] / 1e6 / s.cfg.steps})
+            rows.append(
+                {
+                    "layout": layout.name,
+                    "compressor": s.label,
+                    "layers": s.layers,
+                    "group": s.group,
+                    "seed": seed,
+                    "acc": res["eval_acc"],
+                    "final_loss": sum(tail) / len(tail),
+                    "MB_per_step": res["bytes"] / 1e6 / s.cfg.steps,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def accuracy_table(runs: pd.DataFrame, specs: dict[str, CompressorSpec], shape: tuple[int, int, int]) -> pd.DataFrame:
     """Mean and sample std over seeds per (layout, compressor, compressed layers); fewer_bytes per message."""
     g = runs.groupby(["layout", "compressor", "layers", "group"], sort=False)
-    out = g.agg(acc_mean=("acc", "mean"), acc_std=("acc", "std"), seeds=("seed", "count"),
-                loss=("final_loss", "mean"), MB_per_step=("MB_per_step", "mean")).reset_index()
+    out = g.agg(
+        acc_mean=("acc", "mean"),
+        acc_std=("acc", "std"),
+        seeds=("seed", "count"),
+        loss=("final_loss", "mean"),
+        MB_per_step=("MB_per_step", "mean"),
+    ).reset_index()
     out["per_seed"] = g["acc"].apply(lambda s: " ".join(f"{v:.3f}" for v in s)).values
     out["family"] = [specs[c].family for c in out.compressor]
     out["fewer_bytes"] = [specs[c].fewer_bytes(shape) for c in out.compressor]
-    return out[["layout", "compressor", "family", "layers", "group", "fewer_bytes", "acc_mean", "acc_std", "seeds",
-                "per_seed", "loss", "MB_per_step"]]
+    return out[
+        [
+            "layout",
+            "compressor",
+            "family",
+            "layers",
+            "group",
+            "fewer_bytes",
+            "acc_mean",
+            "acc_std",
+            "seeds",
+            "per_seed",
+            "loss",
+            "MB_per_step",
+        ]
+    ]
 
 
 def run_bench(bc: BenchConfig, world: int, codec_repeats: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -233,9 +299,11 @@ def run_bench(bc: BenchConfig, world: int, codec_repeats: int) -> tuple[pd.DataF
 
 def throughput_table(bench: pd.DataFrame) -> pd.DataFrame:
     base = bench[bench.compressor == "none"].set_index(["layout", "gbps"])["iter_s"]
-    df = bench.assign(link=bench.gbps.map(lambda g: "loopback" if g == 0 else f"{g:g} Gbps"),
-                      MB_per_iter=bench.wire_bytes / 1e6,
-                      speedup=[base[(r.layout, r.gbps)] / r.iter_s for r in bench.itertuples()])
+    df = bench.assign(
+        link=bench.gbps.map(lambda g: "loopback" if g == 0 else f"{g:g} Gbps"),
+        MB_per_iter=bench.wire_bytes / 1e6,
+        speedup=[base[(r.layout, r.gbps)] / r.iter_s for r in bench.itertuples()],
+    )
     return df[["layout", "link", "gbps", "compressor", "iter_s", "MB_per_iter", "speedup"]]
 
 
@@ -248,13 +316,18 @@ class CostModelReport:
     fitted: dict
 
 
-def cost_model_report(bc: BenchConfig, bench: pd.DataFrame, codec: pd.DataFrame, net: pd.DataFrame,
-                      world: int) -> CostModelReport:
+def cost_model_report(
+    bc: BenchConfig, bench: pd.DataFrame, codec: pd.DataFrame, net: pd.DataFrame, world: int
+) -> CostModelReport:
     """Fit the cost model (uncompressed loopback run, network and codec micro-benchmarks) and predict every other
     bench row (held out); the break-even bandwidth per compressor."""
-    msgs = {(layout, label): CM.messages(bc.model, plan_for(bc, spec, layout), layout, world, bc.batch_size,
-                                         bc.seq_len, bc.micro_batches)
-            for layout in bc.layouts for label, spec in bc.compressors.items()}
+    msgs = {
+        (layout, label): CM.messages(
+            bc.model, plan_for(bc, spec, layout), layout, world, bc.batch_size, bc.seq_len, bc.micro_batches
+        )
+        for layout in bc.layouts
+        for label, spec in bc.compressors.items()
+    }
     model = CM.fit(bench, codec, net, world, msgs)
     pvm = CM.predicted_vs_measured(model, bench, msgs)
     held = pvm[~pvm.used_for_fit]
@@ -266,19 +339,29 @@ def cost_model_report(bc: BenchConfig, bench: pd.DataFrame, codec: pd.DataFrame,
                 continue
             m, coded = msgs[(layout, label)]
             b = model.break_even_Bps(none_msgs, m, coded, label)
-            rows.append({"layout": f"{layout.upper()}={world}", "compressor": label,
-                         "MB_saved_per_iter": (sum(x.wire for x in none_msgs) - sum(x.wire for x in m)) / 1e6,
-                         "codec_ms_per_iter": 1e3 * coded * model.codec_s_per_elem[label],
-                         "break_even_Gbps": b * 8 / 1e9 if math.isfinite(b) else math.inf})
+            rows.append(
+                {
+                    "layout": f"{layout.upper()}={world}",
+                    "compressor": label,
+                    "MB_saved_per_iter": (sum(x.wire for x in none_msgs) - sum(x.wire for x in m)) / 1e6,
+                    "codec_ms_per_iter": 1e3 * coded * model.codec_s_per_elem[label],
+                    "break_even_Gbps": b * 8 / 1e9 if math.isfinite(b) else math.inf,
+                }
+            )
     from scipy.stats import spearmanr
 
-    fitted = {"compute_s": model.compute_s, "loopback_latency_us": {k: v * 1e6 for k, v in model.latency_s.items()},
-              "loopback_GBps": {k: v / 1e9 for k, v in model.bandwidth_Bps.items()},
-              "codec_ns_per_elem": {k: v * 1e9 for k, v in model.codec_s_per_elem.items()},
-              "held_out_mean_abs_error_pct": float(held["error_%"].abs().mean()),
-              "held_out_max_abs_error_pct": float(held["error_%"].abs().max()), "held_out_n": int(len(held)),
-              "held_out_spearman": float(spearmanr(held.predicted_s, held.measured_s).statistic) if len(held) > 2
-              else float("nan")}
+    fitted = {
+        "compute_s": model.compute_s,
+        "loopback_latency_us": {k: v * 1e6 for k, v in model.latency_s.items()},
+        "loopback_GBps": {k: v / 1e9 for k, v in model.bandwidth_Bps.items()},
+        "codec_ns_per_elem": {k: v * 1e9 for k, v in model.codec_s_per_elem.items()},
+        "held_out_mean_abs_error_pct": float(held["error_%"].abs().mean()),
+        "held_out_max_abs_error_pct": float(held["error_%"].abs().max()),
+        "held_out_n": int(len(held)),
+        "held_out_spearman": float(spearmanr(held.predicted_s, held.measured_s).statistic)
+        if len(held) > 2
+        else float("nan"),
+    }
     return CostModelReport(model, msgs, pvm, pd.DataFrame(rows), fitted)
 
 
@@ -298,9 +381,12 @@ def break_even_figure(report: CostModelReport, bench: pd.DataFrame, bc: BenchCon
         meas = bench[(bench.layout_key == layout) & (bench.gbps > 0)]
         for label in (lbl for lbl in bc.compressors if lbl != "none"):
             m, coded = msgs[(layout, label)]
-            sp = [model.predict(layout, "none", none_m, none_c, g * 1e9 / 8)
-                  / model.predict(layout, label, m, coded, g * 1e9 / 8) for g in gbps]
-            line, = ax.plot(gbps, sp, label=label)
+            sp = [
+                model.predict(layout, "none", none_m, none_c, g * 1e9 / 8)
+                / model.predict(layout, label, m, coded, g * 1e9 / 8)
+                for g in gbps
+            ]
+            (line,) = ax.plot(gbps, sp, label=label)
             for g in sorted(meas.gbps.unique()):
                 t_none = meas[(meas.gbps == g) & (meas.compressor == "none")].iter_s.iloc[0]
                 t_c = meas[(meas.gbps == g) & (meas.compressor == label)].iter_s.iloc[0]
@@ -326,9 +412,16 @@ def message_table(message: Mapping) -> pd.DataFrame:
         msgs = CM.site_messages(comp if spec.active else None, shape, n, dtype)
         wire = sum(x.wire for x in msgs)
         payload = sum(CM.tensor_bytes(s, d) for s, d in comp.payload_spec(shape, dtype))
-        rows.append({"compressor": label, "collective": comp.collective if spec.active else "all_reduce",
-                     "payload_MB": payload / 1e6, "wire_MB_per_rank": wire / 1e6, "fewer_bytes": full / payload,
-                     "vs_ring_all_reduce": 2 * (n - 1) / n * full / wire})
+        rows.append(
+            {
+                "compressor": label,
+                "collective": comp.collective if spec.active else "all_reduce",
+                "payload_MB": payload / 1e6,
+                "wire_MB_per_rank": wire / 1e6,
+                "fewer_bytes": full / payload,
+                "vs_ring_all_reduce": 2 * (n - 1) / n * full / wire,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -336,13 +429,17 @@ def plan_text(study: StudyConfig, scale: str) -> str:
     t = study.train
     n = {g: len(study.settings(g)) for g in ("main", "early", "ablation")}
     data = f"GLUE {t.task} at {t.glue_root}" if t.glue_root else "Rotten Tomatoes"
-    return "\n".join([
-        f"accuracy ({scale}): {n['main'] + n['early']} fine-tunings ({len(study.compressors)} compressors from layer "
-        f"{study.start_layer}, {len(study.early)} from layer 0) under {[lay.name for lay in study.layouts]}, seeds "
-        f"{study.seeds}; {t.layers}-layer BERT ({t.model_path or 'all-MiniLM-L6-v2'}), seq {t.seq_len}, batch "
-        f"{t.batch_size}, {t.steps} steps; data: {data}",
-        f"ablation ({study.ablation_when}): {n['ablation']} fine-tunings of {study.ablation} under "
-        f"{(study.ablation_layout or study.layouts[0]).name}",
-        f"bench: {len(study.bench.compressors)} compressors x layouts {study.bench.layouts} x links "
-        f"{['loopback' if g is None else f'{g:g} Gbps' for g in study.bench.bandwidths_gbps]} on {study.bench_world} "
-        f"processes"])
+    model = t.model_path or "all-MiniLM-L6-v2"
+    return "\n".join(
+        [
+            f"accuracy ({scale}): {n['main'] + n['early']} fine-tunings ({len(study.compressors)} compressors from "
+            f"layer {study.start_layer}, {len(study.early)} from layer 0) under "
+            f"{[lay.name for lay in study.layouts]}, seeds {study.seeds}; {t.layers}-layer BERT ({model}), "
+            f"seq {t.seq_len}, batch {t.batch_size}, {t.steps} steps; data: {data}",
+            f"ablation ({study.ablation_when}): {n['ablation']} fine-tunings of {study.ablation} under "
+            f"{(study.ablation_layout or study.layouts[0]).name}",
+            f"bench: {len(study.bench.compressors)} compressors x layouts {study.bench.layouts} x links "
+            f"{['loopback' if g is None else f'{g:g} Gbps' for g in study.bench.bandwidths_gbps]} on "
+            f"{study.bench_world} processes",
+        ]
+    )

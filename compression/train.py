@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from common.checkpoint import (
-    latest_checkpoint,
+    agreed_resume,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,
@@ -96,8 +96,10 @@ class TrainConfig:
 
     def check(self) -> None:
         """Bad settings as UserErrors; the model's shape is checked once its directory exists (`missing_paths`)."""
-        require(self.batch_size % self.micro_batches == 0,
-                f"batch_size {self.batch_size} does not split into {self.micro_batches} micro-batches")
+        require(
+            self.batch_size % self.micro_batches == 0,
+            f"batch_size {self.batch_size} does not split into {self.micro_batches} micro-batches",
+        )
         if self.model_path is None or Path(self.model_path).exists():
             validate(self.model_config(), self.plan(), self.batch_size // self.micro_batches * self.seq_len)
 
@@ -105,8 +107,9 @@ class TrainConfig:
         return [p for p in (self.model_path, self.glue_root) if p and not Path(p).exists()]
 
 
-def tokenize(texts: list[str], seq_len: int, pairs: list[str] | None = None, model_path: str | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize(
+    texts: list[str], seq_len: int, pairs: list[str] | None = None, model_path: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask, padded/truncated to `seq_len`, with the model's own tokenizer
     (all-MiniLM-L6-v2's when `model_path` is None). Sentence pairs are joined BERT's way, [SEP] between."""
     from transformers import AutoTokenizer
@@ -131,13 +134,14 @@ def load_data(cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor, t
     else:
         from common.data import rotten_tomatoes
 
-        splits = {k: (df["text"].tolist(), None, df["label"].tolist())
-                  for k, df in rotten_tomatoes(seed=cfg.seed).items()}
+        splits = {
+            k: (df["text"].tolist(), None, df["label"].tolist()) for k, df in rotten_tomatoes(seed=cfg.seed).items()
+        }
     out = {}
     for split, (texts, pairs, labels) in splits.items():
         if split != "train" and cfg.max_eval:
-            texts, labels = texts[:cfg.max_eval], labels[:cfg.max_eval]
-            pairs = pairs[:cfg.max_eval] if pairs is not None else None
+            texts, labels = texts[: cfg.max_eval], labels[: cfg.max_eval]
+            pairs = pairs[: cfg.max_eval] if pairs is not None else None
         ids, mask = tokenize(texts, cfg.seq_len, pairs, cfg.model_path)
         out[split] = (ids, mask, torch.tensor(labels))
     return out
@@ -148,7 +152,7 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
     per_epoch = n // batch_size
     epoch, j = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(n)
-    return order[j * batch_size:(j + 1) * batch_size]
+    return order[j * batch_size : (j + 1) * batch_size]
 
 
 def initial_weights(cfg: TrainConfig, full_model: BertModel) -> dict[str, torch.Tensor]:
@@ -194,9 +198,15 @@ def forward_backward(model: BertModel, par: Parallel, ids, mask, labels, micro_b
         return loss.item()
     ids_, mask_, labels_ = (t.chunk(micro_batches) for t in (ids, mask, labels))
     shape = (ids_[0].shape[0], ids.shape[1], model.stage.cfg.hidden)
-    total = gpipe_step(lambda x, i: model(ids_[i] if x is None else x, mask_[i]),
-                       lambda out, i: F.cross_entropy(out, labels_[i]) / micro_batches,
-                       par, micro_batches, shape, model.stage.cut_in, model.stage.cut_out)
+    total = gpipe_step(
+        lambda x, i: model(ids_[i] if x is None else x, mask_[i]),
+        lambda out, i: F.cross_entropy(out, labels_[i]) / micro_batches,
+        par,
+        micro_batches,
+        shape,
+        model.stage.cut_in,
+        model.stage.cut_out,
+    )
     sync_partial_grads(model, par.tp_comm)
     return None if total is None else total.item()
 
@@ -208,8 +218,9 @@ def predict(model: BertModel, par: Parallel, ids, mask) -> torch.Tensor | None:
         return model(ids, mask)
     x = None
     if not par.first:
-        x, _ = recv_activation((*ids.shape, model.stage.cfg.hidden), model.stage.cut_in, par.pp_comm,
-                               par.peer(par.stage - 1))
+        x, _ = recv_activation(
+            (*ids.shape, model.stage.cfg.hidden), model.stage.cut_in, par.pp_comm, par.peer(par.stage - 1)
+        )
     out = model(ids if x is None else x, mask)
     if par.last:
         return out
@@ -222,9 +233,9 @@ def accuracy(model, par, data, batch_size) -> float | None:
     model.eval()
     correct, seen = 0, 0
     for i in range(0, len(labels), batch_size):
-        logits = predict(model, par, ids[i:i + batch_size], mask[i:i + batch_size])
+        logits = predict(model, par, ids[i : i + batch_size], mask[i : i + batch_size])
         if logits is not None:
-            correct += (logits.argmax(-1) == labels[i:i + batch_size]).sum().item()
+            correct += (logits.argmax(-1) == labels[i : i + batch_size]).sum().item()
             seen += len(logits)
     model.train()
     return correct / seen if seen else None
@@ -247,10 +258,10 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    if ckpt_dir is not None:
-        found = latest_checkpoint(ckpt_dir, f"rank{rank}-*.pt")
+    if ckpt_dir is not None:  # every rank resumes from the newest step all ranks saved completely (a collective)
+        start, found = agreed_resume(ckpt_dir, f"rank{rank}-*.pt")
         if found is not None:
-            start = restore_training_state(load_checkpoint(found), {"model": model}, {"opt": opt})
+            restore_training_state(load_checkpoint(found), {"model": model}, {"opt": opt})
             log.info("rank %d resumed from %s at step %d", rank, found, start)
     ids, mask, labels = data["train"]
     reporting = par.last and par.tp_rank == 0
@@ -271,10 +282,15 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
         if loss is not None:
             losses.append(loss)
         if ckpt_dir is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(ckpt_dir / f"rank{rank}-step{step + 1:06d}.pt",
-                            training_state(step + 1, {"model": model}, {"opt": opt}))
-    result = {"losses": losses, "steps_run": end - start, "bytes": sum(c.total_bytes() for c in par.comms()),
-              "params": {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}}
+            save_checkpoint(
+                ckpt_dir / f"rank{rank}-step{step + 1:06d}.pt", training_state(step + 1, {"model": model}, {"opt": opt})
+            )
+    result = {
+        "losses": losses,
+        "steps_run": end - start,
+        "bytes": sum(c.total_bytes() for c in par.comms()),
+        "params": {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)},
+    }
     if end == cfg.steps:
         if cfg.eval_dev and cfg.eval_split != "dev":
             result["dev_acc"] = accuracy(model, par, data["dev"], cfg.eval_batch_size)

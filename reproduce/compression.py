@@ -25,13 +25,15 @@ PAPER = Path(__file__).parent / "data" / "compression_paper.yaml"
 def accuracy_note(s: study.StudyConfig) -> str:
     t = s.train
     data = f"GLUE {t.task} (dev)" if t.glue_root else "Rotten Tomatoes (test split)"
-    return (f"{t.model_path or 'all-MiniLM-L6-v2'} truncated to its first {t.layers} layers, {data}, seq {t.seq_len}, "
-            f"batch {t.batch_size}, {t.steps} AdamW steps (lr {t.lr}) per layout, word embeddings frozen="
-            f"{t.freeze_word_embeddings}, real processes per layout ({t.micro_batches} GPipe micro-batches on "
-            f"pipeline layouts). 'layers' are the compressed layers (forward all-reduces and pipeline cuts in front "
-            f"of them); mean and sample std over seeds {s.seeds} (the seed also changes Rotten Tomatoes' split). "
-            "fewer_bytes: per compressed message against fp32. group: main (latter layers), early (every layer), "
-            "ablation (other auto-encoder settings).")
+    return (
+        f"{t.model_path or 'all-MiniLM-L6-v2'} truncated to its first {t.layers} layers, {data}, seq {t.seq_len}, "
+        f"batch {t.batch_size}, {t.steps} AdamW steps (lr {t.lr}) per layout, word embeddings frozen="
+        f"{t.freeze_word_embeddings}, real processes per layout ({t.micro_batches} GPipe micro-batches on "
+        f"pipeline layouts). 'layers' are the compressed layers (forward all-reduces and pipeline cuts in front "
+        f"of them); mean and sample std over seeds {s.seeds} (the seed also changes Rotten Tomatoes' split). "
+        "fewer_bytes: per compressed message against fp32. group: main (latter layers), early (every layer), "
+        "ablation (other auto-encoder settings)."
+    )
 
 
 def paths_text(s: study.StudyConfig) -> str:
@@ -49,32 +51,50 @@ def run(ctx: app.RunContext) -> None:
     if ctx.dry_run:
         return
     if s.train.missing_paths():
-        raise UserError(f"not found: {', '.join(s.train.missing_paths())} (accuracy.model_path: a Hugging Face BERT "
-                        "directory; accuracy.glue_root: GLUE's task folders)")
+        raise UserError(
+            f"not found: {', '.join(s.train.missing_paths())} (accuracy.model_path: a Hugging Face BERT "
+            "directory; accuracy.glue_root: GLUE's task folders)"
+        )
     out, started = ctx.out, time.time()
 
     bench, codec, net = study.run_bench(s.bench, s.bench_world, s.codec_repeats)
     thr = study.throughput_table(bench)
     bc = s.bench
-    out.table("throughput", thr, title="Throughput per compressor (TP and PP, emulated links)",
-              note=f"Best of {bc.iters} rounds (each times every setting once, interleaved) of one training iteration "
-                   f"(forward, backward, SGD step) of a {bc.model.layers}-layer BERT (hidden {bc.model.hidden}), batch "
-                   f"{bc.batch_size} x seq {bc.seq_len}, layers >= {bc.start_layer} compressed (activation gradients "
-                   "too, except the auto-encoder). MB_per_iter: bytes on the critical path per iteration (TP: per "
-                   "rank, with a shared auto-encoder's gradient all-reduce; PP: both directions). Speedup over none at "
-                   "the same link. Times are noisy: the 2-core CPU is shared.")
-    out.table("codec", codec, title="Encode + decode time per element vs a plain copy",
-              note="One thread, the copy timed in turn with each codec in the same loop, best of "
-                   f"{s.codec_repeats}. `python -m compression.bench codecs` prints the same at (128, 32, 768).")
+    out.table(
+        "throughput",
+        thr,
+        title="Throughput per compressor (TP and PP, emulated links)",
+        note=f"Best of {bc.iters} rounds (each times every setting once, interleaved) of one training iteration "
+        f"(forward, backward, SGD step) of a {bc.model.layers}-layer BERT (hidden {bc.model.hidden}), batch "
+        f"{bc.batch_size} x seq {bc.seq_len}, layers >= {bc.start_layer} compressed (activation gradients "
+        "too, except the auto-encoder). MB_per_iter: bytes on the critical path per iteration (TP: per "
+        "rank, with a shared auto-encoder's gradient all-reduce; PP: both directions). Speedup over none at "
+        "the same link. Times are noisy: the 2-core CPU is shared.",
+    )
+    out.table(
+        "codec",
+        codec,
+        title="Encode + decode time per element vs a plain copy",
+        note="One thread, the copy timed in turn with each codec in the same loop, best of "
+        f"{s.codec_repeats}. `python -m compression.bench codecs` prints the same at (128, 32, 768).",
+    )
     cm = study.cost_model_report(bc, bench, codec, net, s.bench_world)
     f = cm.fitted
-    out.table("cost_model", cm.predicted, title="Cost model: predicted vs measured iteration time",
-              note="Fitted on the uncompressed loopback run (compute), the loopback network micro-benchmark (latency, "
-                   f"bandwidth) and the codec micro-benchmark; every other row is held out. Held-out mean |error| "
-                   f"{f['held_out_mean_abs_error_pct']:.1f}% (max {f['held_out_max_abs_error_pct']:.1f}%, Spearman "
-                   f"{f['held_out_spearman']:.2f}, n={f['held_out_n']}).")
-    out.table("break_even", cm.break_even, title="Break-even bandwidth per compressor (compression pays below it)",
-              note="inf: pays at any bandwidth (no codec cost measured); 0: never (no bytes saved).")
+    out.table(
+        "cost_model",
+        cm.predicted,
+        title="Cost model: predicted vs measured iteration time",
+        note="Fitted on the uncompressed loopback run (compute), the loopback network micro-benchmark (latency, "
+        f"bandwidth) and the codec micro-benchmark; every other row is held out. Held-out mean |error| "
+        f"{f['held_out_mean_abs_error_pct']:.1f}% (max {f['held_out_max_abs_error_pct']:.1f}%, Spearman "
+        f"{f['held_out_spearman']:.2f}, n={f['held_out_n']}).",
+    )
+    out.table(
+        "break_even",
+        cm.break_even,
+        title="Break-even bandwidth per compressor (compression pays below it)",
+        note="inf: pays at any bandwidth (no codec cost measured); 0: never (no bytes saved).",
+    )
     out.json("cost_model_fit.json", f)
     out.table("network", net, title="Loopback network micro-benchmark (what latency and bandwidth are fitted to)")
     out.figure("break_even", study.break_even_figure(cm, bench, bc, s.bench_world))
@@ -93,17 +113,19 @@ def run(ctx: app.RunContext) -> None:
         runs = pd.concat([runs, study.run_accuracy(s.settings("ablation"), ctx.tracker)], ignore_index=True)
         acc = study.accuracy_table(runs, s.specs, shape)
     out.table("accuracy_runs", runs, title="Accuracy: every run")
-    out.table("accuracy", acc, title="Accuracy of fine-tuning with each compressor, per layout",
-              note=accuracy_note(s))
-    out.table("message_bytes", beside_paper(message, pd.DataFrame(paper["message"]), on="compressor",
-                                            columns=["fewer_bytes"]),
-              title=f"Bytes per tensor-parallel message at BERT-large (s={s.message['seq_len']}, "
-                    f"b={s.message['batch_size']}, {s.message['dtype']}, TP={s.message['tp']})")
+    out.table("accuracy", acc, title="Accuracy of fine-tuning with each compressor, per layout", note=accuracy_note(s))
+    out.table(
+        "message_bytes",
+        beside_paper(message, pd.DataFrame(paper["message"]), on="compressor", columns=["fewer_bytes"]),
+        title=f"Bytes per tensor-parallel message at BERT-large (s={s.message['seq_len']}, "
+        f"b={s.message['batch_size']}, {s.message['dtype']}, TP={s.message['tp']})",
+    )
     claims = decide(acc)
     write_claims(out, claims, "compression", ctx.scale)
     out.note(f"Claims: {', '.join(f'{c.key} {c.verdict}' for c in claims)} (claims.md). Paper: {paper['source']}.")
-    ctx.tracker.summary({"cost_model_held_out_mean_abs_error_pct": f["held_out_mean_abs_error_pct"],
-                         "wall_s": time.time() - started})
+    ctx.tracker.summary(
+        {"cost_model_held_out_mean_abs_error_pct": f["held_out_mean_abs_error_pct"], "wall_s": time.time() - started}
+    )
 
 
 if __name__ == "__main__":

@@ -1,15 +1,80 @@
-"""`reproduce/conf/compression/`: compressors, message sizes, and per scale the accuracy and bench runs.
+"""`reproduce/conf/compression/`: compressors, the accuracy study and its ablation, the bench, message sizes, and
+the thresholds the claims are decided by. Scale files are `@package _global_` and hold only what differs.
 
-Scale files are `@package _global_`. Compressor specs stay free-form dicts (`{name: topk, ratio: 0.065}`):
-`compression` checks them itself. Keys only some scales set have the default the code falls back to.
-"""
+Compressor specs stay dicts here (`{name: topk, ratio: 0.065}`): `compression.compressors.CompressorSpec` parses
+and checks each once. Defaults are the mini values (drafted by `python -m reproduce.schemas.draft compression`);
+the YAML files set every key."""
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import BaseConfig, ScaleName
+from .base import BaseConfig
 
-Compressors = dict[str, dict[str, Any]]
+
+@dataclass
+class ScaleConfig:
+    name: str = "mini"
+
+
+@dataclass
+class AccuracyConfig:
+    compressors: list[str] = field(default_factory=lambda: ["none", "ae50", "topk", "randk", "int4", "powersgd"])
+    early: list[str] = field(default_factory=lambda: ["ae50", "int4"])
+    start_layer: int = 2
+    layouts: list[dict[str, int]] = field(
+        default_factory=lambda: [{"tp": 2, "pp": 1}, {"tp": 1, "pp": 2}, {"tp": 2, "pp": 2}]
+    )
+    micro_batches: int = 2
+    backward: bool = False
+    layers: int = 4
+    seq_len: int = 32
+    batch_size: int = 16
+    steps: int = 40
+    lr: float = 0.0001
+    weight_decay: float = 0.01
+    dropout: float = 0.1
+    freeze_word_embeddings: bool = True
+    max_eval: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    model_path: str | None = None
+    glue_root: str | None = None
+    task: str = "sst2"
+
+
+@dataclass
+class AblationLayoutConfig:
+    tp: int = 2
+    pp: int = 1
+
+
+@dataclass
+class AblationConfig:
+    when: str = "failed"
+    layout: AblationLayoutConfig = field(default_factory=AblationLayoutConfig)
+    compressors: list[str] = field(default_factory=lambda: ["ae100", "ae50_lr10", "ae50_shared"])
+
+
+@dataclass
+class BenchConfig:
+    compressors: list[str] = field(
+        default_factory=lambda: ["none", "ae50", "topk", "randk", "int8", "int4", "int2", "powersgd"]
+    )
+    layouts: list[str] = field(default_factory=lambda: ["tp", "pp"])
+    world: int = 2
+    bandwidths_gbps: list[float] = field(default_factory=lambda: [0, 1.0, 0.1])
+    layers: int = 4
+    hidden: int = 384
+    heads: int = 12
+    ffn: int = 1536
+    batch_size: int = 8
+    seq_len: int = 64
+    micro_batches: int = 2
+    start_layer: int = 0
+    backward: bool = True
+    warmup: int = 0
+    warmup_first: int = 3
+    iters: int = 5
+    codec_repeats: int = 5
 
 
 @dataclass
@@ -19,70 +84,47 @@ class MessageConfig:
     batch_size: int = 32
     tp: int = 4
     dtype: str = "float16"
-    compressors: Compressors = field(default_factory=dict)
+    compressors: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            "none": {"name": "none"},
+            "int8": {"name": "quantize", "bits": 8},
+            "ae100": {"name": "autoencoder", "d": 100},
+            "ae50": {"name": "autoencoder", "d": 50},
+            "topk": {"name": "topk", "ratio": 0.05},
+            "topk_int64": {"name": "topk", "ratio": 0.05, "index_dtype": "int64"},
+        }
+    )
 
 
 @dataclass
-class AccuracyConfig:
-    compressors: list[str] = field(default_factory=list)
-    early: list[str] = field(default_factory=list)
-    start_layer: int = 0
-    backward: bool = False
-    tp: int = 1
-    pp: int = 1
-    micro_batches: int = 1
-    layers: int = 2
-    seq_len: int = 32
-    batch_size: int = 16
-    steps: int | None = None  # smoke and mini
-    epochs: int | None = None  # paper
-    lr: float = 1.0e-4
-    weight_decay: float = 0.01
-    dropout: float = 0.1
-    freeze_word_embeddings: bool = True
-    max_eval: int | None = None  # 0 or null: the whole test split
-    seeds: list[int] = field(default_factory=lambda: [0])
-
-
-@dataclass
-class BenchConfig:
-    compressors: list[str] = field(default_factory=list)
-    layouts: list[str] = field(default_factory=lambda: ["tp", "pp"])
-    world: int = 2
-    bandwidths_gbps: list[float] = field(default_factory=lambda: [0.0])  # 0: loopback (no emulation)
-    layers: int = 2
-    hidden: int = 64
-    heads: int = 4
-    ffn: int = 128
-    batch_size: int = 4
-    seq_len: int = 16
-    micro_batches: int = 2
-    start_layer: int = 0
-    backward: bool = True
-    warmup: int = 0
-    warmup_first: int = 3
-    iters: int = 2
-    codec_repeats: int = 2
-
-
-@dataclass
-class PaperModelConfig:
-    name: str = "bert-large-uncased"
-    hidden: int = 1024
-    heads: int = 16
-    ffn: int = 4096
-    layers: int = 24
+class ClaimsConfig:
+    learning: str = "ae50"
+    rivals: list[str] = field(default_factory=lambda: ["topk", "randk", "int4"])
+    min_gap: float = 0.01
+    cost_model_error_pct: float = 25.0
+    cost_model_spearman: float = 0.8
 
 
 @dataclass
 class CompressionConfig(BaseConfig):
-    scale: ScaleName = field(default_factory=ScaleName)
-    compressors: Compressors = field(default_factory=dict)
-    message: MessageConfig = field(default_factory=MessageConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    compressors: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            "none": {"name": "none"},
+            "ae50": {"name": "autoencoder", "d": 50, "shared": False, "lr_scale": 1.0},
+            "ae100": {"name": "autoencoder", "d": 100, "shared": False, "lr_scale": 1.0},
+            "topk": {"name": "topk", "ratio": 0.065, "k": None, "index_dtype": "int32"},
+            "randk": {"name": "randk", "ratio": 0.13, "k": None, "rescale": True, "index_pool": 16},
+            "int8": {"name": "quantize", "bits": 8},
+            "int4": {"name": "quantize", "bits": 4},
+            "int2": {"name": "quantize", "bits": 2},
+            "powersgd": {"name": "powersgd", "rank": 32, "error_feedback": False},
+            "ae50_lr10": {"name": "autoencoder", "d": 50, "lr_scale": 10.0},
+            "ae50_shared": {"name": "autoencoder", "d": 50, "shared": True},
+        }
+    )
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
-    # the paper scale's plan (printed by a dry run)
-    model: PaperModelConfig | None = None
-    tasks: list[str] | None = None
-    layouts: list[dict[str, int]] | None = None
-    gpus: int | None = None
+    message: MessageConfig = field(default_factory=MessageConfig)
+    claims: ClaimsConfig = field(default_factory=ClaimsConfig)

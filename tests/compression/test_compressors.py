@@ -18,9 +18,18 @@ def _x(seed=0):
 
 
 def _all():
-    return [C.Identity(), C.TopK(ratio=0.25), C.TopK(ratio=0.25, index_dtype="int64"), C.RandomK(ratio=0.25, seed=3),
-            C.Quantize(2), C.Quantize(4), C.Quantize(8), C.AutoEncoder(16, 4), C.PowerSGD(16, 2),
-            C.PowerSGD(16, 2, error_feedback=True)]
+    return [
+        C.Identity(),
+        C.TopK(ratio=0.25),
+        C.TopK(ratio=0.25, index_dtype="int64"),
+        C.RandomK(ratio=0.25, seed=3),
+        C.Quantize(2),
+        C.Quantize(4),
+        C.Quantize(8),
+        C.AutoEncoder(16, 4),
+        C.PowerSGD(16, 2),
+        C.PowerSGD(16, 2, error_feedback=True),
+    ]
 
 
 @pytest.mark.parametrize("comp", _all(), ids=lambda c: f"{c.name}")
@@ -55,7 +64,7 @@ def test_topk_keeps_largest_and_quantization_error_bound():
     assert x[~kept].abs().max() <= x[kept].abs().min()
     for bits in (2, 4, 8):
         rows = x.reshape(-1, 16)
-        step = (rows.amax(0) - rows.amin(0)) / (2 ** bits - 1)
+        step = (rows.amax(0) - rows.amin(0)) / (2**bits - 1)
         err = (C.Quantize(bits)(x) - x).reshape(-1, 16).abs()
         assert (err <= step / 2 + 1e-6).all()
     errs = [(C.Quantize(b)(x) - x).norm() for b in (2, 4, 8)]
@@ -64,7 +73,7 @@ def test_topk_keeps_largest_and_quantization_error_bound():
 
 def test_bit_packing_roundtrip():
     for bits in (2, 4, 8):
-        q = torch.randint(0, 2 ** bits, (37,))
+        q = torch.randint(0, 2**bits, (37,))
         packed = C.pack_bits(q, bits)
         assert packed.numel() == math.ceil(37 * bits / 8) and packed.dtype == torch.uint8
         assert torch.equal(C.unpack_bits(packed, bits, 37).long(), q)
@@ -79,8 +88,9 @@ def test_randomk_indices_come_from_the_shared_seed():
     assert not torch.equal(a(x) != 0, a(x) != 0)
 
 
-@pytest.mark.parametrize("comp", [C.Identity(), C.RandomK(ratio=0.3, seed=1), C.AutoEncoder(16, 4)],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "comp", [C.Identity(), C.RandomK(ratio=0.3, seed=1), C.AutoEncoder(16, 4)], ids=lambda c: c.name
+)
 def test_all_reduce_compressors_commute_with_the_sum(comp):
     """What makes all-reducing the codes correct: the sum of two ranks' codes decodes to the compression
     of the sum (each rank holds an identical copy of the compressor)."""
@@ -119,14 +129,17 @@ def test_autoencoder_learns_the_subspace():
     assert ae.trainable and loss.item() < 0.01 * first
 
 
-@pytest.mark.parametrize("make, msg", [
-    (lambda: C.Quantize(3), "bits"),
-    (lambda: C.AutoEncoder(16, 16), "width"),
-    (lambda: C.TopK(k=600).encode(_x()), "larger than the tensor"),
-    (lambda: C.TopK(ratio=1.5), "ratio"),
-    (lambda: C.build(C.CompressorSpec(name="zip"), 16), "unknown compressor"),
-    (lambda: C.spec_from_dict({"name": "topk", "kk": 3}), "unknown compressor option"),
-])
+@pytest.mark.parametrize(
+    "make, msg",
+    [
+        (lambda: C.Quantize(3), "bits"),
+        (lambda: C.AutoEncoder(16, 16), "width"),
+        (lambda: C.TopK(k=600).encode(_x()), "larger than the tensor"),
+        (lambda: C.TopK(ratio=1.5), "ratio"),
+        (lambda: C.build(C.CompressorSpec(name="zip"), 16), "unknown compressor"),
+        (lambda: C.spec_from_dict({"name": "topk", "kk": 3}), "unknown compressor option"),
+    ],
+)
 def test_bad_options_are_user_errors(make, msg):
     with pytest.raises(UserError, match=msg):
         make()
@@ -179,10 +192,12 @@ def test_spec_is_parsed_once_with_the_label_in_errors():
     spec = C.CompressorSpec.parse({"name": "autoencoder", "d": 8, "shared": True}, "ae8")
     assert spec.family == "learning" and spec.build(16).shared_across_tp
     assert C.parse_specs({"a": {"name": "quantize", "bits": 4}})["a"] == C.CompressorSpec("quantize", bits=4)
-    for options, msg in [({"name": "quantize", "bits": 3}, "compressors.x: quantize: bits"),
-                         ({"name": "zip"}, "compressors.x: unknown compressor 'zip'"),
-                         ({"name": "topk", "kk": 1}, "compressors.x: unknown compressor option"),
-                         ({"name": "autoencoder", "lr_scale": 0}, "lr_scale must be > 0")]:
+    for options, msg in [
+        ({"name": "quantize", "bits": 3}, "compressors.x: quantize: bits"),
+        ({"name": "zip"}, "compressors.x: unknown compressor 'zip'"),
+        ({"name": "topk", "kk": 1}, "compressors.x: unknown compressor option"),
+        ({"name": "autoencoder", "lr_scale": 0}, "lr_scale must be > 0"),
+    ]:
         with pytest.raises(UserError, match=msg):
             C.CompressorSpec.parse(options, "x")
 

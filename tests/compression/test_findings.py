@@ -7,20 +7,39 @@ import pandas as pd
 from common.claims import DOES_NOT_HOLD, HOLDS, NOT_MEASURED
 from compression import findings as F
 
-PAPER = {k: "paper" for k in ("learning_keeps_accuracy", "early_layers_hurt", "break_even_bandwidth",
-                              "cost_model_predicts", "int8_all_gather_saves_nothing")}
-RULES = {"learning": "ae50", "rivals": ["topk", "int4"], "min_gap": 0.01, "cost_model_error_pct": 25,
-         "cost_model_spearman": 0.8, "dtype": "float16"}
+PAPER = {
+    k: "paper"
+    for k in (
+        "learning_keeps_accuracy",
+        "early_layers_hurt",
+        "break_even_bandwidth",
+        "cost_model_predicts",
+        "int8_all_gather_saves_nothing",
+    )
+}
+RULES = {
+    "learning": "ae50",
+    "rivals": ["topk", "int4"],
+    "min_gap": 0.01,
+    "cost_model_error_pct": 25,
+    "cost_model_spearman": 0.8,
+    "dtype": "float16",
+}
 
 
 def _acc(ae=0.80, topk=0.70, int4=0.72, early_ae=0.70, std=0.01, layouts=("TP2", "PP2")):
     rows = []
     for lay in layouts:
-        for comp, layers, group, mean in [("none", "-", "main", 0.80), ("ae50", "2-3", "main", ae),
-                                          ("topk", "2-3", "main", topk), ("int4", "2-3", "main", int4),
-                                          ("ae50", "0-3", "early", early_ae)]:
-            rows.append({"layout": lay, "compressor": comp, "layers": layers, "group": group, "acc_mean": mean,
-                         "acc_std": std})
+        for comp, layers, group, mean in [
+            ("none", "-", "main", 0.80),
+            ("ae50", "2-3", "main", ae),
+            ("topk", "2-3", "main", topk),
+            ("int4", "2-3", "main", int4),
+            ("ae50", "0-3", "early", early_ae),
+        ]:
+            rows.append(
+                {"layout": lay, "compressor": comp, "layers": layers, "group": group, "acc_mean": mean, "acc_std": std}
+            )
     return pd.DataFrame(rows)
 
 
@@ -33,18 +52,27 @@ def _thr(fast=0.8, slow=1.5):
     return pd.DataFrame(rows)
 
 
-BE = pd.DataFrame([{"layout": lay, "compressor": c, "break_even_Gbps": 2.0} for lay in ("TP=2", "PP=2")
-                   for c in ("int8", "ae50")])
+BE = pd.DataFrame(
+    [{"layout": lay, "compressor": c, "break_even_Gbps": 2.0} for lay in ("TP=2", "PP=2") for c in ("int8", "ae50")]
+)
 MSG = pd.DataFrame([{"compressor": "int8", "wire_MB_per_rank": 50.3, "vs_ring_all_reduce": 1.0}])
-FIT = {"held_out_n": 10, "held_out_mean_abs_error_pct": 12.0, "held_out_max_abs_error_pct": 30.0,
-       "held_out_spearman": 0.9}
+FIT = {
+    "held_out_n": 10,
+    "held_out_mean_abs_error_pct": 12.0,
+    "held_out_max_abs_error_pct": 30.0,
+    "held_out_spearman": 0.9,
+}
 
 
 def _verdicts(**kw):
     args = {"acc": _acc(), "throughput": _thr(), "break_even": BE, "fitted": FIT, "message": MSG}
     args.update(kw)
-    return {c.key: c.verdict for c in F.study_claims(args["acc"], args["throughput"], args["break_even"],
-                                                      args["fitted"], args["message"], RULES, PAPER)}
+    return {
+        c.key: c.verdict
+        for c in F.study_claims(
+            args["acc"], args["throughput"], args["break_even"], args["fitted"], args["message"], RULES, PAPER
+        )
+    }
 
 
 def test_every_claim_holds_on_tables_that_show_it():
@@ -73,10 +101,26 @@ def test_unmeasured_claims_say_so():
 
 def test_ablation_is_reported_beside_a_failed_learning_claim():
     acc = _acc(ae=0.74)
-    ab = pd.DataFrame([{"layout": "TP2", "compressor": "ae100", "layers": "2-3", "group": "ablation",
-                        "acc_mean": 0.80, "acc_std": 0.005},
-                       {"layout": "TP2", "compressor": "ae50_lr10", "layers": "2-3", "group": "ablation",
-                        "acc_mean": 0.73, "acc_std": 0.005}])
+    ab = pd.DataFrame(
+        [
+            {
+                "layout": "TP2",
+                "compressor": "ae100",
+                "layers": "2-3",
+                "group": "ablation",
+                "acc_mean": 0.80,
+                "acc_std": 0.005,
+            },
+            {
+                "layout": "TP2",
+                "compressor": "ae50_lr10",
+                "layers": "2-3",
+                "group": "ablation",
+                "acc_mean": 0.73,
+                "acc_std": 0.005,
+            },
+        ]
+    )
     claims = F.study_claims(pd.concat([acc, ab]), _thr(), BE, FIT, MSG, RULES, PAPER)
     ev = claims[0].measured_evidence
     assert claims[0].verdict == DOES_NOT_HOLD

@@ -21,10 +21,15 @@ WORDS = "the a film movie good bad great awful plot actor story is was not very 
 def _write_glue(root, n_train=32, n_dev=16):
     rng = random.Random(0)
     for folder, header, make in [
-        ("RTE", "index\tsentence1\tsentence2\tlabel",
-         lambda i: f"{i}\t{' '.join(rng.choices(WORDS, k=6))}\t{' '.join(rng.choices(WORDS, k=4))}\t"
-                   f"{rng.choice(['entailment', 'not_entailment'])}"),
-        ("SST-2", "sentence\tlabel", lambda i: f"{' '.join(rng.choices(WORDS, k=7))} \"quoted\t{rng.randint(0, 1)}"),
+        (
+            "RTE",
+            "index\tsentence1\tsentence2\tlabel",
+            lambda i: (
+                f"{i}\t{' '.join(rng.choices(WORDS, k=6))}\t{' '.join(rng.choices(WORDS, k=4))}\t"
+                f"{rng.choice(['entailment', 'not_entailment'])}"
+            ),
+        ),
+        ("SST-2", "sentence\tlabel", lambda i: f'{" ".join(rng.choices(WORDS, k=7))} "quoted\t{rng.randint(0, 1)}'),
     ]:
         (root / folder).mkdir(parents=True)
         for split, n in (("train", n_train), ("dev", n_dev)):
@@ -39,8 +44,14 @@ def _write_tiny_bert(path):
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", '"', *WORDS]) + "\n")
     BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(str(path))
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(WORDS) + 6, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=32, max_position_embeddings=32)
+    cfg = BertConfig(
+        vocab_size=len(WORDS) + 6,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     BertModel(cfg).save_pretrained(str(path))
 
 
@@ -65,14 +76,36 @@ def test_load_glue_reads_the_tsv_files(inputs):
 
 
 def _paper_cfg(inputs, *extra):
-    overrides = ["scale=paper", f"accuracy.model_path={inputs / 'tiny-bert'}", f"accuracy.glue_root={inputs / 'glue'}",
-                 "accuracy.task=rte", "accuracy.layouts=[{tp:2,pp:2}]", "accuracy.compressors=[none,ae50,topk]",
-                 "accuracy.early=[ae50]", "accuracy.start_layer=1", "accuracy.layers=2", "accuracy.seq_len=16",
-                 "accuracy.batch_size=8", "accuracy.micro_batches=2", "accuracy.steps=3", "accuracy.lr=1e-3",
-                 "accuracy.seeds=[0]", "compressors.ae50.d=4", "ablation.when=never", "ablation.compressors=[]",
-                 "bench.world=2",
-                 "bench.hidden=16", "bench.heads=4", "bench.ffn=32", "bench.layers=2", "bench.seq_len=8",
-                 "bench.batch_size=4", "bench.start_layer=0", "bench.compressors=[none,int8]", *extra]
+    overrides = [
+        "scale=paper",
+        f"accuracy.model_path={inputs / 'tiny-bert'}",
+        f"accuracy.glue_root={inputs / 'glue'}",
+        "accuracy.task=rte",
+        "accuracy.layouts=[{tp:2,pp:2}]",
+        "accuracy.compressors=[none,ae50,topk]",
+        "accuracy.early=[ae50]",
+        "accuracy.start_layer=1",
+        "accuracy.layers=2",
+        "accuracy.seq_len=16",
+        "accuracy.batch_size=8",
+        "accuracy.micro_batches=2",
+        "accuracy.steps=3",
+        "accuracy.lr=1e-3",
+        "accuracy.seeds=[0]",
+        "compressors.ae50.d=4",
+        "ablation.when=never",
+        "ablation.compressors=[]",
+        "bench.world=2",
+        "bench.hidden=16",
+        "bench.heads=4",
+        "bench.ffn=32",
+        "bench.layers=2",
+        "bench.seq_len=8",
+        "bench.batch_size=4",
+        "bench.start_layer=0",
+        "bench.compressors=[none,int8]",
+        *extra,
+    ]
     app._register_base()
     with initialize_config_dir(config_dir=str(ROOT / "reproduce" / "conf" / "compression"), version_base="1.3"):
         return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)

@@ -36,9 +36,16 @@ def _forward_backward(model, par, ids, mask, labels, micro, schedule):
         return forward_backward(model, par, ids, mask, labels, micro)
     ids_, mask_, labels_ = (t.chunk(micro) for t in (ids, mask, labels))
     shape = (ids_[0].shape[0], ids.shape[1], model.stage.cfg.hidden)
-    total = gpipe_step(lambda x, i: model(ids_[i] if x is None else x, mask_[i]),
-                       lambda out, i: F.cross_entropy(out, labels_[i]) / micro,
-                       par, micro, shape, model.stage.cut_in, model.stage.cut_out, schedule=schedule)
+    total = gpipe_step(
+        lambda x, i: model(ids_[i] if x is None else x, mask_[i]),
+        lambda out, i: F.cross_entropy(out, labels_[i]) / micro,
+        par,
+        micro,
+        shape,
+        model.stage.cut_in,
+        model.stage.cut_out,
+        schedule=schedule,
+    )
     sync_partial_grads(model, par.tp_comm)
     return None if total is None else total.item()
 
@@ -60,36 +67,51 @@ def _compare(tp, pp, spec, start_layer=0, micro=2, schedule="gpipe"):
     want = shard(model, ref_grads, tp, par.tp_rank)
     grad_err = max((p.grad - want[k]).abs().max().item() for k, p in model.named_parameters())
     n_grads = sum(1 for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0)
-    return {"loss_err": None if loss is None else abs(loss - ref_loss), "grad_err": grad_err,
-            "n_grads": n_grads, "n_params": len(list(model.parameters())),
-            "bytes": sum(c.total_bytes() for c in par.comms())}
+    return {
+        "loss_err": None if loss is None else abs(loss - ref_loss),
+        "grad_err": grad_err,
+        "n_grads": n_grads,
+        "n_params": len(list(model.parameters())),
+        "bytes": sum(c.total_bytes() for c in par.comms()),
+    }
 
 
 def _two_ranks(rank, world):
     out = {}
-    for name, spec in [("tp_identity", CompressorSpec("identity")), ("tp_autoencoder", CompressorSpec("autoencoder", d=6)),
-                       ("tp_randk", CompressorSpec("randk", ratio=0.3)), ("tp_powersgd", CompressorSpec("powersgd", rank=3))]:
+    for name, spec in [
+        ("tp_identity", CompressorSpec("identity")),
+        ("tp_autoencoder", CompressorSpec("autoencoder", d=6, shared=True)),
+        ("tp_randk", CompressorSpec("randk", ratio=0.3)),
+        ("tp_powersgd", CompressorSpec("powersgd", rank=3)),
+    ]:
         out[name] = _compare(2, 1, spec, start_layer=2 if name != "tp_identity" else 0)
     out["pp_identity"] = _compare(1, 2, CompressorSpec("identity"))
     out["pp_identity_1f1b"] = _compare(1, 2, CompressorSpec("identity"), micro=4, schedule="1f1b")
     out["pp_topk_1f1b"] = _compare(1, 2, CompressorSpec("topk", ratio=0.3), micro=4, schedule="1f1b")
     out["pp_topk_gpipe"] = _compare(1, 2, CompressorSpec("topk", ratio=0.3), micro=4, schedule="gpipe")
-    net = network_times(setup(2, 1), "tp", [4, 4096], repeats=2) + network_times(setup(1, 2), "pp", [4, 4096], repeats=2)
+    net = network_times(setup(2, 1), "tp", [4, 4096], repeats=2) + network_times(
+        setup(1, 2), "pp", [4, 4096], repeats=2
+    )
     return out, _counted_vs_model(rank, world), _dropout_logits(rank, world), _partial_grads(rank), net
 
 
 class _PrivateAE(AutoEncoder):
-    shared_across_tp = False  # each tensor-parallel rank trains its own copy
+    """Marks its encoder `tp_partial` like a shared one, but declares itself private: sync must skip it."""
+
+    def __init__(self, hidden, d):
+        super().__init__(hidden, d, shared=True)
+        self.shared_across_tp = False  # each tensor-parallel rank trains its own copy
 
 
 def _partial_grads(rank):
     """Encoder gradients after `sync_partial_grads`: summed for a shared compressor, kept for a private one."""
-    model = nn.ModuleDict({"shared": AutoEncoder(8, 3), "private": _PrivateAE(8, 3)})
+    model = nn.ModuleDict({"shared": AutoEncoder(8, 3, shared=True), "private": _PrivateAE(8, 3)})
     for p in model.parameters():
         p.grad = torch.full_like(p, rank + 1.0)
     sync_partial_grads(model, setup(2, 1).tp_comm)
-    return {k: (m.encoder.weight.grad.unique().tolist(), m.decoder.weight.grad.unique().tolist())
-            for k, m in model.items()}
+    return {
+        k: (m.encoder.weight.grad.unique().tolist(), m.decoder.weight.grad.unique().tolist()) for k, m in model.items()
+    }
 
 
 def _counted_vs_model(rank, world):
@@ -98,9 +120,13 @@ def _counted_vs_model(rank, world):
     ids, mask, labels = _batch()
     for layout in ("tp", "pp"):
         par = setup(2, 1) if layout == "tp" else setup(1, 2)
-        for spec, backward in [(CompressorSpec("none"), False), (CompressorSpec("topk", ratio=0.2), True),
-                               (CompressorSpec("quantize", bits=2), True), (CompressorSpec("autoencoder", d=5), False),
-                               (CompressorSpec("powersgd", rank=2), True)]:
+        for spec, backward in [
+            (CompressorSpec("none"), False),
+            (CompressorSpec("topk", ratio=0.2), True),
+            (CompressorSpec("quantize", bits=2), True),
+            (CompressorSpec("autoencoder", d=5), False),
+            (CompressorSpec("powersgd", rank=2), True),
+        ]:
             plan = Plan(spec, start_layer=1, backward=backward, tp_sites=layout == "tp", pp_cuts=layout == "pp")
             torch.manual_seed(0)
             model = BertModel(CFG, par, plan)
@@ -125,7 +151,10 @@ def _dropout_logits(rank, world):
 
 
 def _four_ranks(rank, world):
-    return [_compare(2, 2, CompressorSpec("identity")), _compare(2, 2, CompressorSpec("identity"), micro=4, schedule="1f1b")]
+    return [
+        _compare(2, 2, CompressorSpec("identity")),
+        _compare(2, 2, CompressorSpec("identity"), micro=4, schedule="1f1b"),
+    ]
 
 
 def _check(r, last_stage):

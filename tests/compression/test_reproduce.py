@@ -17,33 +17,41 @@ CONF = ROOT / "reproduce" / "conf" / "compression"
 
 
 def _cfg(*overrides):
-    app._register_base()
+    app._register_base("compression")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=["scale=smoke", *overrides], return_hydra_config=False)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("override, message", [
-    ("accuracy.compressors=[none,topk] compressors.topk.k=100000000", "larger than the tensor"),
-    ("compressors.int4.bits=3", "bits must be one of 2, 4, 8"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("accuracy.compressors=[none,topk] compressors.topk.k=100000000", "larger than the tensor"),
+        ("compressors.int4.bits=3", "bits must be one of 2, 4, 8"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(override, message, tmp_path):
-    r = run_cli(["-m", "reproduce.compression", "scale=smoke", *override.split(), f"results_dir={tmp_path}"], timeout=60)
+    r = run_cli(
+        ["-m", "reproduce.compression", "scale=smoke", *override.split(), f"results_dir={tmp_path}"], timeout=60
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr[-2000:]
     assert not (tmp_path / "compression" / "smoke").exists()  # nothing committed
 
 
-@pytest.mark.parametrize("override, message", [
-    ("compressors.ae50.d=384", "below the hidden size|width d must be in"),
-    ("accuracy.start_layer=2", "start_layer=2 is out of range"),
-    ("bench.start_layer=5", "start_layer 5 is out of range"),
-    ("compressors.randk.ratio=1.5", "compressors.randk: randk: ratio must be in"),
-    ("accuracy.compressors=[none,zip]", "accuracy.compressors: unknown compressor label"),
-    ("accuracy.layouts=[{tp:5}]", "heads do not split over tp=5"),
-    ("compressors.ae50.shared=maybe", "shared"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("compressors.ae50.d=384", "below the hidden size|width d must be in"),
+        ("accuracy.start_layer=2", "start_layer=2 is out of range"),
+        ("bench.start_layer=5", "start_layer 5 is out of range"),
+        ("compressors.randk.ratio=1.5", "compressors.randk: randk: ratio must be in"),
+        ("accuracy.compressors=[none,zip]", "accuracy.compressors: unknown compressor label"),
+        ("accuracy.layouts=[{tp:5}]", "heads do not split over tp=5"),
+        ("compressors.ae50.shared=maybe", "shared"),
+    ],
+)
 def test_bad_settings_raise_user_errors_before_any_work(override, message):
     with pytest.raises((UserError, Exception), match=message):
         study.StudyConfig.parse(OmegaConf.to_container(_cfg(override), resolve=True))
@@ -83,8 +91,9 @@ def test_message_table_reproduces_the_papers_byte_counts():
 
 @pytest.mark.timeout(180)
 def test_smoke_run_writes_every_table(tmp_path):
-    r = run_cli(["-m", "reproduce.compression", "scale=smoke", f"results_dir={tmp_path}", "tracking.mode=disabled"],
-                timeout=170)
+    r = run_cli(
+        ["-m", "reproduce.compression", "scale=smoke", f"results_dir={tmp_path}", "tracking.mode=disabled"], timeout=170
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "compression" / "smoke"
     md = (out / "tables.md").read_text()
@@ -92,8 +101,13 @@ def test_smoke_run_writes_every_table(tmp_path):
         assert (out / f"{name}.csv").exists(), name
     assert "(paper)" in md and (out / "figures" / "break_even.png").exists()
     claims = read_claims(out)
-    assert [c.key for c in claims] == ["learning_keeps_accuracy", "early_layers_hurt", "break_even_bandwidth",
-                                       "cost_model_predicts", "int8_all_gather_saves_nothing"]
+    assert [c.key for c in claims] == [
+        "learning_keeps_accuracy",
+        "early_layers_hurt",
+        "break_even_bandwidth",
+        "cost_model_predicts",
+        "int8_all_gather_saves_nothing",
+    ]
     assert claims[-1].verdict == "holds" and (out / "claims.md").exists()
     thr = pd.read_csv(out / "throughput.csv")
     assert len(thr) == 2 * 2 * 2 and (thr[thr.compressor == "none"].speedup == 1).all()

@@ -14,8 +14,17 @@ from compression.train import (
 
 
 def _cfg(**kw):
-    return TrainConfig(layers=1, seq_len=12, batch_size=8, steps=4, max_eval=16, dropout=0.1,
-                       compressor={"name": "randk", "ratio": 0.5}, start_layer=0, **kw)
+    return TrainConfig(
+        layers=1,
+        seq_len=12,
+        batch_size=8,
+        steps=4,
+        max_eval=16,
+        dropout=0.1,
+        compressor={"name": "randk", "ratio": 0.5},
+        start_layer=0,
+        **kw,
+    )
 
 
 def test_resume_is_exact(tmp_path):
@@ -36,6 +45,7 @@ def test_minilm_weights_load_and_match_transformers():
     from transformers import AutoModel
 
     from common.data import minilm_path
+
     cfg = TrainConfig(layers=6, dropout=0.0)
     model = BertModel(minilm_config(6, 0.0), Parallel(), cfg.plan())
     model.load_state_dict(initial_weights(cfg, model))
