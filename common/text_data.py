@@ -74,7 +74,7 @@ def glue(task: str, folder: str | Path | None = None) -> dict[str, pd.DataFrame]
     files = {k: str(folder / f) for k, f in GLUE_FILES.items()}
     # QUOTE_NONE: GLUE's sentences contain unbalanced quotes; every column is read as text
     loaded = ds.load_dataset("csv", data_files=files, delimiter="\t", quoting=csv.QUOTE_NONE,
-                             keep_default_na=False, dtype=str)
+                             keep_default_na=False)
     out = {}
     for k in files:
         df = loaded[k].to_pandas()
@@ -83,6 +83,7 @@ def glue(task: str, folder: str | Path | None = None) -> dict[str, pd.DataFrame]
         if lacking:
             raise UserError(f"{files[k]} is not GLUE {task}: no column {', '.join(map(repr, lacking))}")
         codes = {s: i for i, s in enumerate(spec.labels)}
+        df = df.assign(**{spec.label: df[spec.label].astype(str)})
         bad = sorted(set(df[spec.label]) - set(codes))
         if bad:
             raise UserError(f"{files[k]}: unknown labels {bad[:3]} for GLUE {task} (expected {list(spec.labels)})")
