@@ -34,8 +34,8 @@ class Budget:
 
     batch_size: int = 16
     teacher_steps: int = 400
-    stage1_steps: int = 200
-    stage2_steps: int = 100
+    stage1_steps: int = 150
+    stage2_steps: int = 50
     teacher_lr: float = 1e-4
     stage1_lr: float = 1e-4
     stage2_lr: float = 5e-5

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common.claims import write_claims  # noqa: E402
-from common.errors import UserError, require  # noqa: E402
+from common.errors import require  # noqa: E402
 from common.results import beside_paper  # noqa: E402
 from mpcformer import bench as B  # noqa: E402
 from mpcformer.claims import decide_claims  # noqa: E402

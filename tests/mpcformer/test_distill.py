@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from common.checkpoint import load_checkpoint
 from common.errors import UserError
 from mpcformer.convert import to_student
-from mpcformer.distill import (Encoded, Stage1Loss, Stage2Loss, TrainConfig, check_tokenizer, distill, encode,
+from mpcformer.distill import (Encoded, Stage1Loss, Stage2Loss, TrainConfig, check_tokenizer, encode,
                                fine_tune, predict, task_loss, train)
 
 from .conftest import tiny_bert
