@@ -47,7 +47,7 @@ from common.errors import UserError
 
 from . import audit, crypten_compat
 from .approximations import ACTIVATIONS, NORMALISERS, tanh
-from .convert import Approximation, approximation_of
+from .convert import EXACT, Approximation, approximation_of
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +67,16 @@ class BertSpec:
     max_positions: int
     num_labels: int
     layer_norm_eps: float = 1e-12
-    approximation: str = "gelu+softmax"
+    approximation: Approximation = EXACT
     ln_scales: tuple[float, ...] = ()  # public per-LayerNorm variance scales (see `calibrate_layer_norms`)
 
     @classmethod
-    def of(cls, model: nn.Module, approximation: "str | Approximation | None" = None) -> "BertSpec":
+    def of(cls, model: nn.Module, approximation: Approximation | None = None) -> "BertSpec":
         c = model.config
-        approx = Approximation.parse(approximation) if approximation else approximation_of(model)
+        approx = approximation or approximation_of(model)
         scales = tuple(getattr(model, "mpc_ln_scales", ())) or (1.0,) * (1 + 2 * c.num_hidden_layers)
         return cls(c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
-                   c.max_position_embeddings, c.num_labels, c.layer_norm_eps, approx.name, scales)
+                   c.max_position_embeddings, c.num_labels, c.layer_norm_eps, approx, scales)
 
 
 def _layer_norms(model: nn.Module) -> list[nn.Module]:
@@ -182,7 +182,7 @@ def layer_norm(x, weight, bias, eps: float, scale: float = 1.0):
 def build_mpc_bert(spec: BertSpec, weights: dict[str, torch.Tensor]):
     """`MPCBert` (a `crypten.nn.Module`) holding `weights` in plaintext; call `.encrypt(src=MODEL_OWNER)`."""
     nn_ = crypten_compat.crypten().nn
-    approx = Approximation.parse(spec.approximation)
+    approx = spec.approximation
     act, normalise = ACTIVATIONS[approx.activation], NORMALISERS[approx.softmax]
 
     def linear(prefix: str, scale: float = 1.0):

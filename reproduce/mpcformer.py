@@ -127,7 +127,8 @@ def run(ctx: app.RunContext) -> None:
     acc = study.accuracy.copy()
     longest = max(p["model_lengths"])
     model_sp = sp[(sp.baseline == "gelu+softmax") & (sp.length == longest) & (sp.provider == cfg.bench.providers[-1])]
-    by_label = {Approximation.parse(r["fast"]).label: r["speedup (wall_s)"] for _, r in model_sp.iterrows()}
+    label = {a.name: a.label for a in p["bench_models"]}
+    by_label = {label[r["fast"]]: r["speedup (wall_s)"] for _, r in model_sp.iterrows()}
     acc.insert(1, "speedup", [by_label.get(a, float("nan")) for a in acc.approximation])
     b, t = p["budget"], study.teacher_accuracy
     ctx.out.table("accuracy", beside_paper(acc, pd.DataFrame(paper["imdb"]), on="approximation"),
