@@ -211,6 +211,9 @@ def bench_all(exact: nn.Module, models: dict[str, nn.Module], tokenizer, texts: 
     baseline "gelu+softmax") at every length, once per provider. Returns (costs summary, speedups)."""
     import logging
 
+    if not (functions and function_lengths) and not (models and model_lengths):
+        empty = pd.DataFrame(columns=["kind", "case", "length", "provider", "wall_s"])
+        return empty, pd.DataFrame(columns=["fast", "baseline", "length", "provider", "speedup (wall_s)"])
     token_ids, acts = real_activations(exact, tokenizer, texts, sorted(set(function_lengths) | set(model_lengths)),
                                        layer)
     cases = [(f, L) for L in function_lengths for f in functions]

@@ -125,7 +125,7 @@ def run(ctx: app.RunContext) -> None:
                             float(cfg.mpc.timeout_s))
 
     acc = study.accuracy.copy()
-    longest = max(p["model_lengths"])
+    longest = max(p["model_lengths"], default=0)
     model_sp = sp[(sp.baseline == "gelu+softmax") & (sp.length == longest) & (sp.provider == cfg.bench.providers[-1])]
     label = {a.name: a.label for a in p["bench_models"]}
     by_label = {label[r["fast"]]: r["speedup (wall_s)"] for _, r in model_sp.iterrows()}
@@ -167,7 +167,8 @@ def run(ctx: app.RunContext) -> None:
     ctx.out.table("speedups", sp, title="Speedups (measured wall time, same shapes, same run)",
                   note="Paper: Quad over GeLU 22x, 2ReLU over softmax 2.7x, 2Quad over softmax 12.5x (length 512); "
                        "Quad+2Quad BERT-base over BERT-base 2.2x at 128 (GLUE), 5.26x at 512 (IMDb).")
-    ctx.out.figure("speedup_vs_length", speedup_figure(sp))
+    if len(sp):
+        ctx.out.figure("speedup_vs_length", speedup_figure(sp))
     claims = decide_claims(study.accuracy, t["test"], majority, sp, mpc, paper)
     write_claims(ctx.out, claims, "mpcformer", ctx.scale)
     ctx.out.json("summary", {"teacher_accuracy": t, "majority_accuracy": majority,

@@ -40,8 +40,7 @@ def test_paper_scale_on_glue_pairs_from_local_files_writes_tables_and_claims(tmp
                     f"data.path={glue}", "data.max_length=24", "approximations=[quad+2quad]",
                     "train.batch_size=4", "train.teacher_steps=2", "train.stage1_steps=1", "train.stage2_steps=1",
                     "mpc_eval.models=[quad+2quad]", "mpc_eval.examples=2", "mpc_eval.risk_examples=0",
-                    "bench.functions=[quad]", "bench.function_lengths=[8]", "bench.model_lengths=[8]",
-                    "bench.long=false", "bench.providers=[TTP]"], timeout=560)
+                    "bench.functions=[]", "bench.models=[]"], timeout=560)  # the bench has its own tests
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = out / "mpcformer" / "paper"
     tables = (res / "tables.md").read_text()
@@ -49,7 +48,8 @@ def test_paper_scale_on_glue_pairs_from_local_files_writes_tables_and_claims(tmp
     mpc = (res / "mpc_accuracy.csv").read_text().splitlines()
     assert len(mpc) == 2 and ",2,24," in mpc[1]  # 2 examples of (padded) length 24 under MPC
     claims = json.loads((res / "claims.json").read_text())
-    assert claims["scale"] == "paper" and len(claims["claims"]) >= 6
+    verdicts = {c["key"]: c["verdict"] for c in claims["claims"]}
+    assert claims["scale"] == "paper" and verdicts["quad_2quad_model_faster"] == "not measured at this scale"
 
 
 def test_imdb_folder_through_distillation(tmp_path):
