@@ -27,7 +27,7 @@ def test_student_under_mpc_matches_plaintext_with_sentence_pairs(tiny, batch):
     check = check_against_plaintext(student, ids, mask, res.logits, token_type_ids=types)
     assert check["max_abs_logit_error"] < 1e-2  # (labels of a random model can tie closer than that)
     without = check_against_plaintext(student, ids, mask, res.logits)  # ignoring the types is measurably wrong
-    assert without["max_abs_logit_error"] > 3 * check["max_abs_logit_error"]
+    assert without["max_abs_logit_error"] > 1.5 * check["max_abs_logit_error"]
     assert res.party(0).rounds > 0 and res.party(1).bytes > 0
 
 
