@@ -170,3 +170,58 @@ def speedups(summary: pd.DataFrame, pairs: dict[str, str], column: str = "wall_s
             rows.append({"fast": fast, "baseline": slow, "length": key[0], "provider": key[1],
                          f"speedup ({column})": float(b[key] / a[key])})
     return pd.DataFrame(rows)
+
+
+FUNCTION_PAIRS = {"quad": "gelu", "2relu": "softmax", "2quad": "softmax"}  # (approximation, what it replaces)
+
+
+def real_activations(exact: nn.Module, tokenizer, texts: list[str], lengths: list[int], layer: int):
+    """Token ids of real text packed to each length, and the exact model's layer-`layer` attention scores and
+    GeLU inputs on them: the activations the per-function cases run on. Returns (ids by length, activations
+    by (function, length))."""
+    ids_all: list[int] = []
+    for t in texts:
+        ids_all += tokenizer(t, add_special_tokens=False)["input_ids"]
+        if len(ids_all) > max(lengths):
+            break
+    layer = min(layer, len(exact.base_model.encoder.layer) - 1)
+    mlp = exact.base_model.encoder.layer[layer].intermediate.dense
+    captured = {}
+    hook = mlp.register_forward_hook(lambda m, i, o: captured.__setitem__("pre", o))
+    token_ids, acts = {}, {}
+    try:
+        for L in lengths:
+            ids = torch.tensor([[tokenizer.cls_token_id] + ids_all[: L - 2] + [tokenizer.sep_token_id]])
+            if ids.shape[1] != L:
+                raise UserError(f"not enough text to fill a sequence of length {L}")
+            token_ids[L] = ids
+            with torch.no_grad():
+                out = exact.eval()(input_ids=ids, output_attentions=True)
+            scores, pre = out.attentions[layer], captured["pre"][0]
+            acts |= {("gelu", L): pre, ("quad", L): pre} | {(f, L): scores for f in ("softmax", "2relu", "2quad")}
+    finally:
+        hook.remove()
+    return token_ids, acts
+
+
+def bench_all(exact: nn.Module, models: dict[str, nn.Module], tokenizer, texts: list[str], functions: list[str],
+              function_lengths: list[int], model_lengths: list[int], providers: list[str], layer: int,
+              timeout_s: float = 600.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every function at every length and every model (name -> model; `exact` included by the caller as the
+    baseline "gelu+softmax") at every length, once per provider. Returns (costs summary, speedups)."""
+    import logging
+
+    if not (functions and function_lengths) and not (models and model_lengths):
+        empty = pd.DataFrame(columns=["kind", "case", "length", "provider", "wall_s"])
+        return empty, pd.DataFrame(columns=["fast", "baseline", "length", "provider", "speedup (wall_s)"])
+    token_ids, acts = real_activations(exact, tokenizer, texts, sorted(set(function_lengths) | set(model_lengths)),
+                                       layer)
+    cases = [(f, L) for L in function_lengths for f in functions]
+    frames = []
+    for provider in providers:
+        logging.getLogger(__name__).info("bench with %s: %d function cases, %d model cases", provider, len(cases),
+                                         len(models) * len(model_lengths))
+        frames.append(run_bench(cases, models, model_lengths, acts, token_ids, provider, timeout_s=timeout_s))
+    costs = summarise(pd.concat(frames, ignore_index=True))
+    pairs = dict(FUNCTION_PAIRS) | {m: "gelu+softmax" for m in models if m != "gelu+softmax"}
+    return costs, speedups(costs, pairs)

@@ -1,9 +1,27 @@
 """Private inference of a (student or exact) BERT classifier with CrypTen: two parties and a dealer.
 
 Party 0 owns the model: it encrypts the weights. Party 1 owns the text: it tokenises it, turns the token ids
-into one-hot rows and encrypts them with the attention mask (the padded length is public, the true length is
-not). A third process deals multiplication triples (CrypTen's trusted third party, "TTP"); "TFP" measures the
-online phase only. Only party 1 learns the logits.
+into one-hot rows and encrypts them with the attention mask. A third process, the dealer (CrypTen's trusted
+third party, "TTP"), hands out multiplication triples. Only party 1 learns the logits.
+
+Security model (what `audit.find_leaks` checks on real runs, and what the tests show it catches):
+
+- Parties are semi-honest (they follow the protocol and try to learn from what they see), and the dealer
+  colludes with neither party: with the triples' masks a party could unmask every opened value.
+- The input owner learns the logits of its examples, and the public facts below; nothing else is revealed
+  to it: every value opened during the protocol is a secret minus a fresh random mask.
+- The model owner learns the public facts below and nothing about the text: not the tokens, not the true
+  length of an example (only the padded length), not the logits.
+- Public to both parties (and to the dealer, through the shapes of the triples it deals): the model's shape
+  (`BertSpec`: vocabulary, hidden size, layers, heads, MLP width, positions, labels, which approximations),
+  the padded length and the number of examples, and one power of four per LayerNorm (`ln_scales`, set by
+  `calibrate_layer_norms` from the model owner's data; it tells the client roughly how large each LayerNorm's
+  inputs get, about 2 bits per LayerNorm: disclosed here rather than hidden, because a secret scale would
+  cost a multiplication per element of every LayerNorm).
+- "TFP" (a trusted first party) lets party 0, the model owner, generate every triple: it could then unmask
+  the client's input. It is allowed for timing only (`bench`); `private_inference` refuses it.
+- A wrapped two-party truncation (probability |v| / 2^32 per product, see `truncation_risk`) makes an output
+  wrong, not public.
 
 The model is written as CrypTen modules whose forward reads like the PyTorch one; the nonlinearities are the
 functions of `approximations`, the same code the plaintext student runs.
@@ -17,8 +35,9 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -26,9 +45,9 @@ from torch import nn
 from common.distributed import ProcessFailed, run_processes
 from common.errors import UserError
 
-from . import crypten_compat
+from . import audit, crypten_compat
 from .approximations import ACTIVATIONS, NORMALISERS, tanh
-from .convert import Approximation, approximation_of
+from .convert import EXACT, Approximation, approximation_of
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +67,16 @@ class BertSpec:
     max_positions: int
     num_labels: int
     layer_norm_eps: float = 1e-12
-    approximation: str = "gelu+softmax"
+    approximation: Approximation = EXACT
     ln_scales: tuple[float, ...] = ()  # public per-LayerNorm variance scales (see `calibrate_layer_norms`)
 
     @classmethod
-    def of(cls, model: nn.Module, approximation: "str | Approximation | None" = None) -> "BertSpec":
+    def of(cls, model: nn.Module, approximation: Approximation | None = None) -> "BertSpec":
         c = model.config
-        approx = Approximation.parse(approximation) if approximation else approximation_of(model)
+        approx = approximation or approximation_of(model)
         scales = tuple(getattr(model, "mpc_ln_scales", ())) or (1.0,) * (1 + 2 * c.num_hidden_layers)
         return cls(c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
-                   c.max_position_embeddings, c.num_labels, c.layer_norm_eps, approx.name, scales)
+                   c.max_position_embeddings, c.num_labels, c.layer_norm_eps, approx, scales)
 
 
 def _layer_norms(model: nn.Module) -> list[nn.Module]:
@@ -69,7 +88,8 @@ def _layer_norms(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def calibrate_layer_norms(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, ...]:
+def calibrate_layer_norms(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          token_type_ids: torch.Tensor | None = None) -> tuple[float, ...]:
     """Give each LayerNorm a public power-of-four scale: its largest input variance seen, over 32 or less.
 
     CrypTen's inv_sqrt is accurate only for moderate inputs: its initial guess turns negative above about 200
@@ -87,7 +107,7 @@ def calibrate_layer_norms(model: nn.Module, input_ids: torch.Tensor, attention_m
 
     handles = [ln.register_forward_hook(hook) for ln in _layer_norms(model)]
     try:
-        model.eval()(input_ids=input_ids, attention_mask=attention_mask)
+        model.eval()(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
     finally:
         for h in handles:
             h.remove()
@@ -102,7 +122,8 @@ def export_weights(model: nn.Module) -> dict[str, torch.Tensor]:
         raise UserError(f"{type(model).__name__} is not a BERT-family sequence classifier with a pooler")
     e = base.embeddings
     w = {"emb.word": e.word_embeddings.weight, "emb.pos": e.position_embeddings.weight,
-         "emb.type": e.token_type_embeddings.weight[0], "emb.ln.w": e.LayerNorm.weight, "emb.ln.b": e.LayerNorm.bias,
+         "emb.type0": e.token_type_embeddings.weight[0], "emb.type1": e.token_type_embeddings.weight[-1],
+         "emb.ln.w": e.LayerNorm.weight, "emb.ln.b": e.LayerNorm.bias,
          "pool.w": base.pooler.dense.weight, "pool.b": base.pooler.dense.bias,
          "cls.w": model.classifier.weight, "cls.b": model.classifier.bias}
     for i, layer in enumerate(base.encoder.layer):
@@ -119,7 +140,7 @@ def export_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 def weight_shapes(spec: BertSpec) -> dict[str, tuple[int, ...]]:
     h, f = spec.hidden, spec.intermediate
     s: dict[str, tuple[int, ...]] = {"emb.word": (spec.vocab_size, h), "emb.pos": (spec.max_positions, h),
-                                     "emb.type": (h,), "emb.ln.w": (h,), "emb.ln.b": (h,), "pool.w": (h, h),
+                                     "emb.type0": (h,), "emb.type1": (h,), "emb.ln.w": (h,), "emb.ln.b": (h,), "pool.w": (h, h),
                                      "pool.b": (h,), "cls.w": (spec.num_labels, h), "cls.b": (spec.num_labels,)}
     for i in range(spec.layers):
         for n, (o, inp) in {"q": (h, h), "k": (h, h), "v": (h, h), "o": (h, h), "ff1": (f, h), "ff2": (h, f)}.items():
@@ -161,7 +182,7 @@ def layer_norm(x, weight, bias, eps: float, scale: float = 1.0):
 def build_mpc_bert(spec: BertSpec, weights: dict[str, torch.Tensor]):
     """`MPCBert` (a `crypten.nn.Module`) holding `weights` in plaintext; call `.encrypt(src=MODEL_OWNER)`."""
     nn_ = crypten_compat.crypten().nn
-    approx = Approximation.parse(spec.approximation)
+    approx = spec.approximation
     act, normalise = ACTIVATIONS[approx.activation], NORMALISERS[approx.softmax]
 
     def linear(prefix: str, scale: float = 1.0):
@@ -207,19 +228,23 @@ def build_mpc_bert(spec: BertSpec, weights: dict[str, torch.Tensor]):
     class MPCBert(nn_.Module):
         def __init__(self):
             super().__init__()
-            for name in ("word", "pos", "type"):
+            for name in ("word", "pos", "type0", "type1"):
                 self.register_parameter(name, weights[f"emb.{name}"].clone())
             self.emb_ln = LayerNorm("emb.ln", 0)
             self.layers = nn_.ModuleList([Layer(i) for i in range(spec.layers)])
             self.pool, self.cls = linear("pool"), linear("cls")
 
-        def forward(self, one_hot, mask, on_layer=None):
-            """one_hot: (batch, length, vocab) token rows; mask: (batch, length) 0/1. Returns the logits."""
+        def forward(self, one_hot, mask, types=None, on_layer=None):
+            """one_hot: (batch, length, vocab) token rows; mask: (batch, length) 0/1; types: (batch, length)
+            0/1 token types of sentence pairs (None: one sentence). Returns the logits."""
             n = one_hot.size(1)
-            h = self.emb_ln(one_hot.matmul(self.word) + self.pos[:n] + self.type)
+            h = one_hot.matmul(self.word) + self.pos[:n] + self.type0
+            if types is not None:
+                h = h + types.unsqueeze(-1).matmul((self.type1 - self.type0).unsqueeze(0))
+            h = self.emb_ln(h)
             for i, layer in enumerate(self.layers):
                 if on_layer is not None:
-                    on_layer(i)
+                    on_layer(i, h)
                 h = layer(h, mask)
             return self.cls(tanh(self.pool(h[:, 0])))
 
@@ -239,8 +264,22 @@ class InferenceJob:
     provider: str = "TTP"
     batch_size: int = 8
     timeout_s: float = 300.0
-    audit: bool = False  # record every byte each process sends (security tests)
-    die_at_layer: int | None = None  # the input owner exits abruptly there (failure tests)
+    audit: bool = False  # trace every value each process sends or learns (`audit`)
+    keep_bytes: bool = False  # keep the bytes of every message too (searching them for secrets)
+    hook: Callable[["PartyView"], None] | None = None  # called by every party before each layer (tests)
+    pairs: bool = False  # the input owner encrypts token type ids too (sentence pairs); public
+
+
+@dataclass
+class PartyView:
+    """What a hook sees in a party before a layer: the encrypted input rows, hidden state and model."""
+
+    rank: int
+    batch: int  # the batch's number
+    layer: int
+    inputs: Any  # encrypted one-hot rows (batch, length, vocab)
+    hidden: Any  # encrypted hidden state entering the layer
+    model: Any  # the encrypted MPCBert
 
 
 @dataclass
@@ -251,47 +290,24 @@ class PartyReport:
     wall_s: float = 0.0
     rounds: int = 0
     bytes: int = 0
-    sent: list[bytes] = field(default_factory=list)
+    trace: audit.Trace | None = None
 
-
-def record_outgoing(sent: list[bytes]) -> None:
-    """Patch torch.distributed in this process so that every tensor it sends is appended to `sent`."""
-    import torch.distributed as dist
-
-    single = {"send": 0, "isend": 0, "all_reduce": 0, "reduce": 0, "gather": 0, "all_gather": 1}
-
-    def wrap(name, index):
-        orig = getattr(dist, name)
-
-        def wrapper(*args, **kwargs):
-            t = kwargs.get("tensor", args[index] if len(args) > index else None)
-            if isinstance(t, torch.Tensor):
-                sent.append(t.detach().cpu().contiguous().numpy().tobytes())
-            return orig(*args, **kwargs)
-
-        setattr(dist, name, wrapper)
-
-    for name, index in single.items():
-        wrap(name, index)
-    orig_bcast = dist.broadcast
-
-    def broadcast(tensor, src, *args, **kwargs):
-        if src == dist.get_rank():
-            sent.append(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return orig_bcast(tensor, src, *args, **kwargs)
-
-    dist.broadcast = broadcast
+    @property
+    def sent(self) -> list[bytes]:
+        """The bytes of every message this party sent (kept with `keep_bytes`)."""
+        return [s.payload for s in self.trace.sent if s.payload is not None] if self.trace else []
 
 
 def _party(rank: int, nprocs: int, job: InferenceJob) -> PartyReport:
     port = os.environ["MASTER_PORT"]
     role = {MODEL_OWNER: "model owner", INPUT_OWNER: "input owner"}.get(rank, "dealer")
-    sent: list[bytes] = []
-    if job.audit:
-        record_outgoing(sent)
+    trace = audit.Trace(keep_bytes=job.keep_bytes) if job.audit else None
+    if trace is not None:
+        crypten_compat.apply()
+        audit.install(rank, trace)
     ct = crypten_compat.join_party(rank, PARTIES, f"tcp://127.0.0.1:{port}", job.provider, job.timeout_s)
     if ct is None:
-        return PartyReport(rank, role, sent=sent)
+        return PartyReport(rank, role, trace=trace)
     n, length = job.input_shape
     if rank == MODEL_OWNER:
         weights = torch.load(job.weights_path, weights_only=True)
@@ -299,15 +315,11 @@ def _party(rank: int, nprocs: int, job: InferenceJob) -> PartyReport:
         weights = {k: torch.zeros(s) for k, s in weight_shapes(job.spec).items()}
     if rank == INPUT_OWNER:
         inputs = torch.load(job.inputs_path, weights_only=True)
-        ids, mask = inputs["input_ids"], inputs["attention_mask"].float()
+        ids, mask, types = inputs["input_ids"], inputs["attention_mask"].float(), inputs["token_type_ids"].float()
     else:
-        ids, mask = torch.zeros(n, length, dtype=torch.long), torch.zeros(n, length)
+        ids, mask, types = torch.zeros(n, length, dtype=torch.long), torch.zeros(n, length), torch.zeros(n, length)
     model = build_mpc_bert(job.spec, weights).encrypt(src=MODEL_OWNER).eval()
     del weights
-
-    def on_layer(i: int) -> None:
-        if rank == INPUT_OWNER and job.die_at_layer == i:
-            os._exit(3)
 
     ct.comm.get().reset_communication_stats()
     start = time.perf_counter()
@@ -321,22 +333,30 @@ def _party(rank: int, nprocs: int, job: InferenceJob) -> PartyReport:
             else torch.zeros(hi - lo, length, job.spec.vocab_size)
         x = ct.cryptensor(one_hot, src=INPUT_OWNER)
         m = ct.cryptensor(mask[lo:hi], src=INPUT_OWNER)
-        logits = model(x, m, on_layer=on_layer)
+        t = ct.cryptensor(types[lo:hi], src=INPUT_OWNER) if job.pairs else None
+        on_layer = None
+        if job.hook is not None:
+            def on_layer(i, h, x=x, batch=lo // job.batch_size):
+                job.hook(PartyView(rank, batch, i, x, h, model))
+        logits = model(x, m, t, on_layer=on_layer)
         outs.append(logits.get_plain_text(dst=INPUT_OWNER))
     wall = time.perf_counter() - start
     stats = ct.comm.get().get_communication_stats()
     crypten_compat.leave_party()
     return PartyReport(rank, role, torch.cat(outs) if rank == INPUT_OWNER else None, wall,
-                       int(stats["rounds"]), int(stats["bytes"]), sent)
+                       int(stats["rounds"]), int(stats["bytes"]), trace)
 
 
 @contextlib.contextmanager
-def _job_files(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+def _job_files(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               token_type_ids: torch.Tensor | None = None):
     """(weights file, inputs file) in a temporary directory: what the model owner and the input owner read."""
     with tempfile.TemporaryDirectory(prefix="mpcformer_") as tmp:
         paths = (str(Path(tmp) / "weights.pt"), str(Path(tmp) / "inputs.pt"))
         torch.save(export_weights(model), paths[0])
-        torch.save({"input_ids": input_ids.long(), "attention_mask": attention_mask.long()}, paths[1])
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        torch.save({"input_ids": input_ids.long(), "attention_mask": attention_mask.long(),
+                    "token_type_ids": types.long()}, paths[1])
         yield paths
 
 
@@ -353,17 +373,30 @@ class PrivateResult:
     def party(self, rank: int) -> PartyReport:
         return self.reports[rank]
 
+    def leaks(self) -> list[str]:
+        """What the run let a party learn beyond the protocol (`audit.find_leaks`); needs `audit=True`."""
+        if any(r.trace is None for r in self.reports):
+            raise ValueError("run private_inference with audit=True to check it for leaks")
+        return audit.find_leaks({r.rank: r.trace for r in self.reports}, self.logits, self.provider)
+
 
 def private_inference(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      provider: str = "TTP", batch_size: int = 8, timeout_s: float = 300.0, audit: bool = False,
-                      die_at_layer: int | None = None) -> PrivateResult:
+                      token_type_ids: torch.Tensor | None = None,
+                      provider: str = "TTP", batch_size: int = 8, timeout_s: float = 300.0,
+                      audit: bool = False, keep_bytes: bool = False,
+                      hook: Callable[[PartyView], None] | None = None) -> PrivateResult:
     """Run `model` (a converted student or an exact BERT classifier) under MPC on padded token ids.
 
-    Spawns the model owner, the input owner and (with "TTP") the dealer; each reads only what it owns.
+    Spawns the model owner, the input owner and the dealer; each reads only what it owns (the security model
+    is in this module's docstring). With `audit` every value a party sends or learns is traced and
+    `result.leaks()` lists what went where it should not. `hook(view)` runs in every party before each layer.
     A party that fails or disappears ends the others within `timeout_s`; that is reported as a UserError.
     """
     if provider not in crypten_compat.PROVIDERS:
         raise UserError(f"unknown provider {provider!r}; choose one of {', '.join(crypten_compat.PROVIDERS)}")
+    if provider != "TTP":
+        raise UserError(f"provider {provider} lets the model owner see the input: use it for timing only "
+                        "(mpcformer.bench), private inference needs TTP")
     spec = BertSpec.of(model)
     if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
         raise UserError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
@@ -374,9 +407,9 @@ def private_inference(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     if int(input_ids.max()) >= spec.vocab_size or int(input_ids.min()) < 0:
         raise UserError(f"token ids outside the model's vocabulary of {spec.vocab_size}: wrong tokenizer?")
     nprocs = PARTIES + (provider == "TTP")
-    with _job_files(model, input_ids, attention_mask) as (weights_path, inputs_path):
+    with _job_files(model, input_ids, attention_mask, token_type_ids) as (weights_path, inputs_path):
         job = InferenceJob(spec, weights_path, inputs_path, tuple(input_ids.shape), provider, batch_size, timeout_s,
-                           audit, die_at_layer)
+                           audit, keep_bytes, hook, pairs=token_type_ids is not None)
         try:
             reports = run_processes(_party, nprocs, args=(job,), init_group=False, timeout_s=timeout_s * 2 + 60,
                                     grace_s=timeout_s + 30)
@@ -389,10 +422,11 @@ def private_inference(model: nn.Module, input_ids: torch.Tensor, attention_mask:
 
 
 def check_against_plaintext(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                            mpc_logits: torch.Tensor) -> dict[str, float]:
+                            mpc_logits: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> dict[str, float]:
     """Largest logit error and label agreement of MPC logits against the plaintext model's."""
     with torch.no_grad():
-        plain = model.eval()(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        plain = model.eval()(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).logits.float()
     return {"max_abs_logit_error": float((plain - mpc_logits).abs().max()),
             "label_agreement": float((plain.argmax(-1) == mpc_logits.argmax(-1)).float().mean())}
 
@@ -436,11 +470,11 @@ def _risk_party(rank: int, nprocs: int, job: InferenceJob) -> dict[str, float]:
     model = build_mpc_bert(job.spec, weights).encrypt(src=0).eval()
     ArithmeticSharedTensor.div_ = div_
     try:
-        ids, mask = inputs["input_ids"], inputs["attention_mask"].float()
+        ids, mask, types = inputs["input_ids"], inputs["attention_mask"].float(), inputs["token_type_ids"].float()
         for lo in range(0, len(ids), job.batch_size):
             hi = min(lo + job.batch_size, len(ids))
             x = ct.cryptensor(torch.nn.functional.one_hot(ids[lo:hi], job.spec.vocab_size).float())
-            model(x, ct.cryptensor(mask[lo:hi]))
+            model(x, ct.cryptensor(mask[lo:hi]), ct.cryptensor(types[lo:hi]) if job.pairs else None)
     finally:
         ArithmeticSharedTensor.div_ = original
         crypten_compat.leave_party()
@@ -448,7 +482,8 @@ def _risk_party(rank: int, nprocs: int, job: InferenceJob) -> dict[str, float]:
 
 
 def truncation_risk(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    batch_size: int = 8, timeout_s: float = 600.0) -> dict[str, float]:
+                    token_type_ids: torch.Tensor | None = None, batch_size: int = 8,
+                    timeout_s: float = 600.0) -> dict[str, float]:
     """The expected number of wrapped truncations when `model` runs under two-party CrypTen on these inputs,
     per place: a function of `approximations` (e.g. 'two_quad', 'layer_norm>square_': where it called CrypTen)
     or a line of the model's forward ('forward: scores = q.matmul(k.transpose(2, 3))>matmul').
@@ -460,7 +495,8 @@ def truncation_risk(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     Computed exactly from the model's MPC forward, run by a single CrypTen party on the (plaintext) inputs.
     """
     spec = BertSpec.of(model)
-    with _job_files(model, input_ids, attention_mask) as (weights_path, inputs_path):
-        job = InferenceJob(spec, weights_path, inputs_path, tuple(input_ids.shape), "TFP", batch_size, timeout_s)
+    with _job_files(model, input_ids, attention_mask, token_type_ids) as (weights_path, inputs_path):
+        job = InferenceJob(spec, weights_path, inputs_path, tuple(input_ids.shape), "TFP", batch_size, timeout_s,
+                           pairs=token_type_ids is not None)
         (risk,) = run_processes(_risk_party, 1, args=(job,), init_group=False, timeout_s=timeout_s)
     return dict(sorted(risk.items(), key=lambda kv: -kv[1]))

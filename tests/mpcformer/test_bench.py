@@ -14,16 +14,14 @@ BOUNDS = {"gelu": 2e-2, "quad": 1e-3, "softmax": 2e-2, "2relu": 1e-2, "2quad": 1
 
 @pytest.fixture(scope="module")
 def minilm():
-    from reproduce.mpcformer import load_tokenizer_and_teacher, real_inputs
-
     from common.data import rotten_tomatoes
+    from mpcformer.bench import real_activations
+    from mpcformer.data import load_teacher
 
     torch.set_num_threads(1)
-    tok, model = load_tokenizer_and_teacher("minilm", 2, 0)
-    model.bert.encoder.layer = model.bert.encoder.layer[:2]  # its first two layers: real weights, less time
-    model.config.num_hidden_layers = 2
+    tok, model = load_teacher("minilm", 2, layers=2)  # its first two layers: real weights, less time
     texts = list(rotten_tomatoes()["test"]["text"][:40])
-    ids, acts = real_inputs(model, tok, texts, [LENGTH], layer=0)  # layer 0 has GeLU inputs up to ~25
+    ids, acts = real_activations(to_student(model, "gelu+softmax"), tok, texts, [LENGTH], layer=0)  # GeLU inputs up to ~25
     calib = tok(texts[:16], padding="max_length", max_length=LENGTH, truncation=True, return_tensors="pt")
     models = {"quad+2quad": to_student(model, "quad+2quad"), "gelu+softmax": to_student(model, "gelu+softmax")}
     for m in models.values():

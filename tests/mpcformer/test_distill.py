@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from common.checkpoint import load_checkpoint
 from common.errors import UserError
 from mpcformer.convert import to_student
-from mpcformer.distill import (Encoded, Stage1Loss, Stage2Loss, TrainConfig, check_tokenizer, distill, encode,
+from mpcformer.distill import (Encoded, Stage1Loss, Stage2Loss, TrainConfig, check_tokenizer, encode,
                                fine_tune, predict, task_loss, train)
 
 from .conftest import tiny_bert
@@ -52,7 +52,7 @@ def test_each_stage_lowers_its_loss(tiny, stage):
         floor = Stage2Loss(teacher)(teacher, b).item()
     with torch.no_grad():
         before = loss(student.eval(), b).item() - floor
-    train(student, loss, data, TrainConfig(steps=5 * stage, batch_size=8, lr=1e-3 * (1 + 4 * (stage == 2)), warmup_frac=0.0,
+    train(student, loss, data, TrainConfig(steps=5 * stage**2, batch_size=8, lr=1e-3 * (1 + 4 * (stage == 2)), warmup_frac=0.0,
                                                 progress=False))
     with torch.no_grad():
         after = loss(student.eval(), b).item() - floor
@@ -108,3 +108,44 @@ def test_predict_batches_by_length_and_returns_logits_in_the_original_order(tiny
         alone = torch.cat([tiny(input_ids=ids[i:i + 1, :n], attention_mask=mask[i:i + 1, :n]).logits
                            for i, n in enumerate(lengths.tolist())])
     torch.testing.assert_close(predict(tiny, data, batch_size=3), alone, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_teacher_outputs_give_the_same_losses_as_the_teacher(tiny):
+    from mpcformer.distill import TeacherOutputs
+
+    data = _data()
+    teacher = to_student(tiny, "gelu+softmax")
+    cached = TeacherOutputs.compute(teacher, data, batch_size=5, dtype=torch.float32)  # batches of mixed lengths
+    student = to_student(tiny_bert(seed=4), "quad+2quad")
+    for idx in (torch.arange(8), torch.tensor([2, 5, 9, 23])):
+        b = data.batch(idx)
+        torch.testing.assert_close(Stage1Loss(cached)(student, b), Stage1Loss(teacher)(student, b))
+        torch.testing.assert_close(Stage2Loss(cached)(student, b), Stage2Loss(teacher)(student, b))
+    half = TeacherOutputs.compute(teacher, data)  # the default: states in half precision
+    assert half.hidden.dtype == torch.float16 and half.hidden.shape == (3, 24, 10, 32)
+    b = data.batch(torch.arange(8))
+    torch.testing.assert_close(Stage1Loss(half)(student, b), Stage1Loss(teacher)(student, b), rtol=1e-3, atol=1e-4)
+
+
+def test_batches_are_drawn_by_length_group_and_cover_the_data():
+    lengths = torch.randint(2, 30, (200,), generator=torch.Generator().manual_seed(0))
+    mask = (torch.arange(30)[None, :] < lengths[:, None]).long()
+    data = Encoded(mask.clone(), mask, torch.zeros(200, dtype=torch.long))
+    torch.manual_seed(0)
+    batches = [data.draw(step, 8) for step in range(400)]
+    spread = sum(float(lengths[b].max() - lengths[b].min()) for b in batches) / len(batches)
+    torch.manual_seed(0)
+    random = [torch.randint(200, (8,)) for _ in range(400)]
+    assert spread < 0.5 * sum(float(lengths[b].max() - lengths[b].min()) for b in random) / len(random)
+    seen = torch.bincount(torch.cat(batches), minlength=200)
+    assert (seen > 0).float().mean() > 0.99  # every row is drawn (about 16 times each)
+
+
+def test_sentence_pair_batches_carry_token_type_ids(tiny):
+    data = _data()
+    types = torch.zeros_like(data.input_ids)
+    types[:, 5:] = 1
+    pairs = Encoded(data.input_ids, data.attention_mask, data.labels, types)
+    b = pairs.batch(torch.arange(4))
+    assert "token_type_ids" in b and b["token_type_ids"].shape == b["input_ids"].shape
+    assert not torch.allclose(predict(tiny, pairs), predict(tiny, data))

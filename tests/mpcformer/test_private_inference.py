@@ -1,9 +1,9 @@
-"""The student under MPC: two parties and a dealer agree with plaintext, only party 1 learns the logits,
-nothing a party sends contains its secrets, and a party that dies ends the others within the timeout."""
+"""The student under MPC: two parties and a dealer agree with plaintext (single sentences and sentence pairs),
+and a party that dies ends the others within the timeout. What leaves each party: test_privacy."""
 
+import os
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,61 +13,27 @@ from mpcformer.private_inference import (check_against_plaintext, export_weights
                                          weight_shapes, BertSpec)
 
 
-def _fixed_point(t: torch.Tensor) -> bytes:
-    return torch.round(t.double() * 2**16).long().numpy().tobytes()
-
-
-def _found(needle: bytes, messages: list[bytes], itemsize: int = 8) -> bool:
-    """Whether `needle` occurs in a message at an element boundary (a byte-shifted match inside a tensor of
-    random bits is a coincidence, not the value)."""
-    for msg in messages:
-        i = msg.find(needle)
-        while i >= 0:
-            if i % itemsize == 0:
-                return True
-            i = msg.find(needle, i + 1)
-    return False
-
-
-def test_search_finds_a_planted_secret_and_only_at_element_boundaries():
-    secret = torch.randn(8)
-    noise = np.random.default_rng(0).bytes(4096)
-    assert _found(_fixed_point(secret), [noise + _fixed_point(secret)])
-    assert not _found(_fixed_point(secret + 1), [noise + _fixed_point(secret)])
-    assert not _found(_fixed_point(secret), [noise + b"\x00\x00" + _fixed_point(secret)])
-
-
-@pytest.mark.timeout(240)
-def test_student_under_mpc_matches_plaintext_and_leaks_nothing(tiny, batch):
+@pytest.mark.timeout(180)
+def test_student_under_mpc_matches_plaintext_with_sentence_pairs(tiny, batch):
     ids, mask = batch
+    types = torch.zeros_like(ids)
+    types[:, 4:] = 1  # the second sentence
+    types[2] = 1  # and one row of type 1 throughout, [CLS] included: a difference the logits show
     student = to_student(tiny, "quad+2quad")
-    with torch.no_grad():  # no all-zero biases or all-one LayerNorm weights: every weight is a distinct secret
-        for p in student.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    res = private_inference(student, ids, mask, provider="TTP", batch_size=2, timeout_s=120, audit=True)
-    # only the input owner learns the logits, and they match the plaintext student's
+    with torch.no_grad():  # token types make a difference
+        student.bert.embeddings.token_type_embeddings.weight[1].add_(torch.randn(32, generator=torch.Generator().manual_seed(0)) * 2)
+    res = private_inference(student, ids, mask, token_type_ids=types, batch_size=2, timeout_s=90)
     assert res.party(0).logits is None and res.party(2).logits is None and res.party(2).role == "dealer"
-    check = check_against_plaintext(student, ids, mask, res.logits)
-    assert check["max_abs_logit_error"] < 1e-2 and check["label_agreement"] == 1.0
+    check = check_against_plaintext(student, ids, mask, res.logits, token_type_ids=types)
+    assert check["max_abs_logit_error"] < 1e-2  # (labels of a random model can tie closer than that)
+    without = check_against_plaintext(student, ids, mask, res.logits)  # ignoring the types is measurably wrong
+    assert without["max_abs_logit_error"] > 1.5 * check["max_abs_logit_error"]
     assert res.party(0).rounds > 0 and res.party(1).bytes > 0
 
-    sent = {r.rank: r.sent for r in res.reports}
-    assert sum(map(len, sent[1])) >= 0.5 * res.party(1).bytes  # the capture sees the traffic CrypTen counts
-    # party 1 (the input owner): neither its token rows, ids nor mask, plain or fixed-point encoded
-    one_hot = torch.nn.functional.one_hot(ids, 100).float()
-    for b in range(ids.shape[0]):
-        # (the raw 0/1 mask is not searched: ten 0/1 values occur by chance in messages of random bits)
-        for needle in (ids[b].numpy().tobytes(), _fixed_point(mask[b].float())):
-            assert not _found(needle, sent[1])
-        for t in range(ids.shape[1]):
-            assert not _found(_fixed_point(one_hot[b, t]), sent[1])
-            assert not _found(one_hot[b, t].numpy().tobytes(), sent[1], itemsize=4)
-    # party 0 (the model owner): no weight, plain or fixed-point encoded
-    for name, w in export_weights(student).items():
-        row = w.reshape(-1, w.shape[-1])[0] if w.dim() > 1 else w
-        for rank in (0, 2):
-            assert not _found(row.numpy().tobytes(), sent[rank], itemsize=4), f"{name} in what rank {rank} sent"
-            assert not _found(_fixed_point(row), sent[rank]), f"{name} (fixed point) in what rank {rank} sent"
+
+def input_owner_dies(view) -> None:
+    if view.rank == 1 and view.layer == 1:
+        os._exit(3)
 
 
 @pytest.mark.timeout(240)
@@ -75,7 +41,7 @@ def test_a_party_that_dies_ends_the_others_within_the_timeout(tiny, batch):
     ids, mask = batch
     start = time.monotonic()
     with pytest.raises(UserError, match="private inference failed"):
-        private_inference(to_student(tiny, "quad+2quad"), ids, mask, provider="TTP", timeout_s=20, die_at_layer=1)
+        private_inference(to_student(tiny, "quad+2quad"), ids, mask, provider="TTP", timeout_s=20, hook=input_owner_dies)
     assert time.monotonic() - start < 20 + 40  # start-up of three processes + at most the timeout
 
 
