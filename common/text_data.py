@@ -63,18 +63,21 @@ def glue(task: str, folder: str | Path | None = None) -> dict[str, pd.DataFrame]
         try:
             hub = ds.load_dataset("glue", task)
         except Exception as exc:  # noqa: BLE001 - offline, or the hub moved
-            raise UserError(f"GLUE {task} is not available offline ({str(exc).splitlines()[0]}); give "
-                            "data.path, a folder with train.tsv and dev.tsv") from exc
-        return {k: _frame(hub[split].to_pandas(), spec.hub_text, spec.hub_pair, "label")
-                for k, split in (("train", "train"), ("dev", "validation"))}
+            raise UserError(
+                f"GLUE {task} is not available offline ({str(exc).splitlines()[0]}); give "
+                "data.path, a folder with train.tsv and dev.tsv"
+            ) from exc
+        return {
+            k: _frame(hub[split].to_pandas(), spec.hub_text, spec.hub_pair, "label")
+            for k, split in (("train", "train"), ("dev", "validation"))
+        }
     folder = Path(folder)
     missing = [f for f in GLUE_FILES.values() if not (folder / f).is_file()]
     if missing:
         raise UserError(f"GLUE folder {folder} lacks {', '.join(missing)}")
     files = {k: str(folder / f) for k, f in GLUE_FILES.items()}
     # QUOTE_NONE: GLUE's sentences contain unbalanced quotes; every column is read as text
-    loaded = ds.load_dataset("csv", data_files=files, delimiter="\t", quoting=csv.QUOTE_NONE,
-                             keep_default_na=False)
+    loaded = ds.load_dataset("csv", data_files=files, delimiter="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
     out = {}
     for k in files:
         df = loaded[k].to_pandas()
@@ -99,8 +102,9 @@ def imdb(folder: str | Path | None = None) -> dict[str, pd.DataFrame]:
         try:
             hub = ds.load_dataset("imdb")
         except Exception as exc:  # noqa: BLE001
-            raise UserError(f"IMDb is not available offline ({str(exc).splitlines()[0]}); give data.path, "
-                            "an aclImdb folder") from exc
+            raise UserError(
+                f"IMDb is not available offline ({str(exc).splitlines()[0]}); give data.path, an aclImdb folder"
+            ) from exc
         return {k: _frame(hub[k].to_pandas(), "text", None, "label") for k in ("train", "test")}
     folder = Path(folder)
     out = {}

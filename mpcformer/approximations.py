@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 QUAD_C = 5.0
-SOFTMAX_MASK_SHIFT = 64  # an integer (exact to multiply by under MPC); masked scores sit this far below the row max: exp() of them is ~1e-28
+# an integer (exact to multiply by under MPC); masked scores sit this far below the row max: exp() of them is ~1e-28
+SOFTMAX_MASK_SHIFT = 64
 
 
 def _is_plain(x: Any) -> bool:
@@ -126,8 +127,7 @@ def two_quad(scores, mask=None, c: float = QUAD_C):
     y = ((scores + c) / TWO_QUAD_SHIFT).square()
     # row means of (x + c)^2 reach thousands on real first-layer scores (-97 to 48): divided by 4c^2 they stay
     # inside [0.01, 250], where CrypTen's reciprocal is accurate
-    return _normalise(y, _key_mask(mask, scores.size()),
-                      divisor=scores.size(-1) * (2 * c / TWO_QUAD_SHIFT) ** 2)
+    return _normalise(y, _key_mask(mask, scores.size()), divisor=scores.size(-1) * (2 * c / TWO_QUAD_SHIFT) ** 2)
 
 
 def two_relu(scores, mask=None):

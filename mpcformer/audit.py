@@ -73,8 +73,10 @@ def _site(frame) -> str:
 
 def _requester(frame) -> tuple[str, str]:
     """(OPENING or REVEAL, where) for a reveal whose wrapper was called from `frame`."""
-    while frame is not None and (frame.f_code.co_filename == __file__ or (
-            _crypten_file(frame.f_code.co_filename) and frame.f_code.co_name in _REVEAL_FUNCTIONS)):
+    while frame is not None and (
+        frame.f_code.co_filename == __file__
+        or (_crypten_file(frame.f_code.co_filename) and frame.f_code.co_name in _REVEAL_FUNCTIONS)
+    ):
         frame = frame.f_back  # CrypTen's own get_plain_text -> reveal wrappers, and ours
     if frame is None:
         return REVEAL, "?"
@@ -147,8 +149,9 @@ def install(rank: int, trace: Trace) -> None:
         tensors = tensor if isinstance(tensor, (list, tuple)) else [tensor]
         tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
         kind, where = _active[-1] if _active else _sender(sys._getframe(2))
-        payload = b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in tensors) \
-            if trace.keep_bytes else None
+        payload = (
+            b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in tensors) if trace.keep_bytes else None
+        )
         trace.sent.append(Sent(rank, op, to, sum(t.numel() for t in tensors), kind, where, payload))
 
     def wrap(name: str, to_of, tensor_of, sends=lambda a, kw: True):
@@ -168,7 +171,7 @@ def install(rank: int, trace: Trace) -> None:
         return lambda a, kw: f"party {arg(i, key)(a, kw)}"
 
     everyone = lambda a, kw: "all"  # noqa: E731
-    from_me = lambda i, key: (lambda a, kw: arg(i, key)(a, kw) == rank)  # noqa: E731
+    from_me = lambda i, key: lambda a, kw: arg(i, key)(a, kw) == rank  # noqa: E731
     wrap("send", party(1, "dst"), arg(0, "tensor"))
     wrap("isend", party(1, "dst"), arg(0, "tensor"))
     wrap("reduce", party(1, "dst"), arg(0, "tensor"))
@@ -184,8 +187,10 @@ def find_leaks(traces: dict[int, Trace], logits: torch.Tensor | None, provider: 
     logits were revealed, only to the input owner, and nothing left a party outside CrypTen's protocol."""
     leaks: list[str] = []
     if provider != "TTP":
-        leaks.append(f"provider {provider}: the model owner generates every multiplication triple and can "
-                     "unmask every opened value (the client's input included)")
+        leaks.append(
+            f"provider {provider}: the model owner generates every multiplication triple and can "
+            "unmask every opened value (the client's input included)"
+        )
     for rank, trace in sorted(traces.items()):
         for s in trace.sent:
             if s.kind == RAW:
@@ -204,4 +209,4 @@ def _rows_of(value: torch.Tensor | None, logits: torch.Tensor | None) -> bool:
     if value is None or logits is None or value.dim() != 2 or value.shape[1:] != logits.shape[1:]:
         return False
     n = value.shape[0]
-    return any(torch.equal(value, logits[lo:lo + n]) for lo in range(0, logits.shape[0] - n + 1))
+    return any(torch.equal(value, logits[lo : lo + n]) for lo in range(0, logits.shape[0] - n + 1))

@@ -25,10 +25,23 @@ from common.links import Link
 
 from . import crypten_compat
 from .approximations import ACTIVATIONS, NORMALISERS, softmax
-from .private_inference import INPUT_OWNER, MODEL_OWNER, PARTIES, BertSpec, build_mpc_bert, export_weights, weight_shapes
+from .private_inference import (
+    INPUT_OWNER,
+    MODEL_OWNER,
+    PARTIES,
+    BertSpec,
+    build_mpc_bert,
+    export_weights,
+    weight_shapes,
+)
 
-FUNCTIONS = {"gelu": "activation", "quad": "activation", "softmax": "attention", "2relu": "attention",
-             "2quad": "attention"}
+FUNCTIONS = {
+    "gelu": "activation",
+    "quad": "activation",
+    "softmax": "attention",
+    "2relu": "attention",
+    "2quad": "attention",
+}
 LAN = Link.from_gbps(10.0, 0.1e-3, "LAN 10 Gbps, 0.1 ms")
 WAN = Link.from_gbps(0.1, 40e-3, "WAN 100 Mbps, 40 ms")
 
@@ -66,8 +79,9 @@ def _measure(ct, fn):
 
 
 def _bench_party(rank: int, nprocs: int, job: BenchJob) -> list[dict] | None:
-    ct = crypten_compat.join_party(rank, PARTIES, f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}", job.provider,
-                                   job.timeout_s)
+    ct = crypten_compat.join_party(
+        rank, PARTIES, f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}", job.provider, job.timeout_s
+    )
     if ct is None:
         return None
     inputs = torch.load(job.inputs_path, weights_only=True) if rank == INPUT_OWNER else None
@@ -77,34 +91,65 @@ def _bench_party(rank: int, nprocs: int, job: BenchJob) -> list[dict] | None:
         x_plain = inputs[key] if inputs is not None else torch.zeros(job.shapes[key])
         x = ct.cryptensor(x_plain, src=INPUT_OWNER)
         f = (ACTIVATIONS | NORMALISERS)[name]
-        y, wall, rounds, nbytes = _measure(ct, lambda: f(x))
+        y, wall, rounds, nbytes = _measure(ct, lambda f=f, x=x: f(x))
         out = y.get_plain_text(dst=INPUT_OWNER)
         err = float((out - plaintext_function(name, x_plain)).abs().max()) if rank == INPUT_OWNER else float("nan")
-        rows.append({"kind": "function", "case": name, "length": length, "party": rank, "wall_s": wall,
-                     "rounds": rounds, "bytes": nbytes, "max_abs_error": err})
+        rows.append(
+            {
+                "kind": "function",
+                "case": name,
+                "length": length,
+                "party": rank,
+                "wall_s": wall,
+                "rounds": rounds,
+                "bytes": nbytes,
+                "max_abs_error": err,
+            }
+        )
     built: dict[str, object] = {}
     for name, length in job.models:
         spec = job.specs[name]
         if name not in built:
-            w = torch.load(job.weights_paths[name], weights_only=True) if rank == MODEL_OWNER else \
-                {k: torch.zeros(s) for k, s in weight_shapes(spec).items()}
+            w = (
+                torch.load(job.weights_paths[name], weights_only=True)
+                if rank == MODEL_OWNER
+                else {k: torch.zeros(s) for k, s in weight_shapes(spec).items()}
+            )
             built = {name: build_mpc_bert(spec, w).encrypt(src=MODEL_OWNER).eval()}  # one model in memory
         model = built[name]
         ids = inputs[f"ids/{length}"] if inputs is not None else torch.zeros(1, length, dtype=torch.long)
-        one_hot = F.one_hot(ids, spec.vocab_size).float() if rank == INPUT_OWNER else torch.zeros(1, length, spec.vocab_size)
+        one_hot = (
+            F.one_hot(ids, spec.vocab_size).float() if rank == INPUT_OWNER else torch.zeros(1, length, spec.vocab_size)
+        )
         x = ct.cryptensor(one_hot, src=INPUT_OWNER)
         m = ct.cryptensor(torch.ones(1, length), src=INPUT_OWNER)
-        logits, wall, rounds, nbytes = _measure(ct, lambda: model(x, m))
+        logits, wall, rounds, nbytes = _measure(ct, lambda model=model, x=x, m=m: model(x, m))
         out = logits.get_plain_text(dst=INPUT_OWNER)
-        rows.append({"kind": "model", "case": name, "length": length, "party": rank, "wall_s": wall,
-                     "rounds": rounds, "bytes": nbytes, "logits": out if rank == INPUT_OWNER else None})
+        rows.append(
+            {
+                "kind": "model",
+                "case": name,
+                "length": length,
+                "party": rank,
+                "wall_s": wall,
+                "rounds": rounds,
+                "bytes": nbytes,
+                "logits": out if rank == INPUT_OWNER else None,
+            }
+        )
     crypten_compat.leave_party()
     return rows
 
 
-def run_bench(functions: list[tuple[str, int]], models: dict[str, nn.Module], model_lengths: list[int],
-              activations: dict[tuple[str, int], torch.Tensor], token_ids: dict[int, torch.Tensor],
-              provider: str = "TTP", timeout_s: float = 600.0) -> pd.DataFrame:
+def run_bench(
+    functions: list[tuple[str, int]],
+    models: dict[str, nn.Module],
+    model_lengths: list[int],
+    activations: dict[tuple[str, int], torch.Tensor],
+    token_ids: dict[int, torch.Tensor],
+    provider: str = "TTP",
+    timeout_s: float = 600.0,
+) -> pd.DataFrame:
     """Measure every (function, length) on `activations[(function, length)]` and every model at every length.
 
     Returns one row per case and party (wall_s, rounds, bytes; max_abs_error for functions on party 1, the
@@ -123,11 +168,18 @@ def run_bench(functions: list[tuple[str, int]], models: dict[str, nn.Module], mo
         for n, m in models.items():
             weights_paths[n] = str(Path(tmp) / f"weights-{n}.pt")
             torch.save(export_weights(m), weights_paths[n])
-        job = BenchJob(provider, list(functions), model_cases, {n: BertSpec.of(m) for n, m in models.items()},
-                       inputs_path, weights_paths, {k: tuple(v.shape) for k, v in inputs.items()}, timeout_s)
+        job = BenchJob(
+            provider,
+            list(functions),
+            model_cases,
+            {n: BertSpec.of(m) for n, m in models.items()},
+            inputs_path,
+            weights_paths,
+            {k: tuple(v.shape) for k, v in inputs.items()},
+            timeout_s,
+        )
         nprocs = PARTIES + (provider == "TTP")
-        results = run_processes(_bench_party, nprocs, args=(job,), init_group=False, timeout_s=timeout_s,
-                                grace_s=30)
+        results = run_processes(_bench_party, nprocs, args=(job,), init_group=False, timeout_s=timeout_s, grace_s=30)
     rows = [r for rank_rows in results if rank_rows for r in rank_rows]
     for r in rows:
         if r["kind"] == "model" and r["party"] == INPUT_OWNER:
@@ -152,11 +204,22 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
         rounds = max(p[r].rounds for r in (MODEL_OWNER, INPUT_OWNER))
         nbytes = max(p[r].bytes for r in (MODEL_OWNER, INPUT_OWNER))
         wall = max(p[r].wall_s for r in (MODEL_OWNER, INPUT_OWNER))
-        out.append({"kind": kind, "case": case, "length": int(length), "provider": provider, "wall_s": wall,
-                    "rounds_p0": p[MODEL_OWNER].rounds, "rounds_p1": p[INPUT_OWNER].rounds,
-                    "MB_p0": p[MODEL_OWNER].bytes / 1e6, "MB_p1": p[INPUT_OWNER].bytes / 1e6,
-                    "LAN_s (est.)": LAN.time(nbytes, rounds), "WAN_s (est.)": WAN.time(nbytes, rounds),
-                    "max_abs_error": p[INPUT_OWNER].max_abs_error})
+        out.append(
+            {
+                "kind": kind,
+                "case": case,
+                "length": int(length),
+                "provider": provider,
+                "wall_s": wall,
+                "rounds_p0": p[MODEL_OWNER].rounds,
+                "rounds_p1": p[INPUT_OWNER].rounds,
+                "MB_p0": p[MODEL_OWNER].bytes / 1e6,
+                "MB_p1": p[INPUT_OWNER].bytes / 1e6,
+                "LAN_s (est.)": LAN.time(nbytes, rounds),
+                "WAN_s (est.)": WAN.time(nbytes, rounds),
+                "max_abs_error": p[INPUT_OWNER].max_abs_error,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -167,8 +230,15 @@ def speedups(summary: pd.DataFrame, pairs: dict[str, str], column: str = "wall_s
         a = summary[summary.case == fast].set_index(["length", "provider"])[column]
         b = summary[summary.case == slow].set_index(["length", "provider"])[column]
         for key in a.index.intersection(b.index):
-            rows.append({"fast": fast, "baseline": slow, "length": key[0], "provider": key[1],
-                         f"speedup ({column})": float(b[key] / a[key])})
+            rows.append(
+                {
+                    "fast": fast,
+                    "baseline": slow,
+                    "length": key[0],
+                    "provider": key[1],
+                    f"speedup ({column})": float(b[key] / a[key]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -204,9 +274,18 @@ def real_activations(exact: nn.Module, tokenizer, texts: list[str], lengths: lis
     return token_ids, acts
 
 
-def bench_all(exact: nn.Module, models: dict[str, nn.Module], tokenizer, texts: list[str], functions: list[str],
-              function_lengths: list[int], model_lengths: list[int], providers: list[str], layer: int,
-              timeout_s: float = 600.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def bench_all(
+    exact: nn.Module,
+    models: dict[str, nn.Module],
+    tokenizer,
+    texts: list[str],
+    functions: list[str],
+    function_lengths: list[int],
+    model_lengths: list[int],
+    providers: list[str],
+    layer: int,
+    timeout_s: float = 600.0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every function at every length and every model (name -> model; `exact` included by the caller as the
     baseline "gelu+softmax") at every length, once per provider. Returns (costs summary, speedups)."""
     import logging
@@ -214,13 +293,15 @@ def bench_all(exact: nn.Module, models: dict[str, nn.Module], tokenizer, texts: 
     if not (functions and function_lengths) and not (models and model_lengths):
         empty = pd.DataFrame(columns=["kind", "case", "length", "provider", "wall_s"])
         return empty, pd.DataFrame(columns=["fast", "baseline", "length", "provider", "speedup (wall_s)"])
-    token_ids, acts = real_activations(exact, tokenizer, texts, sorted(set(function_lengths) | set(model_lengths)),
-                                       layer)
+    token_ids, acts = real_activations(
+        exact, tokenizer, texts, sorted(set(function_lengths) | set(model_lengths)), layer
+    )
     cases = [(f, L) for L in function_lengths for f in functions]
     frames = []
     for provider in providers:
-        logging.getLogger(__name__).info("bench with %s: %d function cases, %d model cases", provider, len(cases),
-                                         len(models) * len(model_lengths))
+        logging.getLogger(__name__).info(
+            "bench with %s: %d function cases, %d model cases", provider, len(cases), len(models) * len(model_lengths)
+        )
         frames.append(run_bench(cases, models, model_lengths, acts, token_ids, provider, timeout_s=timeout_s))
     costs = summarise(pd.concat(frames, ignore_index=True))
     pairs = dict(FUNCTION_PAIRS) | {m: "gelu+softmax" for m in models if m != "gelu+softmax"}

@@ -35,62 +35,100 @@ def _speedup(sp: pd.DataFrame, fast: str, slow: str) -> tuple[float, int, str] |
     return float(r["speedup (wall_s)"]), int(r.length), str(r.provider)
 
 
-def decide_claims(acc: pd.DataFrame, teacher_acc: float, majority_acc: float, sp: pd.DataFrame | None,
-                  mpc: pd.DataFrame | None, paper: dict[str, Any]) -> list[Claim]:
+def decide_claims(
+    acc: pd.DataFrame,
+    teacher_acc: float,
+    majority_acc: float,
+    sp: pd.DataFrame | None,
+    mpc: pd.DataFrame | None,
+    paper: dict[str, Any],
+) -> list[Claim]:
     """The claims of the paper this run measures, each with the paper's and the measured evidence."""
     imdb = pd.DataFrame(paper["imdb"])
     claims = [
-        Claim("distillation_beats_finetuning",
-              "Distillation beats training the student on labels from the teacher's weights, for every approximation",
-              "IMDb: distilled vs no distillation " + _fmt(imdb, "acc_distilled", "acc_no_distill"),
-              "test accuracy, distilled vs fine-tuned (same steps): " + _fmt(acc, "acc_distilled", "acc_no_distill"),
-              decide(bool((acc.acc_distilled > acc.acc_no_distill).all()) if len(acc) else None)),
-        Claim("distillation_beats_scratch",
-              "Distillation beats training the student on labels from random weights, for every approximation",
-              "IMDb: distilled vs no distillation, no pretraining "
-              + _fmt(imdb, "acc_distilled", "acc_no_distill_no_pretrain"),
-              "test accuracy, distilled vs from scratch (same steps): "
-              + _fmt(acc, "acc_distilled", "acc_no_distill_no_pretrain"),
-              decide(bool((acc.acc_distilled > acc.acc_no_distill_no_pretrain).all()) if len(acc) else None)),
+        Claim(
+            "distillation_beats_finetuning",
+            "Distillation beats training the student on labels from the teacher's weights, for every approximation",
+            "IMDb: distilled vs no distillation " + _fmt(imdb, "acc_distilled", "acc_no_distill"),
+            "test accuracy, distilled vs fine-tuned (same steps): " + _fmt(acc, "acc_distilled", "acc_no_distill"),
+            decide(bool((acc.acc_distilled > acc.acc_no_distill).all()) if len(acc) else None),
+        ),
+        Claim(
+            "distillation_beats_scratch",
+            "Distillation beats training the student on labels from random weights, for every approximation",
+            "IMDb: distilled vs no distillation, no pretraining "
+            + _fmt(imdb, "acc_distilled", "acc_no_distill_no_pretrain"),
+            "test accuracy, distilled vs from scratch (same steps): "
+            + _fmt(acc, "acc_distilled", "acc_no_distill_no_pretrain"),
+            decide(bool((acc.acc_distilled > acc.acc_no_distill_no_pretrain).all()) if len(acc) else None),
+        ),
     ]
     q = acc[acc.approximation == "Quad+2Quad"]
     paper_q = imdb[imdb.approximation == "Quad+2Quad"].acc_distilled.iloc[0]
     gap = None if q.empty else teacher_acc - float(q.acc_distilled.iloc[0])
-    claims.append(Claim(
-        "quad_2quad_close_to_teacher",
-        f"The distilled Quad+2Quad student is close to its teacher (within {CLOSE_TO_TEACHER:g} points)",
-        f"IMDb {paper_q} vs teacher {paper['imdb_teacher_accuracy']}; GLUE average 80.3 vs 82.8",
-        "not trained in this run" if gap is None else
-        f"test {float(q.acc_distilled.iloc[0]):.1f} vs teacher {teacher_acc:.1f} ({gap:+.1f} points below)",
-        decide(None if gap is None else gap <= CLOSE_TO_TEACHER)))
+    claims.append(
+        Claim(
+            "quad_2quad_close_to_teacher",
+            f"The distilled Quad+2Quad student is close to its teacher (within {CLOSE_TO_TEACHER:g} points)",
+            f"IMDb {paper_q} vs teacher {paper['imdb_teacher_accuracy']}; GLUE average 80.3 vs 82.8",
+            "not trained in this run"
+            if gap is None
+            else f"test {float(q.acc_distilled.iloc[0]):.1f} vs teacher {teacher_acc:.1f} ({gap:+.1f} points below)",
+            decide(None if gap is None else gap <= CLOSE_TO_TEACHER),
+        )
+    )
     worst = acc.loc[acc.acc_distilled.idxmin()] if len(acc) else None
-    claims.append(Claim(
-        "students_learn_the_task",
-        f"Every distilled student learns the task (at least {ABOVE_MAJORITY:g} points above the majority class)",
-        "IMDb: every distilled student 93.9-94.0 (majority class 50)",
-        "not trained" if worst is None else
-        f"majority class {majority_acc:.1f}; lowest distilled student {worst.approximation} {worst.acc_distilled:.1f}",
-        decide(None if worst is None else float(worst.acc_distilled) >= majority_acc + ABOVE_MAJORITY)))
+    claims.append(
+        Claim(
+            "students_learn_the_task",
+            f"Every distilled student learns the task (at least {ABOVE_MAJORITY:g} points above the majority class)",
+            "IMDb: every distilled student 93.9-94.0 (majority class 50)",
+            "not trained"
+            if worst is None
+            else (
+                f"majority class {majority_acc:.1f}; lowest distilled student {worst.approximation} "
+                f"{worst.acc_distilled:.1f}"
+            ),
+            decide(None if worst is None else float(worst.acc_distilled) >= majority_acc + ABOVE_MAJORITY),
+        )
+    )
     for fast, slow, paper_x in (("quad", "gelu", 22.0), ("2quad", "softmax", 12.5), ("2relu", "softmax", 2.7)):
         s = _speedup(sp, fast, slow)
-        claims.append(Claim(
-            f"{fast}_faster_than_{slow}", f"{fast} is faster than {slow} under MPC",
-            f"{paper_x}x (CrypTen, BERT-base shapes, length 512; repository figure)",
-            "not benchmarked" if s is None else f"{s[0]:.1f}x at length {s[1]} ({s[2]}, wall time)",
-            decide(None if s is None else s[0] > 1.0)))
+        claims.append(
+            Claim(
+                f"{fast}_faster_than_{slow}",
+                f"{fast} is faster than {slow} under MPC",
+                f"{paper_x}x (CrypTen, BERT-base shapes, length 512; repository figure)",
+                "not benchmarked" if s is None else f"{s[0]:.1f}x at length {s[1]} ({s[2]}, wall time)",
+                decide(None if s is None else s[0] > 1.0),
+            )
+        )
     s = _speedup(sp, "quad+2quad", "gelu+softmax")
-    claims.append(Claim(
-        "quad_2quad_model_faster", "The Quad+2Quad student is faster than the exact model under MPC",
-        f"{imdb[imdb.approximation == 'Quad+2Quad'].speedup.iloc[0]}x (IMDb, length 512); 2.2x (GLUE, length 128)",
-        "not benchmarked" if s is None else f"{s[0]:.1f}x at length {s[1]} ({s[2]}, whole model, wall time)",
-        decide(None if s is None else s[0] > 1.0)))
+    claims.append(
+        Claim(
+            "quad_2quad_model_faster",
+            "The Quad+2Quad student is faster than the exact model under MPC",
+            f"{imdb[imdb.approximation == 'Quad+2Quad'].speedup.iloc[0]}x (IMDb, length 512); 2.2x (GLUE, length 128)",
+            "not benchmarked" if s is None else f"{s[0]:.1f}x at length {s[1]} ({s[2]}, whole model, wall time)",
+            decide(None if s is None else s[0] > 1.0),
+        )
+    )
     students = None if mpc is None or mpc.empty else mpc[~mpc.model.str.startswith("GeLU+Softmax")]
-    claims.append(Claim(
-        "students_keep_accuracy_under_mpc",
-        f"The distilled students give the same predictions under MPC as in plaintext (>= {MPC_AGREEMENT:g}% agree)",
-        "not shown: the released code measured accuracy in plaintext only",
-        "not run under MPC" if students is None or students.empty else "; ".join(
-            f"{r.model}: {r.label_agreement:.1f}% agree, MPC {r.acc_mpc:.1f} vs plaintext {r.acc_plaintext:.1f} "
-            f"on {r.examples}" for r in students.itertuples()),
-        decide(None if students is None or students.empty else bool((students.label_agreement >= MPC_AGREEMENT).all()))))
+    claims.append(
+        Claim(
+            "students_keep_accuracy_under_mpc",
+            f"The distilled students give the same predictions under MPC as in plaintext (>= {MPC_AGREEMENT:g}% agree)",
+            "not shown: the released code measured accuracy in plaintext only",
+            "not run under MPC"
+            if students is None or students.empty
+            else "; ".join(
+                f"{r.model}: {r.label_agreement:.1f}% agree, MPC {r.acc_mpc:.1f} vs plaintext {r.acc_plaintext:.1f} "
+                f"on {r.examples}"
+                for r in students.itertuples()
+            ),
+            decide(
+                None if students is None or students.empty else bool((students.label_agreement >= MPC_AGREEMENT).all())
+            ),
+        )
+    )
     return claims

@@ -31,7 +31,7 @@ class Approximation:
     softmax: str = "softmax"
 
     @classmethod
-    def parse(cls, name: "str | Approximation") -> "Approximation":
+    def parse(cls, name: str | Approximation) -> Approximation:
         if isinstance(name, Approximation):
             return name
         parts = str(name).lower().replace(" ", "").split("+")
@@ -53,9 +53,16 @@ class Approximation:
 EXACT = Approximation("gelu", "softmax")
 
 
-def mpcformer_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                        attention_mask: torch.Tensor | None, scaling: float | None = None,
-                        dropout: float = 0.0, **kwargs):
+def mpcformer_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+):
     """Attention whose normaliser is `module.normaliser`; returns (output, raw scores)."""
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
@@ -79,15 +86,18 @@ def _register() -> None:
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if all(hasattr(m, a) for a in ("query", "key", "value"))
-            and hasattr(m, "attention_head_size")]
+    return [
+        m
+        for m in model.modules()
+        if all(hasattr(m, a) for a in ("query", "key", "value")) and hasattr(m, "attention_head_size")
+    ]
 
 
 def _mlp_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if hasattr(m, "intermediate_act_fn")]
 
 
-def to_student(model: nn.Module, approximation: "str | Approximation", copy_model: bool = True) -> nn.Module:
+def to_student(model: nn.Module, approximation: str | Approximation, copy_model: bool = True) -> nn.Module:
     """The MPC-friendly student of a BERT-family `transformers` model: same weights, approximations swapped in.
 
     `approximation` names the pair, e.g. 'quad+2quad'; 'gelu+softmax' keeps the exact functions but still
@@ -96,8 +106,10 @@ def to_student(model: nn.Module, approximation: "str | Approximation", copy_mode
     approx = Approximation.parse(approximation)
     attn, mlps = _attention_modules(model), _mlp_modules(model)
     if not attn or not mlps or not hasattr(model, "config"):
-        raise UserError(f"{type(model).__name__} is not a BERT-family transformers model "
-                        "(no self-attention with query/key/value or no intermediate activation found)")
+        raise UserError(
+            f"{type(model).__name__} is not a BERT-family transformers model "
+            "(no self-attention with query/key/value or no intermediate activation found)"
+        )
     if copy_model:
         model = copy.deepcopy(model)
         attn, mlps = _attention_modules(model), _mlp_modules(model)

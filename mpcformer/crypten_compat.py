@@ -61,9 +61,8 @@ def exact_decode(self, tensor):
 
 
 def _export_torchscript(f, pytorch_model, dummy_input):
-    from torch.onnx import OperatorExportTypes
-
     from crypten.nn import onnx_converter
+    from torch.onnx import OperatorExportTypes
 
     torch.onnx.export(
         pytorch_model,
@@ -99,8 +98,9 @@ def _communicator_init(self, init_ttp: bool = False) -> None:
     self._name = f"rank{self.rank}"
     timeout = _dt.timedelta(seconds=comm_timeout_s())
     total = self.world_size + 1 if init_ttp else self.world_size
-    dist.init_process_group(backend=self.distributed_backend, init_method=self.rendezvous, world_size=total,
-                            rank=self.rank, timeout=timeout)
+    dist.init_process_group(
+        backend=self.distributed_backend, init_method=self.rendezvous, world_size=total, rank=self.rank, timeout=timeout
+    )
     self.ttp_group = dist.new_group(list(range(total)), timeout=timeout)
     if total > 1:
         self.ttp_comm_group = dist.new_group([0, total - 1], timeout=timeout)
@@ -114,14 +114,15 @@ def apply() -> None:
     if _APPLIED:
         return
     _alias_onnx_registration()
+    import crypten.communicator.distributed_communicator as dc
     import crypten.encoder
     import crypten.nn.onnx_converter
 
-    import crypten.communicator.distributed_communicator as dc
-
-    ORIGINALS.update(decode=crypten.encoder.FixedPointEncoder.decode,
-                     export=crypten.nn.onnx_converter._export_pytorch_model,
-                     communicator_init=dc.DistributedCommunicator.__init__)
+    ORIGINALS.update(
+        decode=crypten.encoder.FixedPointEncoder.decode,
+        export=crypten.nn.onnx_converter._export_pytorch_model,
+        communicator_init=dc.DistributedCommunicator.__init__,
+    )
     crypten.encoder.FixedPointEncoder.decode = exact_decode
     crypten.nn.onnx_converter._export_pytorch_model = _export_torchscript
     dc.DistributedCommunicator.__init__ = _communicator_init
@@ -141,8 +142,14 @@ def party_threads(n: int = 1) -> None:
     torch.set_num_threads(n)
 
 
-def join_party(rank: int, parties: int, rendezvous: str, provider: str = "TTP", timeout_s: float | None = None,
-               verbose: bool = True) -> ModuleType | None:
+def join_party(
+    rank: int,
+    parties: int,
+    rendezvous: str,
+    provider: str = "TTP",
+    timeout_s: float | None = None,
+    verbose: bool = True,
+) -> ModuleType | None:
     """Join a CrypTen computation of `parties` parties at `rendezvous` (e.g. 'tcp://127.0.0.1:29500').
 
     With provider "TTP" rank `parties` is the dealer: it serves triples until party 0 ends the computation
@@ -153,8 +160,9 @@ def join_party(rank: int, parties: int, rendezvous: str, provider: str = "TTP", 
         raise ValueError(f"unknown CrypTen provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
     if timeout_s is not None:
         os.environ[TIMEOUT_ENV] = str(timeout_s)
-    os.environ.update({"DISTRIBUTED_BACKEND": "gloo", "RENDEZVOUS": rendezvous, "WORLD_SIZE": str(parties),
-                       "RANK": str(rank)})
+    os.environ.update(
+        {"DISTRIBUTED_BACKEND": "gloo", "RENDEZVOUS": rendezvous, "WORLD_SIZE": str(parties), "RANK": str(rank)}
+    )
     party_threads(1)
     ct = crypten()
     ct.cfg.mpc.provider = provider

@@ -24,8 +24,9 @@ from common.errors import UserError, require
 
 from .distill import Encoded, encode
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=128)
+TINY = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=128
+)
 DATASETS = ("rotten_tomatoes", "imdb", "glue/<task>")
 DEV_FRAC = 0.1
 
@@ -69,8 +70,10 @@ def load_teacher(name: str, num_labels: int, layers: int | None = None, seed: in
             else:
                 model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels)
         except OSError as exc:
-            raise UserError(f"model {name!r} is not available offline ({str(exc).splitlines()[0]}); run once "
-                            "with HF_HUB_OFFLINE=0 to download it") from exc
+            raise UserError(
+                f"model {name!r} is not available offline ({str(exc).splitlines()[0]}); run once "
+                "with HF_HUB_OFFLINE=0 to download it"
+            ) from exc
     if layers is not None:
         keep_layers(model, layers)
     return tok, model
@@ -119,14 +122,21 @@ def hold_out_dev(splits: dict[str, pd.DataFrame], seed: int, frac: float = DEV_F
     train = splits["train"]
     order = np.random.default_rng(seed).permutation(len(train))
     n_dev = max(1, int(len(train) * frac))
-    return {**splits, "dev": train.iloc[order[:n_dev]].reset_index(drop=True),
-            "train": train.iloc[order[n_dev:]].reset_index(drop=True)}
+    return {
+        **splits,
+        "dev": train.iloc[order[:n_dev]].reset_index(drop=True),
+        "train": train.iloc[order[n_dev:]].reset_index(drop=True),
+    }
 
 
 def encode_splits(tokenizer, splits: dict[str, pd.DataFrame], max_length: int, model: nn.Module) -> dict[str, Encoded]:
     """Each split tokenised to `max_length`; sentence pairs get token type ids."""
-    return {k: encode(tokenizer, df["text"], df["label"], max_length, model,
-                      pairs=df["text_pair"] if "text_pair" in df else None) for k, df in splits.items()}
+    return {
+        k: encode(
+            tokenizer, df["text"], df["label"], max_length, model, pairs=df["text_pair"] if "text_pair" in df else None
+        )
+        for k, df in splits.items()
+    }
 
 
 def majority_accuracy(train_labels: torch.Tensor, test_labels: torch.Tensor) -> float:

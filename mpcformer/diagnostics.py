@@ -36,7 +36,15 @@ def diagnostics(teacher: nn.Module, students: dict[Approximation, nn.Module], da
     """Per approximation: [CLS] spread of the distilled student (test split) and the gradient reaching the
     embeddings of the student as it starts (the teacher's weights, training split), each beside the teacher's."""
     t_spread, t_grad = cls_spread(teacher, data["test"]), embedding_gradient(teacher, data["train"])
-    return pd.DataFrame([{"approximation": a.label, "cls_spread_distilled": cls_spread(s, data["test"]),
-                          "cls_spread_teacher": t_spread,
-                          "embedding_grad_at_start": embedding_gradient(to_student(teacher, a), data["train"]),
-                          "embedding_grad_teacher": t_grad} for a, s in students.items()])
+    return pd.DataFrame(
+        [
+            {
+                "approximation": a.label,
+                "cls_spread_distilled": cls_spread(s, data["test"]),
+                "cls_spread_teacher": t_spread,
+                "embedding_grad_at_start": embedding_gradient(to_student(teacher, a), data["train"]),
+                "embedding_grad_teacher": t_grad,
+            }
+            for a, s in students.items()
+        ]
+    )

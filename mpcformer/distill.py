@@ -12,9 +12,9 @@ are drawn from torch's global generator, whose state the checkpoint carries.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,16 +59,20 @@ class Encoded:
         """Rows `idx`, trimmed to their longest sequence (dynamic padding); "index" holds `idx`."""
         mask = self.attention_mask[idx]
         n = int(mask.sum(1).max())
-        b = {"input_ids": self.input_ids[idx, :n], "attention_mask": mask[:, :n], "labels": self.labels[idx],
-             "index": idx}
+        b = {
+            "input_ids": self.input_ids[idx, :n],
+            "attention_mask": mask[:, :n],
+            "labels": self.labels[idx],
+            "index": idx,
+        }
         if self.token_type_ids is not None:
             b["token_type_ids"] = self.token_type_ids[idx, :n]
         return b
 
-    def head(self, n: int) -> "Encoded":
+    def head(self, n: int) -> Encoded:
         return self.select(torch.arange(min(n, len(self))))
 
-    def select(self, idx: torch.Tensor) -> "Encoded":
+    def select(self, idx: torch.Tensor) -> Encoded:
         tt = None if self.token_type_ids is None else self.token_type_ids[idx]
         return Encoded(self.input_ids[idx], self.attention_mask[idx], self.labels[idx], tt)
 
@@ -79,7 +83,7 @@ class Encoded:
         b = min(batch_size, len(self))
         idx = torch.randint(len(self), (group * b,))
         idx = idx[torch.argsort(self.attention_mask[idx].sum(1), stable=True)]
-        return idx[(step % group) * b:(step % group + 1) * b]
+        return idx[(step % group) * b : (step % group + 1) * b]
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -91,24 +95,42 @@ def check_tokenizer(tokenizer, model: nn.Module) -> None:
     """A tokenizer matches a model when its ids fit the embedding table and the padding ids agree."""
     c = model.config
     if len(tokenizer) > c.vocab_size:
-        raise UserError(f"tokenizer does not match the model: it has {len(tokenizer)} tokens, the model's "
-                        f"embedding table {c.vocab_size}")
+        raise UserError(
+            f"tokenizer does not match the model: it has {len(tokenizer)} tokens, the model's "
+            f"embedding table {c.vocab_size}"
+        )
     pad = getattr(c, "pad_token_id", None)
     if pad is not None and tokenizer.pad_token_id is not None and tokenizer.pad_token_id != pad:
         raise UserError(f"tokenizer does not match the model: padding id {tokenizer.pad_token_id} vs {pad}")
 
 
-def encode(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int, model: nn.Module,
-           pairs: Sequence[str] | None = None) -> Encoded:
+def encode(
+    tokenizer,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    max_length: int,
+    model: nn.Module,
+    pairs: Sequence[str] | None = None,
+) -> Encoded:
     """Tokenise to a fixed `max_length` (truncating), after checking tokenizer and length fit the model.
     With `pairs` (the second sentence of each example) the token type ids mark the two segments."""
     check_tokenizer(tokenizer, model)
     limit = model.config.max_position_embeddings
     require(0 < max_length <= limit, f"sequence length {max_length} is longer than the model allows ({limit})")
-    enc = tokenizer(list(texts), None if pairs is None else list(pairs), padding="max_length", truncation=True,
-                    max_length=max_length, return_tensors="pt")
-    return Encoded(enc["input_ids"], enc["attention_mask"], torch.as_tensor(list(labels), dtype=torch.long),
-                   enc["token_type_ids"] if pairs is not None else None)
+    enc = tokenizer(
+        list(texts),
+        None if pairs is None else list(pairs),
+        padding="max_length",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+    )
+    return Encoded(
+        enc["input_ids"],
+        enc["attention_mask"],
+        torch.as_tensor(list(labels), dtype=torch.long),
+        enc["token_type_ids"] if pairs is not None else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -128,8 +150,9 @@ class TeacherOutputs:
 
     @classmethod
     @torch.no_grad()
-    def compute(cls, teacher: nn.Module, data: Encoded, batch_size: int = 128,
-                dtype: torch.dtype = torch.float16) -> "TeacherOutputs":
+    def compute(
+        cls, teacher: nn.Module, data: Encoded, batch_size: int = 128, dtype: torch.dtype = torch.float16
+    ) -> TeacherOutputs:
         teacher.eval()
         hidden, scores, logits = [], [], []
         full = data.attention_mask.shape[1]
@@ -146,11 +169,14 @@ class TeacherOutputs:
     def of(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """(hidden states, attention scores, logits) of a batch's rows, trimmed to its length, in float32."""
         idx, n = batch["index"], batch["input_ids"].shape[1]
-        return ([h[idx, :n].float() for h in self.hidden], [a[idx, :, :n, :n].float() for a in self.scores],
-                self.logits[idx])
+        return (
+            [h[idx, :n].float() for h in self.hidden],
+            [a[idx, :, :n, :n].float() for a in self.scores],
+            self.logits[idx],
+        )
 
 
-def _teacher_forward(teacher: "nn.Module | TeacherOutputs", batch: dict[str, torch.Tensor]):
+def _teacher_forward(teacher: nn.Module | TeacherOutputs, batch: dict[str, torch.Tensor]):
     if isinstance(teacher, TeacherOutputs):
         return teacher.of(batch)
     with torch.no_grad():
@@ -170,7 +196,7 @@ class Stage1Loss:
     """MSE on attention scores (valid query/key pairs) and on every hidden state, summed over layers.
     `teacher`: a model returning raw attention scores, or its precomputed `TeacherOutputs`."""
 
-    def __init__(self, teacher: "nn.Module | TeacherOutputs"):
+    def __init__(self, teacher: nn.Module | TeacherOutputs):
         self.teacher = teacher
 
     def __call__(self, student: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -191,7 +217,7 @@ class Stage1Loss:
 class Stage2Loss:
     """Soft cross-entropy between the teacher's and the student's logits at temperature T."""
 
-    def __init__(self, teacher: "nn.Module | TeacherOutputs", temperature: float = 1.0):
+    def __init__(self, teacher: nn.Module | TeacherOutputs, temperature: float = 1.0):
         self.teacher, self.t = teacher, temperature
 
     def __call__(self, student: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -207,8 +233,15 @@ class Stage2Loss:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def train(model: nn.Module, loss_fn: Callable[[nn.Module, dict], torch.Tensor], data: Encoded, cfg: TrainConfig,
-          checkpoint: str | Path | None = None, tracker=None, name: str = "train") -> nn.Module:
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor],
+    data: Encoded,
+    cfg: TrainConfig,
+    checkpoint: str | Path | None = None,
+    tracker=None,
+    name: str = "train",
+) -> nn.Module:
     """Minimise `loss_fn` for `cfg.steps` steps of AdamW with linear warmup and decay; resumes from `checkpoint`."""
     require(cfg.steps >= 0 and cfg.batch_size > 0, f"bad training config {cfg}")
     if cfg.freeze_word_embeddings:
@@ -216,11 +249,13 @@ def train(model: nn.Module, loss_fn: Callable[[nn.Module, dict], torch.Tensor], 
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() > 1]
     no_decay = [p for p in params if p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
     warmup = max(1, int(cfg.warmup_frac * cfg.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warmup))))
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warmup)))
+    )
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint)
@@ -240,9 +275,12 @@ def train(model: nn.Module, loss_fn: Callable[[nn.Module, dict], torch.Tensor], 
         done = step + 1
         if tracker is not None and (done % 10 == 0 or done == cfg.steps):
             tracker.log({f"{name}/loss": loss.item(), f"{name}/lr": sched.get_last_lr()[0]})
-        if checkpoint is not None and (done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
-            save_checkpoint(checkpoint, training_state(done, {"model": model}, {"opt": opt},
-                                                       extra={"sched": sched.state_dict()}))
+        if checkpoint is not None and (
+            done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+        ):
+            save_checkpoint(
+                checkpoint, training_state(done, {"model": model}, {"opt": opt}, extra={"sched": sched.state_dict()})
+            )
     return model.eval()
 
 
@@ -251,9 +289,16 @@ def fine_tune(model: nn.Module, data: Encoded, cfg: TrainConfig, **kw) -> nn.Mod
     return train(model, task_loss, data, cfg, **kw)
 
 
-def distill(student: nn.Module, teacher: "nn.Module | TeacherOutputs", data: Encoded, stage1: TrainConfig,
-            stage2: TrainConfig, checkpoint_dir: str | Path | None = None, tracker=None,
-            name: str = "distill") -> nn.Module:
+def distill(
+    student: nn.Module,
+    teacher: nn.Module | TeacherOutputs,
+    data: Encoded,
+    stage1: TrainConfig,
+    stage2: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    tracker=None,
+    name: str = "distill",
+) -> nn.Module:
     """Stage 1 (attention scores and hidden states), then stage 2 (logits), from the teacher's outputs.
 
     `teacher`: `TeacherOutputs.compute(exact, data)` (computed once for all students) or a model that returns
@@ -261,8 +306,9 @@ def distill(student: nn.Module, teacher: "nn.Module | TeacherOutputs", data: Enc
     """
     ckpt = (lambda s: Path(checkpoint_dir) / f"{name.replace('/', '-')}-{s}.pt") if checkpoint_dir else (lambda s: None)
     train(student, Stage1Loss(teacher), data, stage1, ckpt("stage1"), tracker, f"{name}/stage1")
-    return train(student, Stage2Loss(teacher, stage2.temperature), data, stage2, ckpt("stage2"), tracker,
-                 f"{name}/stage2")
+    return train(
+        student, Stage2Loss(teacher, stage2.temperature), data, stage2, ckpt("stage2"), tracker, f"{name}/stage2"
+    )
 
 
 @torch.no_grad()
@@ -272,7 +318,7 @@ def predict(model: nn.Module, data: Encoded, batch_size: int = 128) -> torch.Ten
     order = torch.argsort(data.attention_mask.sum(1), stable=True)
     out = []
     for lo in range(0, len(data), batch_size):
-        out.append(model(**model_inputs(data.batch(order[lo:lo + batch_size]))).logits)
+        out.append(model(**model_inputs(data.batch(order[lo : lo + batch_size]))).logits)
     return torch.cat(out)[torch.argsort(order)]
 
 

@@ -35,9 +35,10 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,12 +72,22 @@ class BertSpec:
     ln_scales: tuple[float, ...] = ()  # public per-LayerNorm variance scales (see `calibrate_layer_norms`)
 
     @classmethod
-    def of(cls, model: nn.Module, approximation: Approximation | None = None) -> "BertSpec":
+    def of(cls, model: nn.Module, approximation: Approximation | None = None) -> BertSpec:
         c = model.config
         approx = approximation or approximation_of(model)
         scales = tuple(getattr(model, "mpc_ln_scales", ())) or (1.0,) * (1 + 2 * c.num_hidden_layers)
-        return cls(c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
-                   c.max_position_embeddings, c.num_labels, c.layer_norm_eps, approx, scales)
+        return cls(
+            c.vocab_size,
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.intermediate_size,
+            c.max_position_embeddings,
+            c.num_labels,
+            c.layer_norm_eps,
+            approx,
+            scales,
+        )
 
 
 def _layer_norms(model: nn.Module) -> list[nn.Module]:
@@ -88,8 +99,9 @@ def _layer_norms(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def calibrate_layer_norms(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          token_type_ids: torch.Tensor | None = None) -> tuple[float, ...]:
+def calibrate_layer_norms(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+) -> tuple[float, ...]:
     """Give each LayerNorm a public power-of-four scale: its largest input variance seen, over 32 or less.
 
     CrypTen's inv_sqrt is accurate only for moderate inputs: its initial guess turns negative above about 200
@@ -121,15 +133,28 @@ def export_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     if not hasattr(base, "embeddings") or not hasattr(model, "classifier") or getattr(base, "pooler", None) is None:
         raise UserError(f"{type(model).__name__} is not a BERT-family sequence classifier with a pooler")
     e = base.embeddings
-    w = {"emb.word": e.word_embeddings.weight, "emb.pos": e.position_embeddings.weight,
-         "emb.type0": e.token_type_embeddings.weight[0], "emb.type1": e.token_type_embeddings.weight[-1],
-         "emb.ln.w": e.LayerNorm.weight, "emb.ln.b": e.LayerNorm.bias,
-         "pool.w": base.pooler.dense.weight, "pool.b": base.pooler.dense.bias,
-         "cls.w": model.classifier.weight, "cls.b": model.classifier.bias}
+    w = {
+        "emb.word": e.word_embeddings.weight,
+        "emb.pos": e.position_embeddings.weight,
+        "emb.type0": e.token_type_embeddings.weight[0],
+        "emb.type1": e.token_type_embeddings.weight[-1],
+        "emb.ln.w": e.LayerNorm.weight,
+        "emb.ln.b": e.LayerNorm.bias,
+        "pool.w": base.pooler.dense.weight,
+        "pool.b": base.pooler.dense.bias,
+        "cls.w": model.classifier.weight,
+        "cls.b": model.classifier.bias,
+    }
     for i, layer in enumerate(base.encoder.layer):
         a = layer.attention
-        parts = {"q": a.self.query, "k": a.self.key, "v": a.self.value, "o": a.output.dense,
-                 "ff1": layer.intermediate.dense, "ff2": layer.output.dense}
+        parts = {
+            "q": a.self.query,
+            "k": a.self.key,
+            "v": a.self.value,
+            "o": a.output.dense,
+            "ff1": layer.intermediate.dense,
+            "ff2": layer.output.dense,
+        }
         for n, lin in parts.items():
             w[f"l{i}.{n}.w"], w[f"l{i}.{n}.b"] = lin.weight, lin.bias
         w[f"l{i}.ln1.w"], w[f"l{i}.ln1.b"] = a.output.LayerNorm.weight, a.output.LayerNorm.bias
@@ -139,9 +164,18 @@ def export_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def weight_shapes(spec: BertSpec) -> dict[str, tuple[int, ...]]:
     h, f = spec.hidden, spec.intermediate
-    s: dict[str, tuple[int, ...]] = {"emb.word": (spec.vocab_size, h), "emb.pos": (spec.max_positions, h),
-                                     "emb.type0": (h,), "emb.type1": (h,), "emb.ln.w": (h,), "emb.ln.b": (h,), "pool.w": (h, h),
-                                     "pool.b": (h,), "cls.w": (spec.num_labels, h), "cls.b": (spec.num_labels,)}
+    s: dict[str, tuple[int, ...]] = {
+        "emb.word": (spec.vocab_size, h),
+        "emb.pos": (spec.max_positions, h),
+        "emb.type0": (h,),
+        "emb.type1": (h,),
+        "emb.ln.w": (h,),
+        "emb.ln.b": (h,),
+        "pool.w": (h, h),
+        "pool.b": (h,),
+        "cls.w": (spec.num_labels, h),
+        "cls.b": (spec.num_labels,),
+    }
     for i in range(spec.layers):
         for n, (o, inp) in {"q": (h, h), "k": (h, h), "v": (h, h), "o": (h, h), "ff1": (f, h), "ff2": (h, f)}.items():
             s[f"l{i}.{n}.w"], s[f"l{i}.{n}.b"] = (o, inp), (o,)
@@ -266,7 +300,7 @@ class InferenceJob:
     timeout_s: float = 300.0
     audit: bool = False  # trace every value each process sends or learns (`audit`)
     keep_bytes: bool = False  # keep the bytes of every message too (searching them for secrets)
-    hook: Callable[["PartyView"], None] | None = None  # called by every party before each layer (tests)
+    hook: Callable[[PartyView], None] | None = None  # called by every party before each layer (tests)
     pairs: bool = False  # the input owner encrypts token type ids too (sentence pairs); public
 
 
@@ -329,34 +363,49 @@ def _party(rank: int, nprocs: int, job: InferenceJob) -> PartyReport:
     batches = range(0, n, job.batch_size)
     for lo in tqdm(batches, desc="private inference", disable=rank != INPUT_OWNER or len(batches) < 2):
         hi = min(lo + job.batch_size, n)
-        one_hot = torch.nn.functional.one_hot(ids[lo:hi], job.spec.vocab_size).float() if rank == INPUT_OWNER \
+        one_hot = (
+            torch.nn.functional.one_hot(ids[lo:hi], job.spec.vocab_size).float()
+            if rank == INPUT_OWNER
             else torch.zeros(hi - lo, length, job.spec.vocab_size)
+        )
         x = ct.cryptensor(one_hot, src=INPUT_OWNER)
         m = ct.cryptensor(mask[lo:hi], src=INPUT_OWNER)
         t = ct.cryptensor(types[lo:hi], src=INPUT_OWNER) if job.pairs else None
         on_layer = None
         if job.hook is not None:
+
             def on_layer(i, h, x=x, batch=lo // job.batch_size):
                 job.hook(PartyView(rank, batch, i, x, h, model))
+
         logits = model(x, m, t, on_layer=on_layer)
         outs.append(logits.get_plain_text(dst=INPUT_OWNER))
     wall = time.perf_counter() - start
     stats = ct.comm.get().get_communication_stats()
     crypten_compat.leave_party()
-    return PartyReport(rank, role, torch.cat(outs) if rank == INPUT_OWNER else None, wall,
-                       int(stats["rounds"]), int(stats["bytes"]), trace)
+    return PartyReport(
+        rank,
+        role,
+        torch.cat(outs) if rank == INPUT_OWNER else None,
+        wall,
+        int(stats["rounds"]),
+        int(stats["bytes"]),
+        trace,
+    )
 
 
 @contextlib.contextmanager
-def _job_files(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               token_type_ids: torch.Tensor | None = None):
+def _job_files(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+):
     """(weights file, inputs file) in a temporary directory: what the model owner and the input owner read."""
     with tempfile.TemporaryDirectory(prefix="mpcformer_") as tmp:
         paths = (str(Path(tmp) / "weights.pt"), str(Path(tmp) / "inputs.pt"))
         torch.save(export_weights(model), paths[0])
         types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-        torch.save({"input_ids": input_ids.long(), "attention_mask": attention_mask.long(),
-                    "token_type_ids": types.long()}, paths[1])
+        torch.save(
+            {"input_ids": input_ids.long(), "attention_mask": attention_mask.long(), "token_type_ids": types.long()},
+            paths[1],
+        )
         yield paths
 
 
@@ -380,11 +429,18 @@ class PrivateResult:
         return audit.find_leaks({r.rank: r.trace for r in self.reports}, self.logits, self.provider)
 
 
-def private_inference(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      token_type_ids: torch.Tensor | None = None,
-                      provider: str = "TTP", batch_size: int = 8, timeout_s: float = 300.0,
-                      audit: bool = False, keep_bytes: bool = False,
-                      hook: Callable[[PartyView], None] | None = None) -> PrivateResult:
+def private_inference(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+    provider: str = "TTP",
+    batch_size: int = 8,
+    timeout_s: float = 300.0,
+    audit: bool = False,
+    keep_bytes: bool = False,
+    hook: Callable[[PartyView], None] | None = None,
+) -> PrivateResult:
     """Run `model` (a converted student or an exact BERT classifier) under MPC on padded token ids.
 
     Spawns the model owner, the input owner and the dealer; each reads only what it owns (the security model
@@ -395,24 +451,41 @@ def private_inference(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     if provider not in crypten_compat.PROVIDERS:
         raise UserError(f"unknown provider {provider!r}; choose one of {', '.join(crypten_compat.PROVIDERS)}")
     if provider != "TTP":
-        raise UserError(f"provider {provider} lets the model owner see the input: use it for timing only "
-                        "(mpcformer.bench), private inference needs TTP")
+        raise UserError(
+            f"provider {provider} lets the model owner see the input: use it for timing only "
+            "(mpcformer.bench), private inference needs TTP"
+        )
     spec = BertSpec.of(model)
     if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
-        raise UserError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
-                        "must both be (examples, length)")
+        raise UserError(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
+            "must both be (examples, length)"
+        )
     if input_ids.shape[1] > spec.max_positions:
-        raise UserError(f"sequence length {input_ids.shape[1]} is longer than the model allows "
-                        f"({spec.max_positions} positions)")
+        raise UserError(
+            f"sequence length {input_ids.shape[1]} is longer than the model allows ({spec.max_positions} positions)"
+        )
     if int(input_ids.max()) >= spec.vocab_size or int(input_ids.min()) < 0:
         raise UserError(f"token ids outside the model's vocabulary of {spec.vocab_size}: wrong tokenizer?")
     nprocs = PARTIES + (provider == "TTP")
     with _job_files(model, input_ids, attention_mask, token_type_ids) as (weights_path, inputs_path):
-        job = InferenceJob(spec, weights_path, inputs_path, tuple(input_ids.shape), provider, batch_size, timeout_s,
-                           audit, keep_bytes, hook, pairs=token_type_ids is not None)
+        job = InferenceJob(
+            spec,
+            weights_path,
+            inputs_path,
+            tuple(input_ids.shape),
+            provider,
+            batch_size,
+            timeout_s,
+            audit,
+            keep_bytes,
+            hook,
+            pairs=token_type_ids is not None,
+        )
         try:
-            reports = run_processes(_party, nprocs, args=(job,), init_group=False, timeout_s=timeout_s * 2 + 60,
-                                    grace_s=timeout_s + 30)
+            reports = run_processes(
+                _party, nprocs, args=(job,), init_group=False, timeout_s=timeout_s * 2 + 60, grace_s=timeout_s + 30
+            )
         except ProcessFailed as exc:
             raise UserError(f"private inference failed: a party stopped ({exc})") from exc
         except RuntimeError as exc:
@@ -421,14 +494,22 @@ def private_inference(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     return PrivateResult(reports[INPUT_OWNER].logits, reports, provider)
 
 
-def check_against_plaintext(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                            mpc_logits: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> dict[str, float]:
+def check_against_plaintext(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mpc_logits: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+) -> dict[str, float]:
     """Largest logit error and label agreement of MPC logits against the plaintext model's."""
     with torch.no_grad():
-        plain = model.eval()(input_ids=input_ids, attention_mask=attention_mask,
-                             token_type_ids=token_type_ids).logits.float()
-    return {"max_abs_logit_error": float((plain - mpc_logits).abs().max()),
-            "label_agreement": float((plain.argmax(-1) == mpc_logits.argmax(-1)).float().mean())}
+        plain = model.eval()(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).logits.float()
+    return {
+        "max_abs_logit_error": float((plain - mpc_logits).abs().max()),
+        "label_agreement": float((plain.argmax(-1) == mpc_logits.argmax(-1)).float().mean()),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -444,8 +525,9 @@ def _risk_party(rank: int, nprocs: int, job: InferenceJob) -> dict[str, float]:
     function of `approximations` or `private_inference` that asked for it."""
     import traceback
 
-    ct = crypten_compat.join_party(0, 1, f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}", "TFP", job.timeout_s,
-                                   verbose=False)
+    ct = crypten_compat.join_party(
+        0, 1, f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}", "TFP", job.timeout_s, verbose=False
+    )
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
     risk: dict[str, float] = {}
@@ -453,14 +535,36 @@ def _risk_party(rank: int, nprocs: int, job: InferenceJob) -> dict[str, float]:
     ours = str(Path(__file__).parent)
 
     def div_(self, y):
-        if isinstance(y, int) or (isinstance(y, float) and int(y) == y) or (torch.is_tensor(y) and not y.is_floating_point()):
+        if (
+            isinstance(y, int)
+            or (isinstance(y, float) and int(y) == y)
+            or (torch.is_tensor(y) and not y.is_floating_point())
+        ):
             stack = traceback.extract_stack(limit=30)[:-1]
-            mine = [f"{f.name}: {f.line.strip()}" if f.name == "forward" else f.name for f in stack
-                    if f.filename.startswith(ours)]
+            mine = [
+                f"{f.name}: {f.line.strip()}" if f.name == "forward" else f.name
+                for f in stack
+                if f.filename.startswith(ours)
+            ]
             where = mine[-1] if mine else "?"
             if not stack[-1].filename.startswith(ours):
-                theirs = [f.name for f in stack if "crypten" in f.filename and f.name not in ("div_", "div", "mul",
-                          "mul_", "_arithmetic_function", "_arithmetic_function_", "__mul__", "__imul__", "square")]
+                theirs = [
+                    f.name
+                    for f in stack
+                    if "crypten" in f.filename
+                    and f.name
+                    not in (
+                        "div_",
+                        "div",
+                        "mul",
+                        "mul_",
+                        "_arithmetic_function",
+                        "_arithmetic_function_",
+                        "__mul__",
+                        "__imul__",
+                        "square",
+                    )
+                ]
                 where += f">{theirs[-1]}" if theirs else ""
             risk[where] = risk.get(where, 0.0) + float(self.share.abs().double().sum()) / 2.0**RING_BITS
         return original(self, y)
@@ -481,9 +585,14 @@ def _risk_party(rank: int, nprocs: int, job: InferenceJob) -> dict[str, float]:
     return risk
 
 
-def truncation_risk(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    token_type_ids: torch.Tensor | None = None, batch_size: int = 8,
-                    timeout_s: float = 600.0) -> dict[str, float]:
+def truncation_risk(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+    batch_size: int = 8,
+    timeout_s: float = 600.0,
+) -> dict[str, float]:
     """The expected number of wrapped truncations when `model` runs under two-party CrypTen on these inputs,
     per place: a function of `approximations` (e.g. 'two_quad', 'layer_norm>square_': where it called CrypTen)
     or a line of the model's forward ('forward: scores = q.matmul(k.transpose(2, 3))>matmul').
@@ -496,7 +605,15 @@ def truncation_risk(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     """
     spec = BertSpec.of(model)
     with _job_files(model, input_ids, attention_mask, token_type_ids) as (weights_path, inputs_path):
-        job = InferenceJob(spec, weights_path, inputs_path, tuple(input_ids.shape), "TFP", batch_size, timeout_s,
-                           pairs=token_type_ids is not None)
+        job = InferenceJob(
+            spec,
+            weights_path,
+            inputs_path,
+            tuple(input_ids.shape),
+            "TFP",
+            batch_size,
+            timeout_s,
+            pairs=token_type_ids is not None,
+        )
         (risk,) = run_processes(_risk_party, 1, args=(job,), init_group=False, timeout_s=timeout_s)
     return dict(sorted(risk.items(), key=lambda kv: -kv[1]))

@@ -50,13 +50,27 @@ class Budget:
         return self.stage1_steps + self.stage2_steps
 
     def config(self, run: str) -> TrainConfig:
-        steps = {"teacher": self.teacher_steps, "stage1": self.stage1_steps, "stage2": self.stage2_steps,
-                 "baseline": self.baseline_steps}[run]
-        lr = {"teacher": self.teacher_lr, "stage1": self.stage1_lr, "stage2": self.stage2_lr,
-              "baseline": self.baseline_lr}[run]
-        return TrainConfig(steps=steps, batch_size=self.batch_size, lr=lr, weight_decay=self.weight_decay,
-                           warmup_frac=self.warmup_frac, temperature=self.temperature,
-                           freeze_word_embeddings=self.freeze_word_embeddings)
+        steps = {
+            "teacher": self.teacher_steps,
+            "stage1": self.stage1_steps,
+            "stage2": self.stage2_steps,
+            "baseline": self.baseline_steps,
+        }[run]
+        lr = {
+            "teacher": self.teacher_lr,
+            "stage1": self.stage1_lr,
+            "stage2": self.stage2_lr,
+            "baseline": self.baseline_lr,
+        }[run]
+        return TrainConfig(
+            steps=steps,
+            batch_size=self.batch_size,
+            lr=lr,
+            weight_decay=self.weight_decay,
+            warmup_frac=self.warmup_frac,
+            temperature=self.temperature,
+            freeze_word_embeddings=self.freeze_word_embeddings,
+        )
 
 
 @dataclass
@@ -74,14 +88,22 @@ def score(model: nn.Module, data: dict[str, Encoded]) -> dict[str, float]:
     return {k: 100 * accuracy(model, data[k]) for k in ("dev", "test")}
 
 
-def run_study(teacher: nn.Module, data: dict[str, Encoded], approximations: list[Approximation], budget: Budget,
-              checkpoint_dir: Path | None = None, tracker=None, seed: int = 0) -> StudyResult:
+def run_study(
+    teacher: nn.Module,
+    data: dict[str, Encoded],
+    approximations: list[Approximation],
+    budget: Budget,
+    checkpoint_dir: Path | None = None,
+    tracker=None,
+    seed: int = 0,
+) -> StudyResult:
     """Fine-tune `teacher` on data["train"], then train the baselines and distil each student."""
     ckpt = (lambda name: checkpoint_dir / f"{name}.pt") if checkpoint_dir else (lambda name: None)
     if checkpoint_dir:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    fine_tune(teacher, data["train"], budget.config("teacher"), checkpoint=ckpt("teacher"), tracker=tracker,
-              name="teacher")
+    fine_tune(
+        teacher, data["train"], budget.config("teacher"), checkpoint=ckpt("teacher"), tracker=tracker, name="teacher"
+    )
     t_acc = score(teacher, data)
     log.info("teacher: dev %.2f, test %.2f", t_acc["dev"], t_acc["test"])
     exact = to_student(teacher, EXACT)
@@ -92,15 +114,37 @@ def run_study(teacher: nn.Module, data: dict[str, Encoded], approximations: list
     for a in approximations:
         torch.manual_seed(seed)
         scratch = to_student(type(teacher)(teacher.config), a, copy_model=False)
-        fine_tune(scratch, data["train"], budget.config("baseline"), checkpoint=ckpt(f"{a.name}-scratch"),
-                  tracker=tracker, name=f"{a.name}/scratch")
-        plain = fine_tune(to_student(teacher, a), data["train"], budget.config("baseline"),
-                          checkpoint=ckpt(f"{a.name}-finetune"), tracker=tracker, name=f"{a.name}/finetune")
-        student = distill(to_student(teacher, a), cached, data["train"], budget.config("stage1"),
-                          budget.config("stage2"), checkpoint_dir=checkpoint_dir, tracker=tracker,
-                          name=f"{a.name}/distill")
-        scores = {"acc_no_distill_no_pretrain": score(scratch, data), "acc_no_distill": score(plain, data),
-                  "acc_distilled": score(student, data)}
+        fine_tune(
+            scratch,
+            data["train"],
+            budget.config("baseline"),
+            checkpoint=ckpt(f"{a.name}-scratch"),
+            tracker=tracker,
+            name=f"{a.name}/scratch",
+        )
+        plain = fine_tune(
+            to_student(teacher, a),
+            data["train"],
+            budget.config("baseline"),
+            checkpoint=ckpt(f"{a.name}-finetune"),
+            tracker=tracker,
+            name=f"{a.name}/finetune",
+        )
+        student = distill(
+            to_student(teacher, a),
+            cached,
+            data["train"],
+            budget.config("stage1"),
+            budget.config("stage2"),
+            checkpoint_dir=checkpoint_dir,
+            tracker=tracker,
+            name=f"{a.name}/distill",
+        )
+        scores = {
+            "acc_no_distill_no_pretrain": score(scratch, data),
+            "acc_no_distill": score(plain, data),
+            "acc_distilled": score(student, data),
+        }
         for split in ("dev", "test"):
             rows[split].append({"approximation": a.label, **{k: v[split] for k, v in scores.items()}})
         log.info("%s: test %s", a.label, {k: round(v["test"], 2) for k, v in scores.items()})
@@ -117,31 +161,55 @@ def calibrate(models: list[nn.Module], data: Encoded, n: int = 64) -> None:
         calibrate_layer_norms(m, sub.input_ids, sub.attention_mask, sub.token_type_ids)
 
 
-def mpc_accuracy(models: dict[str, nn.Module], data: Encoded, batch_size: int = 32, timeout_s: float = 600.0,
-                 risk_examples: int = 0) -> pd.DataFrame:
+def mpc_accuracy(
+    models: dict[str, nn.Module], data: Encoded, batch_size: int = 32, timeout_s: float = 600.0, risk_examples: int = 0
+) -> pd.DataFrame:
     """Each model under MPC (two parties and a dealer, audited) on every example of `data`, against the same
     model in plaintext: accuracy both ways, label agreement, largest logit error, leaks found by the audit,
     and (on the first `risk_examples`) the expected number of wrapped truncations per example."""
     rows = []
     for name, model in models.items():
         log.info("under MPC: %s on %d examples (batches of %d)", name, len(data), batch_size)
-        res = private_inference(model, data.input_ids, data.attention_mask, data.token_type_ids,
-                                batch_size=batch_size, timeout_s=timeout_s, audit=True)
+        res = private_inference(
+            model,
+            data.input_ids,
+            data.attention_mask,
+            data.token_type_ids,
+            batch_size=batch_size,
+            timeout_s=timeout_s,
+            audit=True,
+        )
         check = check_against_plaintext(model, data.input_ids, data.attention_mask, res.logits, data.token_type_ids)
         plain = predict(model, data).argmax(-1)
-        row = {"model": name, "examples": len(data), "length": int(data.input_ids.shape[1]),
-               "acc_mpc": 100 * float((res.logits.argmax(-1) == data.labels).float().mean()),
-               "acc_plaintext": 100 * float((plain == data.labels).float().mean()),
-               "label_agreement": 100 * check["label_agreement"],
-               "max_abs_logit_error": check["max_abs_logit_error"], "leaks_found": len(res.leaks())}
+        row = {
+            "model": name,
+            "examples": len(data),
+            "length": int(data.input_ids.shape[1]),
+            "acc_mpc": 100 * float((res.logits.argmax(-1) == data.labels).float().mean()),
+            "acc_plaintext": 100 * float((plain == data.labels).float().mean()),
+            "label_agreement": 100 * check["label_agreement"],
+            "max_abs_logit_error": check["max_abs_logit_error"],
+            "leaks_found": len(res.leaks()),
+        }
         if risk_examples:
             few = data.head(risk_examples)
-            risk = truncation_risk(model, few.input_ids, few.attention_mask, few.token_type_ids,
-                                   batch_size=risk_examples, timeout_s=timeout_s)
+            risk = truncation_risk(
+                model,
+                few.input_ids,
+                few.attention_mask,
+                few.token_type_ids,
+                batch_size=risk_examples,
+                timeout_s=timeout_s,
+            )
             row["expected_wraps_per_example"] = sum(risk.values()) / len(few)
-        row |= {"wall_s": res.wall_s, "s_per_example": res.wall_s / len(data),
-                "MB_p0": res.party(0).bytes / 1e6, "MB_p1": res.party(1).bytes / 1e6,
-                "rounds_p0": res.party(0).rounds, "rounds_p1": res.party(1).rounds}
+        row |= {
+            "wall_s": res.wall_s,
+            "s_per_example": res.wall_s / len(data),
+            "MB_p0": res.party(0).bytes / 1e6,
+            "MB_p1": res.party(1).bytes / 1e6,
+            "rounds_p0": res.party(0).rounds,
+            "rounds_p1": res.party(1).rounds,
+        }
         log.info("under MPC: %s", row)
         rows.append(row)
     return pd.DataFrame(rows)

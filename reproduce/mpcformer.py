@@ -41,42 +41,59 @@ def parse(cfg: Any) -> dict[str, Any]:
     """Every name in the config parsed once: approximations, data and training budget."""
     for f in cfg.bench.functions:
         require(f in B.FUNCTIONS, f"unknown function {f!r}; choose from {', '.join(B.FUNCTIONS)}")
-    require(cfg.mpc.provider == "TTP" or not cfg.mpc_eval.models,
-            f"mpc.provider={cfg.mpc.provider} lets the model owner see the input: it is for timing only "
-            "(bench.providers); accuracy under MPC needs TTP")
+    require(
+        cfg.mpc.provider == "TTP" or not cfg.mpc_eval.models,
+        f"mpc.provider={cfg.mpc.provider} lets the model owner see the input: it is for timing only "
+        "(bench.providers); accuracy under MPC needs TTP",
+    )
     approxs = [Approximation.parse(a) for a in cfg.approximations]
     require(len(approxs) > 0, "give at least one approximation")
-    return {"approximations": approxs, "mpc_models": [Approximation.parse(a) for a in cfg.mpc_eval.models],
-            "bench_models": [Approximation.parse(a) for a in cfg.bench.models],
-            "data": DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)),
-            "budget": Budget(**OmegaConf.to_container(cfg.train, resolve=True)),
-            "model_lengths": list(cfg.bench.model_lengths) + (list(cfg.bench.long_lengths) if cfg.bench.long else [])}
+    return {
+        "approximations": approxs,
+        "mpc_models": [Approximation.parse(a) for a in cfg.mpc_eval.models],
+        "bench_models": [Approximation.parse(a) for a in cfg.bench.models],
+        "data": DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)),
+        "budget": Budget(**OmegaConf.to_container(cfg.train, resolve=True)),
+        "model_lengths": list(cfg.bench.model_lengths) + (list(cfg.bench.long_lengths) if cfg.bench.long else []),
+    }
 
 
 def checkpoint_dir(cfg: Any) -> Path:
     """One directory per scale and training-relevant config, so a changed config never resumes a stale run."""
-    keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "train")} | {"seed": int(cfg.seed)}
+    keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "train")} | {
+        "seed": int(cfg.seed)
+    }
     digest = hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
     return Path(cfg.checkpoint_dir) / f"{cfg.scale.name}-{digest}"
 
 
 def plan(cfg: Any, p: dict[str, Any]) -> None:
     b: Budget = p["budget"]
-    print(f"plan: teacher {cfg.model.name} (layers: {cfg.model.layers or 'all'}) fine-tuned on {cfg.data.name} "
-          f"(length {cfg.data.max_length}) for {b.teacher_steps} steps at batch {b.batch_size}")
-    print(f"plan: for each of {', '.join(a.name for a in p['approximations'])}: two baselines ({b.baseline_steps} "
-          f"steps each), distillation stage 1 ({b.stage1_steps}) and stage 2 ({b.stage2_steps}); choices on dev")
-    print(f"plan: under MPC (TTP, audited): {', '.join(a.name for a in p['mpc_models'])} on "
-          f"{cfg.mpc_eval.examples or 'all'} test examples")
-    print(f"plan: bench {', '.join(cfg.bench.functions)} at lengths {list(cfg.bench.function_lengths)}, models "
-          f"{', '.join(a.name for a in p['bench_models'])} at {p['model_lengths']}, providers {list(cfg.bench.providers)}")
+    print(
+        f"plan: teacher {cfg.model.name} (layers: {cfg.model.layers or 'all'}) fine-tuned on {cfg.data.name} "
+        f"(length {cfg.data.max_length}) for {b.teacher_steps} steps at batch {b.batch_size}"
+    )
+    print(
+        f"plan: for each of {', '.join(a.name for a in p['approximations'])}: two baselines ({b.baseline_steps} "
+        f"steps each), distillation stage 1 ({b.stage1_steps}) and stage 2 ({b.stage2_steps}); choices on dev"
+    )
+    print(
+        f"plan: under MPC (TTP, audited): {', '.join(a.name for a in p['mpc_models'])} on "
+        f"{cfg.mpc_eval.examples or 'all'} test examples"
+    )
+    print(
+        f"plan: bench {', '.join(cfg.bench.functions)} at lengths {list(cfg.bench.function_lengths)}, models "
+        f"{', '.join(a.name for a in p['bench_models'])} at {p['model_lengths']}, providers {list(cfg.bench.providers)}"
+    )
     print(f"plan: checkpoints in {checkpoint_dir(cfg)}")
     if cfg.data.name != "rotten_tomatoes":
         import importlib.util
 
         ok = importlib.util.find_spec("datasets") is not None
-        print(f"check: `datasets` package {'installed' if ok else 'missing (pip install datasets)'}; data from "
-              f"{cfg.data.path or 'the hub'}")
+        print(
+            f"check: `datasets` package {'installed' if ok else 'missing (pip install datasets)'}; data from "
+            f"{cfg.data.path or 'the hub'}"
+        )
 
 
 def speedup_figure(sp: pd.DataFrame):
@@ -90,8 +107,11 @@ def speedup_figure(sp: pd.DataFrame):
         g = g.sort_values("length")
         ax.plot(g["length"], g["speedup (wall_s)"], marker="o", label=f"{fast} over {slow} ({provider})")
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="sequence length", ylabel="speedup (wall time, measured)",
-           title="MPC speedup of the approximations (CrypTen, 2 parties, loopback)")
+    ax.set(
+        xlabel="sequence length",
+        ylabel="speedup (wall time, measured)",
+        title="MPC speedup of the approximations (CrypTen, 2 parties, loopback)",
+    )
     ax.axhline(1.0, color="grey", lw=0.5)
     ax.legend(fontsize=7)
     return fig
@@ -117,12 +137,25 @@ def run(ctx: app.RunContext) -> None:
     missing = [a.name for a in p["mpc_models"] + p["bench_models"] if a not in models]
     require(not missing, f"{', '.join(missing)} not trained in this run: add them to approximations")
     test = data["test"].head(cfg.mpc_eval.examples or len(data["test"]))
-    mpc = mpc_accuracy({f"{a.label}{'' if a == EXACT else ' (distilled)'}": models[a] for a in p["mpc_models"]},
-                       test, int(cfg.mpc_eval.batch_size), float(cfg.mpc.timeout_s), int(cfg.mpc_eval.risk_examples))
-    costs, sp = B.bench_all(study.exact, {a.name: models[a] for a in p["bench_models"]}, tok,
-                            list(splits["test"]["text"]), list(cfg.bench.functions), list(cfg.bench.function_lengths),
-                            p["model_lengths"], list(cfg.bench.providers), int(cfg.bench.activation_layer),
-                            float(cfg.mpc.timeout_s))
+    mpc = mpc_accuracy(
+        {f"{a.label}{'' if a == EXACT else ' (distilled)'}": models[a] for a in p["mpc_models"]},
+        test,
+        int(cfg.mpc_eval.batch_size),
+        float(cfg.mpc.timeout_s),
+        int(cfg.mpc_eval.risk_examples),
+    )
+    costs, sp = B.bench_all(
+        study.exact,
+        {a.name: models[a] for a in p["bench_models"]},
+        tok,
+        list(splits["test"]["text"]),
+        list(cfg.bench.functions),
+        list(cfg.bench.function_lengths),
+        p["model_lengths"],
+        list(cfg.bench.providers),
+        int(cfg.bench.activation_layer),
+        float(cfg.mpc.timeout_s),
+    )
 
     acc = study.accuracy.copy()
     longest = max(p["model_lengths"], default=0)
@@ -131,48 +164,70 @@ def run(ctx: app.RunContext) -> None:
     by_label = {label[r["fast"]]: r["speedup (wall_s)"] for _, r in model_sp.iterrows()}
     acc.insert(1, "speedup", [by_label.get(a, float("nan")) for a in acc.approximation])
     b, t = p["budget"], study.teacher_accuracy
-    ctx.out.table("accuracy", beside_paper(acc, pd.DataFrame(paper["imdb"]), on="approximation"),
-                  title=f"Test accuracy (%) per approximation, {cfg.data.name}, teacher {cfg.model.name} "
-                        f"(measured {t['test']:.1f}, majority class {majority:.1f}; paper's BERT-base on IMDb "
-                        f"{paper['imdb_teacher_accuracy']})",
-                  note=f"Measured: {cfg.data.name} test split ({len(data['test'])} examples), length "
-                       f"{p['data'].max_length}, batch {b.batch_size}: teacher {b.teacher_steps} steps; each baseline "
-                       f"{b.baseline_steps} = stage 1 {b.stage1_steps} + stage 2 {b.stage2_steps} (the distillation's). "
-                       "Steps and learning rates were chosen on the dev split (table dev_accuracy), never on test. "
-                       f"Speedup: whole model under MPC at length {longest} ({cfg.bench.providers[-1]}), only for the "
-                       "students in bench.models. Paper columns: IMDb, BERT-base, length 512; the released code picks "
-                       "checkpoints on IMDb's test split, so the paper's numbers are optimistic.")
-    ctx.out.table("dev_accuracy", study.dev, title=f"Dev accuracy (%): where the recipe was chosen "
-                  f"(teacher {t['dev']:.1f})")
-    ctx.out.table("diagnostics", diagnostics(study.teacher, study.students, data),
-                  title="Why a student does or does not learn: [CLS] spread and gradient at the embeddings",
-                  note="cls_spread: standard deviation over 64 test examples of the final [CLS] representation, "
-                       "averaged over features (near 0: the same answer for every input). embedding_grad: norm of the "
-                       "label loss's gradient at the embeddings on 16 training examples, for the student as it starts "
-                       "(the teacher's weights with the approximations swapped in) and for the teacher.")
-    ctx.out.table("mpc_accuracy", mpc, title=f"Under MPC (TTP, audited) on {len(test)} test examples",
-                  note="acc_mpc: labels from the logits party 1 learned; acc_plaintext: the same model in plaintext; "
-                       "leaks_found: findings of mpcformer.audit (every value each party sent or learned); "
-                       "expected_wraps_per_example: expected wrapped two-party truncations (mpcformer.private_inference."
-                       f"truncation_risk) on the first {cfg.mpc_eval.risk_examples} examples. Times on a shared "
-                       "2-core machine, loopback.")
-    ctx.out.table("functions", costs[costs.kind == "function"].drop(columns="kind"),
-                  title="Per function under CrypTen: wall time, rounds and MB per party",
-                  note="Inputs: the fine-tuned teacher's attention scores and GeLU inputs on real test text, batch 1. "
-                       "LAN and WAN columns are ESTIMATES from rounds and bytes. Paper (repository figure, BERT-base, "
-                       "length 512): " + ", ".join(f"{r['function']} {r['time_s']} s" for r in paper["functions"]))
-    ctx.out.table("models", costs[costs.kind == "model"].drop(columns="kind"),
-                  title="Whole model under CrypTen, batch 1 (token one-hot rows to logits)",
-                  note="max_abs_error: largest logit difference against the same model in plaintext.")
-    ctx.out.table("speedups", sp, title="Speedups (measured wall time, same shapes, same run)",
-                  note="Paper: Quad over GeLU 22x, 2ReLU over softmax 2.7x, 2Quad over softmax 12.5x (length 512); "
-                       "Quad+2Quad BERT-base over BERT-base 2.2x at 128 (GLUE), 5.26x at 512 (IMDb).")
+    ctx.out.table(
+        "accuracy",
+        beside_paper(acc, pd.DataFrame(paper["imdb"]), on="approximation"),
+        title=f"Test accuracy (%) per approximation, {cfg.data.name}, teacher {cfg.model.name} "
+        f"(measured {t['test']:.1f}, majority class {majority:.1f}; paper's BERT-base on IMDb "
+        f"{paper['imdb_teacher_accuracy']})",
+        note=f"Measured: {cfg.data.name} test split ({len(data['test'])} examples), length "
+        f"{p['data'].max_length}, batch {b.batch_size}: teacher {b.teacher_steps} steps; each baseline "
+        f"{b.baseline_steps} = stage 1 {b.stage1_steps} + stage 2 {b.stage2_steps} (the distillation's). "
+        "Steps and learning rates were chosen on the dev split (table dev_accuracy), never on test. "
+        f"Speedup: whole model under MPC at length {longest} ({cfg.bench.providers[-1]}), only for the "
+        "students in bench.models. Paper columns: IMDb, BERT-base, length 512; the released code picks "
+        "checkpoints on IMDb's test split, so the paper's numbers are optimistic.",
+    )
+    ctx.out.table(
+        "dev_accuracy", study.dev, title=f"Dev accuracy (%): where the recipe was chosen (teacher {t['dev']:.1f})"
+    )
+    ctx.out.table(
+        "diagnostics",
+        diagnostics(study.teacher, study.students, data),
+        title="Why a student does or does not learn: [CLS] spread and gradient at the embeddings",
+        note="cls_spread: standard deviation over 64 test examples of the final [CLS] representation, "
+        "averaged over features (near 0: the same answer for every input). embedding_grad: norm of the "
+        "label loss's gradient at the embeddings on 16 training examples, for the student as it starts "
+        "(the teacher's weights with the approximations swapped in) and for the teacher.",
+    )
+    ctx.out.table(
+        "mpc_accuracy",
+        mpc,
+        title=f"Under MPC (TTP, audited) on {len(test)} test examples",
+        note="acc_mpc: labels from the logits party 1 learned; acc_plaintext: the same model in plaintext; "
+        "leaks_found: findings of mpcformer.audit (every value each party sent or learned); "
+        "expected_wraps_per_example: expected wrapped two-party truncations (mpcformer.private_inference."
+        f"truncation_risk) on the first {cfg.mpc_eval.risk_examples} examples. Times on a shared "
+        "2-core machine, loopback.",
+    )
+    ctx.out.table(
+        "functions",
+        costs[costs.kind == "function"].drop(columns="kind"),
+        title="Per function under CrypTen: wall time, rounds and MB per party",
+        note="Inputs: the fine-tuned teacher's attention scores and GeLU inputs on real test text, batch 1. "
+        "LAN and WAN columns are ESTIMATES from rounds and bytes. Paper (repository figure, BERT-base, "
+        "length 512): " + ", ".join(f"{r['function']} {r['time_s']} s" for r in paper["functions"]),
+    )
+    ctx.out.table(
+        "models",
+        costs[costs.kind == "model"].drop(columns="kind"),
+        title="Whole model under CrypTen, batch 1 (token one-hot rows to logits)",
+        note="max_abs_error: largest logit difference against the same model in plaintext.",
+    )
+    ctx.out.table(
+        "speedups",
+        sp,
+        title="Speedups (measured wall time, same shapes, same run)",
+        note="Paper: Quad over GeLU 22x, 2ReLU over softmax 2.7x, 2Quad over softmax 12.5x (length 512); "
+        "Quad+2Quad BERT-base over BERT-base 2.2x at 128 (GLUE), 5.26x at 512 (IMDb).",
+    )
     if len(sp):
         ctx.out.figure("speedup_vs_length", speedup_figure(sp))
     claims = decide_claims(study.accuracy, t["test"], majority, sp, mpc, paper)
     write_claims(ctx.out, claims, "mpcformer", ctx.scale)
-    ctx.out.json("summary", {"teacher_accuracy": t, "majority_accuracy": majority,
-                             "claims": {c.key: c.verdict for c in claims}})
+    ctx.out.json(
+        "summary", {"teacher_accuracy": t, "majority_accuracy": majority, "claims": {c.key: c.verdict for c in claims}}
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ def write_glue_mrpc(folder, n=6):
     for name, rows in (("train.tsv", n), ("dev.tsv", n // 2)):
         lines = ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
         for i in range(rows):
-            lines.append(f"{i % 2}\t{i}\t{i + 100}\tthe film is \"good {i}\tthe movie is good {i} indeed")
+            lines.append(f'{i % 2}\t{i}\t{i + 100}\tthe film is "good {i}\tthe movie is good {i} indeed')
         (folder / name).write_text("\n".join(lines) + "\n")
     return folder
 

@@ -7,8 +7,16 @@ from transformers import BertConfig, BertForSequenceClassification
 
 def tiny_bert(vocab_size: int = 100, seed: int = 0, **kw) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=2, **kw)
+    cfg = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+        **kw,
+    )
     return BertForSequenceClassification(cfg).eval()
 
 

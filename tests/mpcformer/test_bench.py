@@ -21,7 +21,9 @@ def minilm():
     torch.set_num_threads(1)
     tok, model = load_teacher("minilm", 2, layers=2)  # its first two layers: real weights, less time
     texts = list(rotten_tomatoes()["test"]["text"][:40])
-    ids, acts = real_activations(to_student(model, "gelu+softmax"), tok, texts, [LENGTH], layer=0)  # GeLU inputs up to ~25
+    ids, acts = real_activations(
+        to_student(model, "gelu+softmax"), tok, texts, [LENGTH], layer=0
+    )  # GeLU inputs up to ~25
     calib = tok(texts[:16], padding="max_length", max_length=LENGTH, truncation=True, return_tensors="pt")
     models = {"quad+2quad": to_student(model, "quad+2quad"), "gelu+softmax": to_student(model, "gelu+softmax")}
     for m in models.values():
@@ -66,8 +68,9 @@ def test_no_product_under_mpc_is_large_enough_to_risk_a_wrapped_truncation(minil
     forms 1/t^2) the student expects 0.030 of them here, 0.022 from the approximations alone; as written 0.002.
     Over 32 snippets of the whole fine-tuned model: 0.48 naively, 0.031 as written."""
     _, _, models, calib = minilm
-    risk = _by_function(truncation_risk(models["quad+2quad"], calib["input_ids"], calib["attention_mask"],
-                                        batch_size=8))
+    risk = _by_function(
+        truncation_risk(models["quad+2quad"], calib["input_ids"], calib["attention_mask"], batch_size=8)
+    )
     approximations = sum(risk.get(f, 0) for f in ("two_quad", "_normalise", "quad_gelu", "_newton_reciprocal"))
     assert 0 < sum(risk.values()) < 5e-3, risk
     assert approximations < 1e-3 and risk.get("layer_norm", 0) < 2e-3, risk

@@ -12,22 +12,42 @@ PAPER = yaml.safe_load(PAPER_FILE.read_text())
 
 
 def _acc(distilled=(75.0, 74.0), finetuned=(70.0, 69.0), scratch=(60.0, 60.0)):
-    return pd.DataFrame({"approximation": ["Quad+2Quad", "GeLU+2ReLU"], "acc_no_distill_no_pretrain": scratch,
-                         "acc_no_distill": finetuned, "acc_distilled": distilled})
+    return pd.DataFrame(
+        {
+            "approximation": ["Quad+2Quad", "GeLU+2ReLU"],
+            "acc_no_distill_no_pretrain": scratch,
+            "acc_no_distill": finetuned,
+            "acc_distilled": distilled,
+        }
+    )
 
 
 def _sp(model=3.0, quad=20.0):
-    rows = [("quad", "gelu", 128, quad), ("2quad", "softmax", 128, 10.0), ("2relu", "softmax", 128, 2.0),
-            ("quad+2quad", "gelu+softmax", 64, 1.1), ("quad+2quad", "gelu+softmax", 128, model)]
-    return pd.DataFrame([{"fast": f, "baseline": b, "length": L, "provider": "TTP", "speedup (wall_s)": x}
-                         for f, b, L, x in rows])
+    rows = [
+        ("quad", "gelu", 128, quad),
+        ("2quad", "softmax", 128, 10.0),
+        ("2relu", "softmax", 128, 2.0),
+        ("quad+2quad", "gelu+softmax", 64, 1.1),
+        ("quad+2quad", "gelu+softmax", 128, model),
+    ]
+    return pd.DataFrame(
+        [{"fast": f, "baseline": b, "length": L, "provider": "TTP", "speedup (wall_s)": x} for f, b, L, x in rows]
+    )
 
 
 def _mpc(agree=100.0):
-    return pd.DataFrame([{"model": "GeLU+Softmax", "label_agreement": 90.0, "acc_mpc": 70.0, "acc_plaintext": 71.0,
-                          "examples": 128},
-                         {"model": "Quad+2Quad (distilled)", "label_agreement": agree, "acc_mpc": 75.0,
-                          "acc_plaintext": 75.0, "examples": 128}])
+    return pd.DataFrame(
+        [
+            {"model": "GeLU+Softmax", "label_agreement": 90.0, "acc_mpc": 70.0, "acc_plaintext": 71.0, "examples": 128},
+            {
+                "model": "Quad+2Quad (distilled)",
+                "label_agreement": agree,
+                "acc_mpc": 75.0,
+                "acc_plaintext": 75.0,
+                "examples": 128,
+            },
+        ]
+    )
 
 
 def _verdicts(**kw):
@@ -39,15 +59,21 @@ def test_all_hold_on_tables_that_show_them():
     assert set(_verdicts().values()) == {HOLDS}
 
 
-@pytest.mark.parametrize("change, key", [
-    (dict(acc=_acc(finetuned=(70.0, 74.5))), "distillation_beats_finetuning"),
-    (dict(acc=_acc(scratch=(76.0, 60.0))), "distillation_beats_scratch"),
-    (dict(teacher_acc=78.5), "quad_2quad_close_to_teacher"),
-    (dict(acc=_acc(distilled=(75.0, 61.0), finetuned=(70.0, 60.0), scratch=(60.0, 55.0))), "students_learn_the_task"),
-    (dict(sp=_sp(quad=0.9)), "quad_faster_than_gelu"),
-    (dict(sp=_sp(model=0.8)), "quad_2quad_model_faster"),  # at the longest length, not the first
-    (dict(mpc=_mpc(agree=98.0)), "students_keep_accuracy_under_mpc"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (dict(acc=_acc(finetuned=(70.0, 74.5))), "distillation_beats_finetuning"),
+        (dict(acc=_acc(scratch=(76.0, 60.0))), "distillation_beats_scratch"),
+        (dict(teacher_acc=78.5), "quad_2quad_close_to_teacher"),
+        (
+            dict(acc=_acc(distilled=(75.0, 61.0), finetuned=(70.0, 60.0), scratch=(60.0, 55.0))),
+            "students_learn_the_task",
+        ),
+        (dict(sp=_sp(quad=0.9)), "quad_faster_than_gelu"),
+        (dict(sp=_sp(model=0.8)), "quad_2quad_model_faster"),  # at the longest length, not the first
+        (dict(mpc=_mpc(agree=98.0)), "students_keep_accuracy_under_mpc"),
+    ],
+)
 def test_each_claim_fails_when_its_numbers_do(change, key):
     verdicts = _verdicts(**change)
     assert verdicts[key] == DOES_NOT_HOLD
@@ -56,6 +82,9 @@ def test_each_claim_fails_when_its_numbers_do(change, key):
 
 def test_what_was_not_measured_says_so():
     verdicts = _verdicts(sp=None, mpc=None)
-    assert verdicts["quad_faster_than_gelu"] == NOT_MEASURED and verdicts["students_keep_accuracy_under_mpc"] == NOT_MEASURED
+    assert (
+        verdicts["quad_faster_than_gelu"] == NOT_MEASURED
+        and verdicts["students_keep_accuracy_under_mpc"] == NOT_MEASURED
+    )
     no_quad = _acc().iloc[1:]
     assert _verdicts(acc=no_quad)["quad_2quad_close_to_teacher"] == NOT_MEASURED

@@ -6,16 +6,28 @@ from tests.conftest import run_cli
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("args, message", [
-    # (a sequence longer than the model allows and a mismatched tokenizer raise the same UserError in
-    # distill.encode, tested in test_distill; the app turns any UserError into this one line)
-    (["approximations=[quad+3quad]"], "unknown approximation 'quad+3quad'"),
-    (["mpc.provider=TFP"], "mpc.provider=TFP lets the model owner see the input"),
-    (["data.name=glue/sst9"], "unknown GLUE task 'sst9'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # (a sequence longer than the model allows and a mismatched tokenizer raise the same UserError in
+        # distill.encode, tested in test_distill; the app turns any UserError into this one line)
+        (["approximations=[quad+3quad]"], "unknown approximation 'quad+3quad'"),
+        (["mpc.provider=TFP"], "mpc.provider=TFP lets the model owner see the input"),
+        (["data.name=glue/sst9"], "unknown GLUE task 'sst9'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
-    proc = run_cli(["-m", "reproduce.mpcformer", "scale=smoke", "tracking.mode=disabled",
-                    f"results_dir={tmp_path}", f"checkpoint_dir={tmp_path}/ckpt", *args])
+    proc = run_cli(
+        [
+            "-m",
+            "reproduce.mpcformer",
+            "scale=smoke",
+            "tracking.mode=disabled",
+            f"results_dir={tmp_path}",
+            f"checkpoint_dir={tmp_path}/ckpt",
+            *args,
+        ]
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr[-2000:]

@@ -17,15 +17,20 @@ from mpcformer import crypten_compat
 def test_import_needs_the_onnx_alias():
     without = subprocess.run([sys.executable, "-c", "import crypten"], capture_output=True, text=True, timeout=120)
     assert without.returncode != 0 and "torch.onnx._internal.registration" in without.stderr
-    with_fix = subprocess.run([sys.executable, "-c", "from mpcformer import crypten_compat as c; c.crypten()"],
-                              capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+    with_fix = subprocess.run(
+        [sys.executable, "-c", "from mpcformer import crypten_compat as c; c.crypten()"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
     assert with_fix.returncode == 0, with_fix.stderr[-2000:]
 
 
 def test_from_pytorch_needs_the_torchscript_exporter():
     ct = crypten_compat.crypten()
     model, x = torch.nn.Linear(4, 2), torch.randn(1, 4)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch's new exporter raises on CrypTen's path
         crypten_compat.ORIGINALS["export"](io.BytesIO(), model, x)
     assert type(ct.nn.from_pytorch(model, x)).__name__ == "Graph"
 
@@ -65,7 +70,7 @@ def _lonely_party(rank, world_size, port, out_dir):
 @pytest.mark.timeout(120)
 def test_a_missing_peer_ends_the_wait_within_the_timeout():
     with tempfile.TemporaryDirectory() as out:
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - the party fails with whatever CrypTen raises on timeout
             run_processes(_lonely_party, 2, args=(free_port(), out), init_group=False, timeout_s=60, grace_s=4)
         waited = float((Path(out) / "rank0.done").read_text())
         assert 2.5 < waited < 30  # the fixed communicator gave up after its 3 s timeout

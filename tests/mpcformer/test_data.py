@@ -24,8 +24,10 @@ def test_keep_layers_cuts_the_teacher():
 
 
 def test_dev_is_held_out_of_train_and_test_is_untouched():
-    splits = {"train": pd.DataFrame({"text": [str(i) for i in range(50)], "label": [i % 2 for i in range(50)]}),
-              "test": pd.DataFrame({"text": ["t"], "label": [0]})}
+    splits = {
+        "train": pd.DataFrame({"text": [str(i) for i in range(50)], "label": [i % 2 for i in range(50)]}),
+        "test": pd.DataFrame({"text": ["t"], "label": [0]}),
+    }
     out = hold_out_dev(splits, seed=0)
     assert len(out["dev"]) == 5 and len(out["train"]) == 45 and out["test"] is splits["test"]
     assert not set(out["dev"].text) & set(out["train"].text)
@@ -36,8 +38,14 @@ def test_rotten_tomatoes_splits_and_majority():
     assert len(load_splits(DataConfig(train_examples=100), seed=0)["train"]) == 100
     splits = load_splits(DataConfig(), seed=0)
     assert [len(splits[k]) for k in ("train", "dev", "test")] == [3891, 486, 486]
-    assert abs(100 * majority_accuracy(torch.tensor(splits["train"].label.values),
-                                       torch.tensor(splits["test"].label.values)) - 51.65) < 0.01
+    assert (
+        abs(
+            100
+            * majority_accuracy(torch.tensor(splits["train"].label.values), torch.tensor(splits["test"].label.values))
+            - 51.65
+        )
+        < 0.01
+    )
     with pytest.raises(UserError, match="unknown dataset"):
         load_splits(DataConfig(name="sst"))
 
@@ -49,8 +57,11 @@ def test_budget_gives_baselines_the_distillation_s_steps():
 
 def test_diagnostics_see_a_student_that_answers_the_same_for_every_input(tiny):
     g = torch.Generator().manual_seed(0)
-    data = Encoded(torch.randint(5, 100, (16, 8), generator=g), torch.ones(16, 8, dtype=torch.long),
-                   torch.randint(0, 2, (16,), generator=g))
+    data = Encoded(
+        torch.randint(5, 100, (16, 8), generator=g),
+        torch.ones(16, 8, dtype=torch.long),
+        torch.randint(0, 2, (16,), generator=g),
+    )
     flat = tiny_bert()
     with torch.no_grad():
         flat.bert.encoder.layer[-1].output.LayerNorm.weight.zero_()

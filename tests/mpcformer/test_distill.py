@@ -7,8 +7,18 @@ import torch.nn.functional as F
 from common.checkpoint import load_checkpoint
 from common.errors import UserError
 from mpcformer.convert import to_student
-from mpcformer.distill import (Encoded, Stage1Loss, Stage2Loss, TrainConfig, check_tokenizer, encode,
-                               fine_tune, predict, task_loss, train)
+from mpcformer.distill import (
+    Encoded,
+    Stage1Loss,
+    Stage2Loss,
+    TrainConfig,
+    check_tokenizer,
+    encode,
+    fine_tune,
+    predict,
+    task_loss,
+    train,
+)
 
 from .conftest import tiny_bert
 
@@ -52,8 +62,14 @@ def test_each_stage_lowers_its_loss(tiny, stage):
         floor = Stage2Loss(teacher)(teacher, b).item()
     with torch.no_grad():
         before = loss(student.eval(), b).item() - floor
-    train(student, loss, data, TrainConfig(steps=5 * stage**2, batch_size=8, lr=1e-3 * (1 + 4 * (stage == 2)), warmup_frac=0.0,
-                                                progress=False))
+    train(
+        student,
+        loss,
+        data,
+        TrainConfig(
+            steps=5 * stage**2, batch_size=8, lr=1e-3 * (1 + 4 * (stage == 2)), warmup_frac=0.0, progress=False
+        ),
+    )
     with torch.no_grad():
         after = loss(student.eval(), b).item() - floor
     assert 0 <= after < 0.9 * before
@@ -105,8 +121,12 @@ def test_predict_batches_by_length_and_returns_logits_in_the_original_order(tiny
     ids = ids * mask
     data = Encoded(ids, mask, torch.zeros(7, dtype=torch.long))
     with torch.no_grad():
-        alone = torch.cat([tiny(input_ids=ids[i:i + 1, :n], attention_mask=mask[i:i + 1, :n]).logits
-                           for i, n in enumerate(lengths.tolist())])
+        alone = torch.cat(
+            [
+                tiny(input_ids=ids[i : i + 1, :n], attention_mask=mask[i : i + 1, :n]).logits
+                for i, n in enumerate(lengths.tolist())
+            ]
+        )
     torch.testing.assert_close(predict(tiny, data, batch_size=3), alone, atol=1e-5, rtol=1e-5)
 
 

@@ -25,8 +25,15 @@ def write_tiny_bert(folder):
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
     BertForSequenceClassification(cfg).save_pretrained(folder)
     return folder
 
@@ -35,12 +42,31 @@ def write_tiny_bert(folder):
 def test_paper_scale_on_glue_pairs_from_local_files_writes_tables_and_claims(tmp_path):
     model, glue = write_tiny_bert(tmp_path / "bert"), write_glue_mrpc(tmp_path / "MRPC", n=24)
     out = tmp_path / "results"
-    proc = run_cli(["-m", "reproduce.mpcformer", "scale=paper", "tracking.mode=disabled", f"results_dir={out}",
-                    f"checkpoint_dir={tmp_path}/ckpt", f"model.name={model}", "data.name=glue/mrpc",
-                    f"data.path={glue}", "data.max_length=24", "approximations=[quad+2quad]",
-                    "train.batch_size=4", "train.teacher_steps=2", "train.stage1_steps=1", "train.stage2_steps=1",
-                    "mpc_eval.models=[quad+2quad]", "mpc_eval.examples=2", "mpc_eval.risk_examples=0",
-                    "bench.functions=[]", "bench.models=[]"], timeout=560)  # the bench has its own tests
+    proc = run_cli(
+        [
+            "-m",
+            "reproduce.mpcformer",
+            "scale=paper",
+            "tracking.mode=disabled",
+            f"results_dir={out}",
+            f"checkpoint_dir={tmp_path}/ckpt",
+            f"model.name={model}",
+            "data.name=glue/mrpc",
+            f"data.path={glue}",
+            "data.max_length=24",
+            "approximations=[quad+2quad]",
+            "train.batch_size=4",
+            "train.teacher_steps=2",
+            "train.stage1_steps=1",
+            "train.stage2_steps=1",
+            "mpc_eval.models=[quad+2quad]",
+            "mpc_eval.examples=2",
+            "mpc_eval.risk_examples=0",
+            "bench.functions=[]",
+            "bench.models=[]",
+        ],
+        timeout=560,
+    )  # the bench has its own tests
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = out / "mpcformer" / "paper"
     tables = (res / "tables.md").read_text()
@@ -60,8 +86,12 @@ def test_imdb_folder_through_distillation(tmp_path):
     assert data["train"].token_type_ids is None and data["train"].input_ids.shape == (18, 16)
     budget = Budget(batch_size=4, teacher_steps=2, stage1_steps=1, stage2_steps=1)
     study = run_study(teacher, data, [Approximation.parse("quad+2quad")], budget)
-    assert list(study.accuracy.columns) == ["approximation", "acc_no_distill_no_pretrain", "acc_no_distill",
-                                            "acc_distilled"]
+    assert list(study.accuracy.columns) == [
+        "approximation",
+        "acc_no_distill_no_pretrain",
+        "acc_no_distill",
+        "acc_distilled",
+    ]
 
 
 def test_sentence_pairs_get_token_type_ids(tmp_path):

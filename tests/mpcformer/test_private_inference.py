@@ -9,8 +9,13 @@ import torch
 
 from common.errors import UserError
 from mpcformer.convert import to_student
-from mpcformer.private_inference import (check_against_plaintext, export_weights, private_inference,
-                                         weight_shapes, BertSpec)
+from mpcformer.private_inference import (
+    BertSpec,
+    check_against_plaintext,
+    export_weights,
+    private_inference,
+    weight_shapes,
+)
 
 
 @pytest.mark.timeout(180)
@@ -21,7 +26,9 @@ def test_student_under_mpc_matches_plaintext_with_sentence_pairs(tiny, batch):
     types[2] = 1  # and one row of type 1 throughout, [CLS] included: a difference the logits show
     student = to_student(tiny, "quad+2quad")
     with torch.no_grad():  # token types make a difference
-        student.bert.embeddings.token_type_embeddings.weight[1].add_(torch.randn(32, generator=torch.Generator().manual_seed(0)) * 2)
+        student.bert.embeddings.token_type_embeddings.weight[1].add_(
+            torch.randn(32, generator=torch.Generator().manual_seed(0)) * 2
+        )
     res = private_inference(student, ids, mask, token_type_ids=types, batch_size=2, timeout_s=90)
     assert res.party(0).logits is None and res.party(2).logits is None and res.party(2).role == "dealer"
     check = check_against_plaintext(student, ids, mask, res.logits, token_type_ids=types)
@@ -41,7 +48,9 @@ def test_a_party_that_dies_ends_the_others_within_the_timeout(tiny, batch):
     ids, mask = batch
     start = time.monotonic()
     with pytest.raises(UserError, match="private inference failed"):
-        private_inference(to_student(tiny, "quad+2quad"), ids, mask, provider="TTP", timeout_s=20, hook=input_owner_dies)
+        private_inference(
+            to_student(tiny, "quad+2quad"), ids, mask, provider="TTP", timeout_s=20, hook=input_owner_dies
+        )
     assert time.monotonic() - start < 20 + 40  # start-up of three processes + at most the timeout
 
 
@@ -68,11 +77,12 @@ def test_layer_norm_with_a_public_scale_is_layer_norm(scale):
     from mpcformer.private_inference import layer_norm
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 5, 16, generator=g, dtype=torch.float64) * torch.tensor([0.03, 1.0, 300.0],
-                                                                               dtype=torch.float64)[:, None, None]
+    x = (
+        torch.randn(3, 5, 16, generator=g, dtype=torch.float64)
+        * torch.tensor([0.03, 1.0, 300.0], dtype=torch.float64)[:, None, None]
+    )
     w, b = torch.randn(16, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(layer_norm(x, w, b, 1e-12, scale),
-                               torch.nn.functional.layer_norm(x, (16,), w, b, 1e-12))
+    torch.testing.assert_close(layer_norm(x, w, b, 1e-12, scale), torch.nn.functional.layer_norm(x, (16,), w, b, 1e-12))
 
 
 def _square_party(rank: int, nprocs: int, value: float, n: int) -> int | None:
