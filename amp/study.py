@@ -110,3 +110,29 @@ def scatter(name: str, df: pd.DataFrame):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plan_table(setup, prof, mode: str, strategy: dict | None = None, top: int = 5) -> pd.DataFrame:
+    """The best `top` strategies for a user's setup (or the one `strategy` given, priced), one row each."""
+    from amp.cost_model import CostModel
+    from amp.specs import Strategy, check_strategy
+
+    if strategy:
+        s = Strategy.from_dict(strategy)
+        check_strategy(setup.model, setup.cluster, s, setup.global_batch)
+        preds = [CostModel(setup, prof, mode).predict(s)]
+    else:
+        preds = search(setup, prof, mode).ranked[:top]
+    return pd.DataFrame(
+        [
+            {
+                "strategy": x.strategy.label(),
+                "partition": " ".join(map(str, x.strategy.partition)),
+                "placement": "default" if x.strategy.placement is None else " ".join(map(str, x.strategy.placement)),
+                "predicted_s": x.total_s,
+                "peak_memory_gb": x.peak_memory_gb,
+                "fits": x.feasible,
+            }
+            for x in preds
+        ]
+    )

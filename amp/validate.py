@@ -711,3 +711,20 @@ def compare(
             )
             log.info("%s %s: predicted %.4fs (latency %.4fs), measured %.4fs", s.label(), sch, pred, latency, measured)
     return rows
+
+
+def strategies_from_config(entries, num_layers: int, max_processes: int) -> list[Strategy]:
+    """Strategies from `{tp, dp, pp, mbs[, partition]}` entries (uniform partition by default), each checked to
+    fit in `max_processes` processes."""
+    from amp.partition import uniform_partition
+
+    out = []
+    for e in entries:
+        part = tuple(e["partition"]) if e.get("partition") else tuple(uniform_partition(num_layers, int(e["pp"])))
+        s = Strategy(int(e["tp"]), int(e["dp"]), int(e["pp"]), int(e["mbs"]), part)
+        require(
+            s.tp * s.dp * s.pp <= max_processes,
+            f"validation strategy {s.label()} needs more than {max_processes} processes",
+        )
+        out.append(s)
+    return out

@@ -306,3 +306,36 @@ def bench_all(
     costs = summarise(pd.concat(frames, ignore_index=True))
     pairs = dict(FUNCTION_PAIRS) | {m: "gelu+softmax" for m in models if m != "gelu+softmax"}
     return costs, speedups(costs, pairs)
+
+
+def speedup_figure(sp):
+    """Measured speedup of each approximation over what it replaces, by sequence length (a `speedups` table)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (fast, slow, provider), g in sp.groupby(["fast", "baseline", "provider"]):
+        g = g.sort_values("length")
+        ax.plot(g["length"], g["speedup (wall_s)"], marker="o", label=f"{fast} over {slow} ({provider})")
+    ax.set_xscale("log", base=2)
+    ax.set(
+        xlabel="sequence length",
+        ylabel="speedup (wall time, measured)",
+        title="MPC speedup of the approximations (CrypTen, 2 parties, loopback)",
+    )
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def with_model_speedup(accuracy, sp, bench_models, length: int, provider: str):
+    """The accuracy table with a `speedup` column: each benchmarked student's whole-model speedup over the exact
+    model at `length` under `provider` (NaN for students not in the bench)."""
+    rows = sp[(sp.baseline == "gelu+softmax") & (sp.length == length) & (sp.provider == provider)]
+    label = {a.name: a.label for a in bench_models}
+    by_label = {label[r["fast"]]: r["speedup (wall_s)"] for _, r in rows.iterrows()}
+    acc = accuracy.copy()
+    acc.insert(1, "speedup", [by_label.get(a, float("nan")) for a in acc.approximation])
+    return acc

@@ -213,3 +213,12 @@ def mpc_accuracy(
         log.info("under MPC: %s", row)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def checkpoint_dir(root: str | Path, scale: str, training_keys: dict) -> Path:
+    """One directory per scale and training-relevant config, so a changed config never resumes a stale run."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha1(json.dumps(training_keys, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return Path(root) / f"{scale}-{digest}"

@@ -18,10 +18,7 @@ import pandas as pd
 import yaml
 
 from amp import bench, claims, comparison, memory, profiles, study, trials, validate
-from amp.cost_model import CostModel
-from amp.partition import uniform_partition
-from amp.search import search
-from amp.specs import Strategy, check_strategy, load_setup
+from amp.specs import load_setup
 from common.claims import write_claims
 from common.errors import require
 from reproduce import app
@@ -106,16 +103,7 @@ def paper_setups(ctx, cfg, released: pd.DataFrame, paper: dict) -> tuple[list[di
 def local_validation(ctx, cfg) -> None:
     v = cfg.validate
     tiny = validate.TinyGPT(**{k: int(x) for k, x in v.model.items()})
-    L = tiny.spec().num_layers
-    strategies = []
-    for s in v.strategies:
-        part = tuple(s.partition) if s.get("partition") else tuple(uniform_partition(L, int(s.pp)))
-        strat = Strategy(int(s.tp), int(s.dp), int(s.pp), int(s.mbs), part)
-        require(
-            strat.tp * strat.dp * strat.pp <= int(v.max_processes),
-            f"validation strategy {strat.label()} needs more than {v.max_processes} processes",
-        )
-        strategies.append(strat)
+    strategies = validate.strategies_from_config(v.strategies, tiny.spec().num_layers, int(v.max_processes))
     rows = validate.compare(tiny, strategies, steps=int(v.steps), warmup=int(v.warmup), timeout_s=float(v.timeout_s))
     ctx.out.table(
         "local",
@@ -132,30 +120,13 @@ def local_validation(ctx, cfg) -> None:
 
 def plan(ctx, cfg) -> None:
     """Plan a user's own setup (a name or YAML file), or price one strategy on it."""
+    from omegaconf import OmegaConf
+
     p = cfg.plan
     setup = load_setup(p.setup)
     prof = profiles.for_setup(setup, p.get("profile"))
-    if p.get("strategy"):
-        from omegaconf import OmegaConf
-
-        s = Strategy.from_dict(OmegaConf.to_container(p.strategy, resolve=True))
-        check_strategy(setup.model, setup.cluster, s, setup.global_batch)
-        preds = [CostModel(setup, prof, p.mode).predict(s)]
-    else:
-        preds = search(setup, prof, p.mode).ranked[: cfg.top]
-    rows = pd.DataFrame(
-        [
-            {
-                "strategy": x.strategy.label(),
-                "partition": " ".join(map(str, x.strategy.partition)),
-                "placement": "default" if x.strategy.placement is None else " ".join(map(str, x.strategy.placement)),
-                "predicted_s": x.total_s,
-                "peak_memory_gb": x.peak_memory_gb,
-                "fits": x.feasible,
-            }
-            for x in preds
-        ]
-    )
+    strategy = OmegaConf.to_container(p.strategy, resolve=True) if p.get("strategy") else None
+    rows = study.plan_table(setup, prof, p.mode, strategy, cfg.top)
     ctx.out.table("plan", rows, title=f"Plan for {setup.name} ({p.mode} mode, {prof.source})")
     print(rows.to_string(index=False))
 
@@ -168,10 +139,7 @@ def dry_run(cfg, setups) -> None:
             f"modes {list(cfg.modes)}; compare with {TRIALS.name}"
         )
     if cfg.big_cluster:
-        print(
-            f"  search {', '.join(bench.BIG_SETUPS)}: 1,024 and 16,384 GPUs of two and three GPU generations "
-            "(improved mode)"
-        )
+        print(f"  search {', '.join(bench.BIG_SETUPS)}: 1,024 and 16,384 GPUs of 2 and 3 GPU types (improved mode)")
     if cfg.validate.enabled:
         print(
             f"  run {len(cfg.validate.strategies)} strategies of a tiny GPT for real "

@@ -8,9 +8,6 @@ paper's claims from the measured tables.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -30,10 +27,9 @@ from mpcformer.claims import decide_claims  # noqa: E402
 from mpcformer.convert import EXACT, Approximation  # noqa: E402
 from mpcformer.data import DataConfig, encode_splits, load_splits, load_teacher, majority_accuracy  # noqa: E402
 from mpcformer.diagnostics import diagnostics  # noqa: E402
-from mpcformer.study import Budget, calibrate, mpc_accuracy, run_study  # noqa: E402
+from mpcformer.study import Budget, calibrate, checkpoint_dir, mpc_accuracy, run_study  # noqa: E402
 from reproduce import app  # noqa: E402
 
-log = logging.getLogger("reproduce.mpcformer")
 PAPER_FILE = Path(__file__).parent / "data" / "mpcformer_paper.yaml"
 
 
@@ -58,13 +54,8 @@ def parse(cfg: Any) -> dict[str, Any]:
     }
 
 
-def checkpoint_dir(cfg: Any) -> Path:
-    """One directory per scale and training-relevant config, so a changed config never resumes a stale run."""
-    keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "train")} | {
-        "seed": int(cfg.seed)
-    }
-    digest = hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(cfg.checkpoint_dir) / f"{cfg.scale.name}-{digest}"
+def _training_keys(cfg: Any) -> dict[str, Any]:
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "train")} | {"seed": cfg.seed}
 
 
 def plan(cfg: Any, p: dict[str, Any]) -> None:
@@ -79,42 +70,11 @@ def plan(cfg: Any, p: dict[str, Any]) -> None:
     )
     print(
         f"plan: under MPC (TTP, audited): {', '.join(a.name for a in p['mpc_models'])} on "
-        f"{cfg.mpc_eval.examples or 'all'} test examples"
+        f"{cfg.mpc_eval.examples or 'all'} test examples; bench {', '.join(cfg.bench.functions)} at lengths "
+        f"{list(cfg.bench.function_lengths)}, models {', '.join(a.name for a in p['bench_models'])} at "
+        f"{p['model_lengths']}, providers {list(cfg.bench.providers)}"
     )
-    print(
-        f"plan: bench {', '.join(cfg.bench.functions)} at lengths {list(cfg.bench.function_lengths)}, models "
-        f"{', '.join(a.name for a in p['bench_models'])} at {p['model_lengths']}, providers {list(cfg.bench.providers)}"
-    )
-    print(f"plan: checkpoints in {checkpoint_dir(cfg)}")
-    if cfg.data.name != "rotten_tomatoes":
-        import importlib.util
-
-        ok = importlib.util.find_spec("datasets") is not None
-        print(
-            f"check: `datasets` package {'installed' if ok else 'missing (pip install datasets)'}; data from "
-            f"{cfg.data.path or 'the hub'}"
-        )
-
-
-def speedup_figure(sp: pd.DataFrame):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (fast, slow, provider), g in sp.groupby(["fast", "baseline", "provider"]):
-        g = g.sort_values("length")
-        ax.plot(g["length"], g["speedup (wall_s)"], marker="o", label=f"{fast} over {slow} ({provider})")
-    ax.set_xscale("log", base=2)
-    ax.set(
-        xlabel="sequence length",
-        ylabel="speedup (wall time, measured)",
-        title="MPC speedup of the approximations (CrypTen, 2 parties, loopback)",
-    )
-    ax.axhline(1.0, color="grey", lw=0.5)
-    ax.legend(fontsize=7)
-    return fig
+    print(f"plan: checkpoints in {checkpoint_dir(cfg.checkpoint_dir, cfg.scale.name, _training_keys(cfg))}")
 
 
 def run(ctx: app.RunContext) -> None:
@@ -131,7 +91,15 @@ def run(ctx: app.RunContext) -> None:
     data = encode_splits(tok, splits, p["data"].max_length, teacher)
     majority = 100 * majority_accuracy(data["train"].labels, data["test"].labels)
 
-    study = run_study(teacher, data, p["approximations"], p["budget"], checkpoint_dir(cfg), ctx.tracker, int(cfg.seed))
+    study = run_study(
+        teacher,
+        data,
+        p["approximations"],
+        p["budget"],
+        checkpoint_dir(cfg.checkpoint_dir, cfg.scale.name, _training_keys(cfg)),
+        ctx.tracker,
+        int(cfg.seed),
+    )
     models = {EXACT: study.exact} | study.students
     calibrate(list(models.values()), data["train"])
     missing = [a.name for a in p["mpc_models"] + p["bench_models"] if a not in models]
@@ -157,12 +125,8 @@ def run(ctx: app.RunContext) -> None:
         float(cfg.mpc.timeout_s),
     )
 
-    acc = study.accuracy.copy()
     longest = max(p["model_lengths"], default=0)
-    model_sp = sp[(sp.baseline == "gelu+softmax") & (sp.length == longest) & (sp.provider == cfg.bench.providers[-1])]
-    label = {a.name: a.label for a in p["bench_models"]}
-    by_label = {label[r["fast"]]: r["speedup (wall_s)"] for _, r in model_sp.iterrows()}
-    acc.insert(1, "speedup", [by_label.get(a, float("nan")) for a in acc.approximation])
+    acc = B.with_model_speedup(study.accuracy, sp, p["bench_models"], longest, cfg.bench.providers[-1])
     b, t = p["budget"], study.teacher_accuracy
     ctx.out.table(
         "accuracy",
@@ -222,7 +186,7 @@ def run(ctx: app.RunContext) -> None:
         "Quad+2Quad BERT-base over BERT-base 2.2x at 128 (GLUE), 5.26x at 512 (IMDb).",
     )
     if len(sp):
-        ctx.out.figure("speedup_vs_length", speedup_figure(sp))
+        ctx.out.figure("speedup_vs_length", B.speedup_figure(sp))
     claims = decide_claims(study.accuracy, t["test"], majority, sp, mpc, paper)
     write_claims(ctx.out, claims, "mpcformer", ctx.scale)
     ctx.out.json(
