@@ -152,18 +152,7 @@ def pipeline_step(
     )
 
 
-def gpipe_step(
-    stage_fn,
-    loss_fn,
-    par: Parallel,
-    n_micro: int,
-    act_shape: tuple[int, ...],
-    cut_in: Cut | None,
-    cut_out: Cut | None,
-    schedule: str = "gpipe",
-) -> torch.Tensor | None:
-    """`pipeline_step`, GPipe by default (the name compression's callers use)."""
-    return pipeline_step(stage_fn, loss_fn, par, n_micro, act_shape, cut_in, cut_out, schedule)
+gpipe_step = pipeline_step  # the name compression's callers use; GPipe is its default schedule
 
 
 def split_layers(n_layers: int, pp: int) -> list[list[int]]:
