@@ -11,9 +11,11 @@ different (Top-K indices, per-rank quantization scales), so the codes are all-ga
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -92,42 +94,44 @@ def _count(numel: int, k: int | None, ratio: float | None) -> int:
     return k
 
 
-_ARANGE: dict[int, torch.Tensor] = {}
-
-
-def _arange(n: int) -> torch.Tensor:
-    """0..n-1 as int32, cached: Top-K selects its indices out of it with a mask."""
-    if n not in _ARANGE:
-        _ARANGE.clear()
-        _ARANGE[n] = torch.arange(n, dtype=torch.int32)
-    return _ARANGE[n]
-
-
 def topk_indices(a: torch.Tensor, k: int) -> torch.Tensor:
-    """Flat int32 indices of the k largest entries of the 1-d non-negative tensor `a`, in no particular order.
+    """Flat int32 indices of the k largest entries of the 1-d non-negative tensor `a`, ascending.
 
-    Exact, and several times faster on CPU than `torch.topk` for large k: a threshold from a strided sample
-    (with a margin) selects a few more than k candidates in one pass; the surplus smallest candidates are
-    then dropped with a small `topk`. Falls back to `torch.topk` when the sample's guess is too high."""
+    Exact, and several times faster on CPU than `torch.topk` for large k (which sorts its candidates): a threshold
+    from a strided sample (with a ~4 sigma margin) selects a few more than k candidates in one comparison and one
+    `numpy.flatnonzero` (numpy's compaction is ~5x faster than `torch.nonzero`/`masked_select` here); the surplus
+    smallest candidates are then dropped with `numpy.partition` over the candidates only. Falls back to a partition
+    of the whole tensor when the sample's guess is too high; ties at the k-th value keep the lowest indices."""
     n = a.numel()
-    if k * 4 > n * 3 or n < 65_536:
-        return a.topk(k, sorted=False).indices.to(torch.int32)
-    stride = max(1, n // 32_768)
-    sample = a[::stride]
-    m = sample.numel()
-    want = k / n * m
-    keep = min(m, int(want + 4 * math.sqrt(want) + 8))  # ~4 sigma above the expected count
-    t = sample.kthvalue(m - keep + 1).values
-    cand = _arange(n).masked_select(a >= t)
-    if cand.numel() < k:
-        return a.topk(k, sorted=False).indices.to(torch.int32)
-    surplus = cand.numel() - k
-    if surplus == 0:
-        return cand
-    drop = a.index_select(0, cand).topk(surplus, largest=False, sorted=False).indices
-    mask = torch.ones(cand.numel(), dtype=torch.bool)
-    mask[drop] = False
-    return cand.masked_select(mask)
+    if a.dtype not in (torch.float32, torch.float64, torch.float16):  # numpy has no bfloat16
+        a = a.float()
+    an = a.detach().contiguous().numpy()
+    if k == n:
+        return torch.arange(n, dtype=torch.int32)
+    cand, vals = None, None
+    if n >= 65_536 and k * 4 <= n * 3:
+        stride = max(1, n // 32_768)
+        sample = a[::stride]
+        m = sample.numel()
+        want = k / n * m
+        keep = min(m, int(want + 4 * math.sqrt(want) + 8))
+        t = float(sample.kthvalue(m - keep + 1).values)
+        cand = np.flatnonzero(an >= t)
+        if cand.size < k:
+            cand = None
+    if cand is None:
+        cand = np.arange(n)
+    vals = an[cand]
+    surplus = cand.size - k
+    if surplus:
+        cut = np.partition(vals, surplus)[surplus]  # the k-th largest value among the candidates
+        above = vals > cut
+        need = k - int(np.count_nonzero(above))
+        if need:  # ties at the cut: the first `need` of them
+            ties = np.flatnonzero(vals == cut)[:need]
+            above[ties] = True
+        cand = cand[above]
+    return torch.from_numpy(cand.astype(np.int32, copy=False))
 
 
 class TopK(Compressor):
@@ -152,7 +156,7 @@ class TopK(Compressor):
     def decode(self, payload, shape, dtype):
         values, idx = payload
         out = torch.zeros(math.prod(shape), dtype=dtype)
-        return out.index_put_((idx.long(),), values.to(dtype)).reshape(shape)
+        return out.index_copy_(0, idx.long(), values.to(dtype)).reshape(shape)  # ~2x faster than index_put_
 
     def payload_spec(self, shape, dtype=torch.float32):
         k = _count(math.prod(shape), self.k, self.keep)
@@ -241,83 +245,137 @@ def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
 
 
 def _chunk_rows(channels: int, elements: int = 196_608) -> int:
-    """Rows per chunk so that a float32 chunk (~768 KB) stays in a core's cache between two passes over it."""
+    """Rows per chunk so that a float32 chunk (~768 KB) and its integer copies stay in a core's L2 cache between the
+    passes over it."""
     return max(1, elements // channels)
+
+
+class _Workspace:
+    """Scratch buffers reused across calls (keyed by shape and dtype): a fresh multi-megabyte buffer per call costs
+    page faults that are a large part of a memory-bound codec's time."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        key = (name, shape, dtype)
+        if key not in self._bufs:
+            self._bufs[key] = torch.empty(shape, dtype=dtype)
+        return self._bufs[key]
+
+
+# Packing 8 // bits values of a row of uint8 levels into one byte, vectorised: the levels are viewed as one wider
+# integer per output byte (little-endian: the first value in the low byte), shifted right and or-ed so that the low
+# byte holds every value, then narrowed (integer narrowing keeps the low byte). Unpacking widens each byte and
+# shifts left, then masks one value into each byte of the wider integer.
+_WIDE = {4: torch.int16, 2: torch.int32}
+_SHIFTS = {4: (4,), 2: (6, 12, 18)}
+_MASK = {4: 0x0F0F, 2: 0x03030303}
+
+
+def _pack_into(levels: torch.Tensor, bits: int, out: torch.Tensor, tmp: torch.Tensor) -> None:
+    """`levels` (uint8, a multiple of 8 // bits values, each < 2**bits) packed into `out` (uint8); `tmp`: scratch
+    of out's length in the wide dtype."""
+    wide = levels.view(_WIDE[bits])
+    acc = None
+    for s in _SHIFTS[bits]:
+        if acc is None:
+            acc = torch.bitwise_right_shift(wide, s, out=tmp)
+        else:
+            acc.bitwise_or_(wide >> s)
+    acc.bitwise_or_(wide)
+    out.copy_(acc)
+
+
+def _unpack_into(packed: torch.Tensor, bits: int, out: torch.Tensor, tmp: torch.Tensor) -> None:
+    """The inverse of `_pack_into`: `packed` bytes into `out` (uint8 levels, 8 // bits per byte); `tmp` as there."""
+    tmp.copy_(packed)
+    acc = out.view(_WIDE[bits])
+    acc.copy_(tmp)
+    for s in _SHIFTS[bits]:
+        acc.bitwise_or_(tmp << s)
+    acc.bitwise_and_(_MASK[bits])
 
 
 class Quantize(Compressor):
     """Uniform b-bit quantization with a per-channel (last dimension) offset and scale, bit-packed; the scale and
-    offset travel in the activation's dtype. Rounds to nearest (the uint8 cast truncates value + 1/2)."""
+    offset travel in the activation's dtype. Rounds to nearest (the integer cast truncates value + 1/2 >= 0).
+
+    Hand-written (no library kernel fits): torch's quantized tensors quantize per channel ~40x slower than a copy on
+    CPU and their packed 4/2-bit types ~8-60x (and are deprecated), so this runs plain vectorised torch ops chunk by
+    chunk through cached buffers: per channel min and max, one fused multiply-add, two integer casts, the packing
+    shifts; decode: the unpacking shifts, one cast, one fused multiply-add."""
 
     name = "quantize"
 
     def __init__(self, bits: int = 8):
         super().__init__()
         require(bits in (2, 4, 8), f"quantize: bits must be one of 2, 4, 8, got {bits}")
+        require(sys.byteorder == "little", "quantize: bit packing assumes a little-endian machine")
         self.bits = bits
+        self._ws = _Workspace()
 
     def encode(self, x):
-        rows = x.reshape(-1, x.shape[-1])
-        levels = 2**self.bits - 1
-        step = _chunk_rows(rows.shape[-1])
         with torch.no_grad():
-            parts = [(r.amin(dim=0), r.amax(dim=0)) for r in rows.split(step)]  # each chunk read once from memory
-        lo = torch.stack([p[0] for p in parts]).amin(dim=0)
-        hi = torch.stack([p[1] for p in parts]).amax(dim=0)
-        span = hi - lo
-        inv = torch.where(span > 0, levels / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
-        bias = 0.5 - lo * inv
-        per, c = 8 // self.bits, rows.shape[-1]
-        if c % per:  # a row does not fill whole bytes: quantize everything, then pack
-            return [pack_bits(self._levels(rows, inv, bias, step), self.bits), span / levels, lo]
-        # Chunk by chunk through buffers that stay in cache: q = x / scale + bias (bias = 1/2 - lo / scale) in one
-        # fused pass, truncated by the integer cast (q >= 0): round to nearest; float -> int16 is ~4x faster than
-        # float -> uint8 on CPU; values are packed from int16 with shifts, then cast to bytes.
-        packed = torch.empty(rows.numel() // per, dtype=torch.uint8)
-        f = torch.empty(min(step, rows.shape[0]), c, dtype=rows.dtype)
-        i16 = torch.empty(f.shape, dtype=torch.int16)
-        with torch.no_grad():
-            for start in range(0, rows.shape[0], step):
-                n = min(step, rows.shape[0] - start)
-                torch.addcmul(bias, rows[start : start + n], inv, out=f[:n])
-                i16[:n].copy_(f[:n])
-                v = i16[:n].view(-1, per)
-                acc = v[:, 0].clone() if per > 1 else v[:, 0]
-                for j in range(1, per):
-                    acc.bitwise_or_(v[:, j] << (j * self.bits))
-                packed[start * c // per : (start + n) * c // per].copy_(acc)
-        return [packed, span / levels, lo]
-
-    @staticmethod
-    def _levels(rows: torch.Tensor, inv: torch.Tensor, bias: torch.Tensor, step: int) -> torch.Tensor:
-        """round((x - lo) / scale) as uint8 (the general path, for widths that do not fill whole bytes)."""
-        q = torch.empty(rows.shape, dtype=torch.uint8)
-        with torch.no_grad():
-            for start in range(0, rows.shape[0], step):
-                n = min(step, rows.shape[0] - start)
-                q[start : start + n].copy_(torch.addcmul(bias, rows[start : start + n], inv).to(torch.int16))
-        return q
+            rows = x.detach().reshape(-1, x.shape[-1])
+            if rows.dtype != torch.float32:
+                rows = rows.float()
+            n, c = rows.shape
+            step = min(_chunk_rows(c), n)
+            levels, per = 2**self.bits - 1, 8 // self.bits
+            lo, hi = rows.amin(0), rows.amax(0)  # two vectorised passes: faster than chunked or aminmax
+            span = hi - lo
+            inv = torch.where(span > 0, levels / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
+            bias = 0.5 - lo * inv
+            packed = torch.empty(-(-n * c // per), dtype=torch.uint8)
+            f = self._ws.get("f", (step, c), torch.float32)
+            i16 = self._ws.get("i16", (step, c), torch.int16)
+            whole = c % per == 0  # every row fills whole bytes: pack chunk by chunk
+            q = packed if per == 1 else self._ws.get("q", (step * c if whole else n * c,), torch.uint8)
+            tmp = self._ws.get("t", (step * c // per,), _WIDE[self.bits]) if per > 1 and whole else None
+            for start in range(0, n, step):
+                m = min(step, n - start)
+                torch.addcmul(bias, rows[start : start + m], inv, out=f[:m])  # x / scale + 1/2 - lo / scale
+                i16[:m].copy_(f[:m])  # truncates: rounds to nearest; float -> int16 is ~4x faster than -> uint8
+                if per == 1:
+                    packed[start * c : (start + m) * c].copy_(i16[:m].view(-1))
+                elif whole:
+                    q[: m * c].copy_(i16[:m].view(-1))
+                    out = packed[start * c // per : (start + m) * c // per]
+                    _pack_into(q[: m * c], self.bits, out, tmp[: m * c // per])
+                else:  # widths that do not fill whole bytes: levels first, packed at the end
+                    q[start * c : (start + m) * c].copy_(i16[:m].view(-1))
+            if per > 1 and not whole:
+                packed.copy_(pack_bits(q, self.bits))
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        return [packed, (span / levels).to(dtype), lo.to(dtype)]
 
     def decode(self, payload, shape, dtype):
         packed, scale, lo = payload
         c = shape[-1]
-        scale, lo = scale.to(dtype), lo.to(dtype)
-        out = torch.empty(math.prod(shape) // c, c, dtype=dtype)
-        step = _chunk_rows(c)
-        per, mask = 8 // self.bits, (1 << self.bits) - 1
-        f = torch.empty(min(step, out.shape[0]), c, dtype=dtype)
-        q = unpack_bits(packed, self.bits, math.prod(shape)).view(-1, c) if c % per else None
-        for start in range(0, out.shape[0], step):
-            n = min(step, out.shape[0] - start)
-            if q is not None:
-                f[:n].copy_(q[start : start + n])
-            else:
-                p = packed[start * c // per : (start + n) * c // per]
-                fv = f[:n].view(-1, per)
-                for j in range(per):  # unpacked straight into the float buffer
-                    fv[:, j].copy_(p if per == 1 else (p >> (j * self.bits)) & mask if j else p & mask)
-            torch.addcmul(lo, f[:n], scale, out=out[start : start + n])
-        return out.reshape(shape)
+        n = math.prod(shape) // c
+        scale, lo = scale.float(), lo.float()
+        per = 8 // self.bits
+        if c % per:
+            return torch.addcmul(lo, unpack_bits(packed, self.bits, n * c).view(n, c), scale).reshape(shape).to(dtype)
+        # chunk by chunk through buffers that stay in cache (and no temporary as large as the output): unpack, cast,
+        # then lo + q * scale into the output
+        out = torch.empty(n, c, dtype=torch.float32)
+        step = min(_chunk_rows(c), n)
+        f = self._ws.get("df", (step, c), torch.float32)
+        if per > 1:
+            lv = self._ws.get("dq", (step * c,), torch.uint8)
+            tmp = self._ws.get("dt", (step * c // per,), _WIDE[self.bits])
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            p = packed[start * c // per : (start + m) * c // per]
+            if per > 1:
+                _unpack_into(p, self.bits, lv[: m * c], tmp[: m * c // per])
+                p = lv[: m * c]
+            f[:m].copy_(p.view(m, c))
+            torch.addcmul(lo, f[:m], scale, out=out[start : start + m])
+        out = out.reshape(shape)
+        return out if dtype == torch.float32 else out.to(dtype)
 
     def payload_spec(self, shape, dtype=torch.float32):
         n = math.prod(shape)
@@ -338,9 +396,14 @@ class AutoEncoder(Compressor):
     trainable = True
     collective = "all_reduce"
 
-    def __init__(self, hidden: int, d: int, seed: int = 0, shared: bool = False):
+    def __init__(self, hidden: int, d: int, seed: int = 0, shared: bool = False, matmul_dtype: str = "float32"):
         super().__init__()
         require(0 < d < hidden, f"autoencoder: width d must be in [1, hidden={hidden}), got {d}")
+        require(
+            matmul_dtype in ("float32", "bfloat16"),
+            f"autoencoder: matmul_dtype must be float32 or bfloat16, got {matmul_dtype}",
+        )
+        self.matmul_dtype = getattr(torch, matmul_dtype)
         g = torch.Generator().manual_seed(seed)
         basis = torch.linalg.qr(torch.randn(hidden, d, generator=g)).Q  # orthonormal columns
         self.encoder = nn.Linear(hidden, d, bias=False)
@@ -353,11 +416,21 @@ class AutoEncoder(Compressor):
         if shared:
             self.encoder.weight.tp_partial = True  # its gradient sees only this rank's partial sum
 
+    def _linear(self, x: torch.Tensor, layer: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
+        """`layer(x)`; with matmul_dtype bfloat16 the matmul runs in bf16 (the float32 weights cast per call, the
+        product accumulated in float32, the result returned in `dtype`), as the study's fp16 training ran it;
+        with float32 in the activation's own dtype."""
+        md = self.matmul_dtype
+        if md != torch.bfloat16 or x.dtype == md:
+            return layer(x).to(dtype)
+        b = layer.bias.to(md) if layer.bias is not None else None
+        return F.linear(x.to(md), layer.weight.to(md), b).to(dtype)
+
     def encode(self, x):
-        return [self.encoder(x)]
+        return [self._linear(x, self.encoder, x.dtype)]
 
     def decode(self, payload, shape, dtype):
-        return self.decoder(payload[0]).reshape(shape)
+        return self._linear(payload[0], self.decoder, dtype).reshape(shape)
 
     def payload_spec(self, shape, dtype=torch.float32):
         return [((*shape[:-1], self.encoder.out_features), dtype)]
@@ -407,7 +480,7 @@ class PowerSGD(Compressor):
     def encode(self, x):
         m = self._matrix(x)
         p = _orthonormalize(m @ self.q.to(m.dtype))
-        q = m.T @ p
+        q = (p.T @ m).T  # = m^T p; ~5x faster on CPU than multiplying by the transposed view m.T
         self._remember(m, p @ q.T, q)
         return [p, q]
 
@@ -425,8 +498,8 @@ class PowerSGD(Compressor):
         m = self._matrix(x)
         p = comm.all_reduce((m @ self.q.to(m.dtype)).contiguous())
         p = _orthonormalize(p)
-        q_local = m.T @ p
-        q = comm.all_reduce(q_local.clone())
+        q_local = (p.T @ m).T
+        q = comm.all_reduce(q_local.contiguous())
         self._remember(m, p @ q_local.T, q)
         return (p @ q.T).reshape(x.shape)
 
@@ -448,8 +521,10 @@ class CompressorSpec:
 
     `k` (wins when set) or `ratio` for Top-K and Random-K; `index_dtype` for Top-K; `rescale` and `index_pool`
     for Random-K; `bits` for quantization; `d`, `shared` (one encoder for all TP ranks instead of one per rank)
-    and `lr_scale` (its learning rate against the model's) for the auto-encoder; `rank` and `error_feedback`
-    for PowerSGD."""
+    `lr_scale` (its learning rate against the model's) and `matmul_dtype` (float32, or bfloat16 as the study's
+    fp16 runs multiplied) for the auto-encoder; `rank` and `error_feedback` for PowerSGD; `warmup_steps` for any:
+    fine-tuning steps with every communication uncompressed before compression starts (the study's code trains its
+    first `warmup_epoch` epochs uncompressed)."""
 
     name: str = "identity"
     ratio: float | None = None
@@ -463,6 +538,8 @@ class CompressorSpec:
     rescale: bool = True
     index_pool: int = 16
     lr_scale: float = 1.0
+    matmul_dtype: str = "float32"
+    warmup_steps: int = 0
 
     @classmethod
     def parse(cls, options: Mapping, label: str | None = None) -> CompressorSpec:
@@ -488,6 +565,7 @@ class CompressorSpec:
         spec = cls(**dict(options))
         require(spec.name in FAMILIES, f"{where}unknown compressor {spec.name!r}; choose one of {', '.join(NAMES)}")
         require(spec.lr_scale > 0, f"{where}lr_scale must be > 0, got {spec.lr_scale}")
+        require(spec.warmup_steps >= 0, f"{where}warmup_steps must be >= 0, got {spec.warmup_steps}")
         try:
             spec.build(max(spec.d + 1, spec.rank + 1, 2))  # checks bits, ratio, k, rank, index options
         except UserError as exc:
@@ -538,7 +616,7 @@ def build(spec: CompressorSpec, hidden: int, seed: int = 0) -> Compressor:
     if name == "quantize":
         return Quantize(spec.bits)
     if name == "autoencoder":
-        return AutoEncoder(hidden, spec.d, seed=seed, shared=spec.shared)
+        return AutoEncoder(hidden, spec.d, seed=seed, shared=spec.shared, matmul_dtype=spec.matmul_dtype)
     if name == "powersgd":
         return PowerSGD(hidden, spec.rank, spec.error_feedback, seed=seed)
     raise UserError(f"unknown compressor {name!r}; choose one of {', '.join(NAMES)}")

@@ -24,11 +24,13 @@ from .parallel import split_layers
 
 @dataclass(frozen=True)
 class Message:
-    """One transfer on the critical path: `wire` bytes this rank sends in `steps` ring steps."""
+    """One transfer: `wire` bytes this rank sends in `steps` ring steps. Pipeline sends carry their cut (0: between
+    stages 0 and 1) and direction (`op` send_fwd / send_bwd); the pipeline schedule decides which are exposed."""
 
     op: str
     wire: float
     steps: int
+    cut: int = -1
 
 
 def _collective(kind: str, nbytes: float, n: int) -> Message:
@@ -80,7 +82,7 @@ def messages(
                     out.append(_collective("all_reduce", fwd.sync_bytes(dtype), n))
         return out, coded
     mb = (batch // micro, seq, cfg.hidden)
-    for first in [ids[0] for ids in split_layers(cfg.layers, n)[1:]]:
+    for cut, first in enumerate(ids[0] for ids in split_layers(cfg.layers, n)[1:]):
         on = plan.active(first) and plan.pp_cuts
         fwd = plan.build(cfg.hidden, 10_000 + first) if on else None
         bwd = plan.build(cfg.hidden, 10_000 + first, True) if on and plan.backward else None
@@ -91,10 +93,37 @@ def messages(
                 if fwd is not None and fwd.trainable
                 else (bwd.payload_spec(mb, dtype) if bwd is not None else [(mb, dtype)])
             )
-            out.append(Message("send", sum(tensor_bytes(s, d) for s, d in sent), len(sent)))
-            out.append(Message("send", sum(tensor_bytes(s, d) for s, d in back), len(back)))
+            out.append(Message("send_fwd", sum(tensor_bytes(s, d) for s, d in sent), len(sent), cut))
+            out.append(Message("send_bwd", sum(tensor_bytes(s, d) for s, d in back), len(back), cut))
             coded += math.prod(mb) * ((fwd is not None) + (bwd is not None))
     return out, coded
+
+
+def gpipe_seconds(stages: int, micro: int, fwd_s: float, bwd_s: float, t_fwd: list[float], t_bwd: list[float]) -> float:
+    """Iteration time of a GPipe schedule (every forward, then every backward, in micro-batch order) with balanced
+    stages: `fwd_s` / `bwd_s` per micro-batch and stage, `t_fwd[c]` / `t_bwd[c]` the transfer of one micro-batch's
+    activation / gradient over cut c. A transfer occupies its sender (a blocking send, as the emulated link does) and
+    its data is usable by the receiver when the transfer starts, so a transfer overlaps the receiver's compute of the
+    micro-batch before it: only about one transfer per cut and direction is exposed when transfers are shorter than
+    a micro-batch's compute (all of them when longer)."""
+    ready = [0.0] * micro  # when micro-batch i's input is available to the current stage
+    free = [0.0] * stages
+    for s in range(stages):
+        t, nxt = 0.0, [0.0] * micro
+        for i in range(micro):
+            end = max(t, ready[i]) + fwd_s
+            nxt[i] = end
+            t = end + (t_fwd[s] if s < stages - 1 else 0.0)
+        free[s], ready = t, nxt
+    ready = [0.0] * micro
+    for s in reversed(range(stages)):
+        t, nxt = free[s], [0.0] * micro
+        for i in range(micro):
+            end = max(t, ready[i]) + bwd_s
+            nxt[i] = end
+            t = end + (t_bwd[s - 1] if s > 0 else 0.0)
+        free[s], ready = t, nxt
+    return max(free)
 
 
 @dataclass
@@ -116,9 +145,27 @@ class CostModel:
         return t
 
     def predict(self, layout: str, compressor: str, msgs: list[Message], coded: int, link_Bps: float | None) -> float:
-        return (
-            self.compute_s[layout] + self.comm_time(layout, msgs, link_Bps) + coded * self.codec_s_per_elem[compressor]
-        )
+        codec = coded * self.codec_s_per_elem[compressor]
+        if not any(m.op.startswith("send_") for m in msgs):
+            return self.compute_s[layout] + self.comm_time(layout, msgs, link_Bps) + codec
+        return self.pipeline_seconds(layout, msgs, link_Bps, self.compute_s[layout]) + codec
+
+    def pipeline_seconds(self, layout: str, msgs: list[Message], link_Bps: float | None, compute_s: float) -> float:
+        """GPipe time of one iteration whose compute alone takes `compute_s` (spread over (micro + stages - 1) slots
+        of one forward and one backward, the backward twice the forward) with these pipeline sends."""
+        cuts = 1 + max(m.cut for m in msgs)
+        micro = sum(1 for m in msgs if m.op == "send_fwd" and m.cut == 0)
+        stages = cuts + 1
+        slot = compute_s / (micro + stages - 1)
+        t_fwd = [
+            self.comm_time(layout, [next(m for m in msgs if m.op == "send_fwd" and m.cut == c)], link_Bps)
+            for c in range(cuts)
+        ]
+        t_bwd = [
+            self.comm_time(layout, [next(m for m in msgs if m.op == "send_bwd" and m.cut == c)], link_Bps)
+            for c in range(cuts)
+        ]
+        return gpipe_seconds(stages, micro, slot / 3, 2 * slot / 3, t_fwd, t_bwd)
 
     def break_even_Bps(self, msgs_none: list[Message], msgs_c: list[Message], coded: int, compressor: str) -> float:
         """Bandwidth below which the compressor is faster than sending uncompressed (inf: always, 0: never)."""
@@ -137,8 +184,10 @@ def fit(
     msgs: dict[tuple[str, str], tuple[list[Message], int]],
 ) -> CostModel:
     """Fit latency and bandwidth per layout to the loopback network micro-benchmark (least squares on
-    ring steps and wire bytes), codec costs to the codec micro-benchmark, and compute to the uncompressed
-    loopback run; `msgs[(layout, compressor)]` from `messages`."""
+    ring steps and wire bytes), codec costs to the codec micro-benchmark, and compute per layout to the
+    uncompressed runs (every link: the median of what each leaves after its modelled communication, so that one
+    noisy run on a shared machine does not set it); `msgs[(layout, compressor)]` from `messages`. The compressed
+    runs are never used: they are the held-out cases."""
     model = CostModel({}, {}, {}, {r.compressor: r.codec_ns_per_elem * 1e-9 for r in codec.itertuples()})
     for layout, part in net.groupby("layout"):
         m = [_collective("all_reduce", b, world) if layout == "tp" else Message("send", b, 1) for b in part.bytes]
@@ -148,11 +197,24 @@ def fit(
             coef = np.array([0.0, part.seconds.max() / a[:, 1].max()])
         model.latency_s[layout] = max(float(coef[0]), 0.0)
         model.bandwidth_Bps[layout] = 1.0 / float(coef[1])
-    for r in bench[(bench.gbps == 0) & (bench.compressor == "none")].itertuples():
-        model.compute_s[r.layout_key] = max(
-            r.iter_s - model.comm_time(r.layout_key, msgs[(r.layout_key, "none")][0], None), 0.0
-        )
+    for layout, part in bench[bench.compressor == "none"].groupby("layout_key"):
+        m = msgs[(layout, "none")][0]
+        left = [
+            _compute_left(model, layout, m, r.iter_s, r.gbps * 1e9 / 8 if r.gbps else None) for r in part.itertuples()
+        ]
+        model.compute_s[layout] = float(np.median(left))
     return model
+
+
+def _compute_left(model: CostModel, layout: str, msgs: list[Message], iter_s: float, link_Bps: float | None) -> float:
+    """The compute time that makes the model reproduce `iter_s` (bisection: pipeline time grows with compute)."""
+    if not any(m.op.startswith("send_") for m in msgs):
+        return max(iter_s - model.comm_time(layout, msgs, link_Bps), 0.0)
+    lo, hi = 0.0, iter_s
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if model.pipeline_seconds(layout, msgs, link_Bps, mid) < iter_s else (lo, mid)
+    return lo
 
 
 def predicted_vs_measured(model: CostModel, bench: pd.DataFrame, msgs) -> pd.DataFrame:
@@ -168,7 +230,7 @@ def predicted_vs_measured(model: CostModel, bench: pd.DataFrame, msgs) -> pd.Dat
                 "measured_s": r.iter_s,
                 "predicted_s": pred,
                 "error_%": 100 * (pred - r.iter_s) / r.iter_s,
-                "used_for_fit": r.gbps == 0 and r.compressor == "none",
+                "used_for_fit": r.compressor == "none",
             }
         )
     return pd.DataFrame(rows)

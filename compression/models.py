@@ -4,6 +4,8 @@ of all-MiniLM-L6-v2's weights into it (optionally truncated to its first layers)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,3 +283,31 @@ def load_hf_bert(path: str | Path, cfg: BertConfig) -> dict[str, torch.Tensor]:
 def load_minilm(path: str | Path, cfg: BertConfig) -> dict[str, torch.Tensor]:
     """all-MiniLM-L6-v2's weights under this module's one-process names (first `cfg.layers` layers)."""
     return load_hf_bert(path, cfg)
+
+
+@contextmanager
+def uncompressed(model: BertModel) -> Iterator[None]:
+    """Every tensor-parallel sum and pipeline cut of `model` plain while inside (its compressors set aside, then put
+    back): the study's warm-up, which trains the first epochs uncompressed. Every rank must enter it at the same
+    step, so that both ends of a cut agree on what travels."""
+    saved: list[tuple[object, str, object]] = []
+
+    def clear(owner: object, attr: str) -> None:
+        if getattr(owner, attr, None) is not None:
+            saved.append((owner, attr, getattr(owner, attr)))
+            setattr(owner, attr, None)
+
+    for m in model.modules():
+        if isinstance(m, RowParallelLinear):
+            clear(m, "hook")
+        if isinstance(m, (Attention, MLP)):
+            clear(m, "bwd")
+    for cut in (model.stage.cut_in, model.stage.cut_out):
+        if cut is not None:
+            clear(cut, "forward")
+            clear(cut, "backward")
+    try:
+        yield
+    finally:
+        for owner, attr, value in reversed(saved):
+            setattr(owner, attr, value)

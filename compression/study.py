@@ -73,6 +73,7 @@ class StudyConfig:
     layouts: list[Layout]
     compressors: list[str]
     early: list[str]
+    early_layouts: list[Layout]
     seeds: list[int]
     ablation: list[str]
     ablation_layout: Layout | None
@@ -141,6 +142,7 @@ class StudyConfig:
             layouts=layouts,
             compressors=labels(a["compressors"], "accuracy.compressors"),
             early=labels(a["early"], "accuracy.early"),
+            early_layouts=[Layout.parse(d) for d in a.get("early_layouts") or a["layouts"]],
             seeds=[int(s) for s in a["seeds"]],
             ablation=labels(ab.get("compressors", []), "ablation.compressors"),
             ablation_layout=Layout.parse(ab["layout"]) if ab.get("layout") else None,
@@ -176,14 +178,15 @@ class StudyConfig:
 
     def settings(self, group: str) -> list[Setting]:
         """The fine-tunings of a group: main (every compressor from `start_layer` under every layout), early
-        (from layer 0) or ablation (the ablation compressors from `start_layer` under the ablation layout)."""
+        (from layer 0, under `early_layouts`) or ablation (the ablation compressors from `start_layer` under the
+        ablation layout)."""
         n = self.train.layers
         path = self.train.model_path
         model = self.train.model_config() if path is None or Path(path).exists() else None
         if group == "main":
             runs = [(lay, lbl, self.start_layer) for lay in self.layouts for lbl in self.compressors]
         elif group == "early":
-            runs = [(lay, lbl, 0) for lay in self.layouts for lbl in self.early]
+            runs = [(lay, lbl, 0) for lay in self.early_layouts for lbl in self.early]
         else:
             runs = [(self.ablation_layout or self.layouts[0], lbl, self.start_layer) for lbl in self.ablation]
         out = []
@@ -433,8 +436,9 @@ def plan_text(study: StudyConfig, scale: str) -> str:
     return "\n".join(
         [
             f"accuracy ({scale}): {n['main'] + n['early']} fine-tunings ({len(study.compressors)} compressors from "
-            f"layer {study.start_layer}, {len(study.early)} from layer 0) under "
-            f"{[lay.name for lay in study.layouts]}, seeds {study.seeds}; {t.layers}-layer BERT ({model}), "
+            f"layer {study.start_layer} under {[lay.name for lay in study.layouts]}, {len(study.early)} from layer 0 "
+            f"under {[lay.name for lay in study.early_layouts]}), seeds {study.seeds}; {t.layers}-layer BERT "
+            f"({model}), "
             f"seq {t.seq_len}, batch {t.batch_size}, {t.steps} steps; data: {data}",
             f"ablation ({study.ablation_when}): {n['ablation']} fine-tunings of {study.ablation} under "
             f"{(study.ablation_layout or study.layouts[0]).name}",

@@ -9,6 +9,7 @@ truncated, plus a seeded classifier) sliced for this rank, so every layout start
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from .models import (
     hf_config,
     load_hf_bert,
     minilm_config,
+    uncompressed,
     validate,
 )
 from .parallel import (
@@ -277,7 +279,8 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
     for step in progress:
         idx = torch.from_numpy(batch_indices(step, len(labels), cfg.batch_size, cfg.seed))
         opt.zero_grad(set_to_none=True)
-        loss = forward_backward(model, par, ids[idx], mask[idx], labels[idx], cfg.micro_batches)
+        with uncompressed(model) if step < cfg.compressor.warmup_steps else nullcontext():
+            loss = forward_backward(model, par, ids[idx], mask[idx], labels[idx], cfg.micro_batches)
         opt.step()
         if loss is not None:
             losses.append(loss)

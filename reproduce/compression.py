@@ -84,8 +84,10 @@ def run(ctx: app.RunContext) -> None:
         "cost_model",
         cm.predicted,
         title="Cost model: predicted vs measured iteration time",
-        note="Fitted on the uncompressed loopback run (compute), the loopback network micro-benchmark (latency, "
-        f"bandwidth) and the codec micro-benchmark; every other row is held out. Held-out mean |error| "
+        note="Fitted on the uncompressed runs (compute: their median after modelled communication), the loopback "
+        "network micro-benchmark (latency, bandwidth) and the codec micro-benchmark; every compressed row is held "
+        "out. Pipeline rows follow the GPipe schedule (a send overlaps the other stage's compute). Held-out "
+        "mean |error| "
         f"{f['held_out_mean_abs_error_pct']:.1f}% (max {f['held_out_max_abs_error_pct']:.1f}%, Spearman "
         f"{f['held_out_spearman']:.2f}, n={f['held_out_n']}).",
     )

@@ -8,7 +8,7 @@ the YAML files set every key."""
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import BaseConfig
+from reproduce.schemas.base import BaseConfig
 
 
 @dataclass
@@ -19,11 +19,12 @@ class ScaleConfig:
 @dataclass
 class AccuracyConfig:
     compressors: list[str] = field(default_factory=lambda: ["none", "ae50", "topk", "randk", "int4", "powersgd"])
-    early: list[str] = field(default_factory=lambda: ["ae50", "int4"])
+    early: list[str] = field(default_factory=lambda: ["ae50", "ae50_lr10", "int4"])
     start_layer: int = 2
     layouts: list[dict[str, int]] = field(
         default_factory=lambda: [{"tp": 2, "pp": 1}, {"tp": 1, "pp": 2}, {"tp": 2, "pp": 2}]
     )
+    early_layouts: list[dict[str, int]] = field(default_factory=lambda: [{"tp": 2, "pp": 1}])
     micro_batches: int = 2
     backward: bool = False
     layers: int = 4
@@ -51,7 +52,7 @@ class AblationLayoutConfig:
 class AblationConfig:
     when: str = "failed"
     layout: AblationLayoutConfig = field(default_factory=AblationLayoutConfig)
-    compressors: list[str] = field(default_factory=lambda: ["ae100", "ae50_lr10", "ae50_shared"])
+    compressors: list[str] = field(default_factory=lambda: ["ae50_lr10", "ae50_warmup"])
 
 
 @dataclass
@@ -103,6 +104,7 @@ class ClaimsConfig:
     min_gap: float = 0.01
     cost_model_error_pct: float = 25.0
     cost_model_spearman: float = 0.8
+    break_even_links_gbps: list[float] = field(default_factory=lambda: [0.1, 100.0])
 
 
 @dataclass
@@ -111,16 +113,25 @@ class CompressionConfig(BaseConfig):
     compressors: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
             "none": {"name": "none"},
-            "ae50": {"name": "autoencoder", "d": 50, "shared": False, "lr_scale": 1.0},
-            "ae100": {"name": "autoencoder", "d": 100, "shared": False, "lr_scale": 1.0},
+            "ae50": {
+                "name": "autoencoder",
+                "d": 50,
+                "shared": False,
+                "lr_scale": 1.0,
+                "matmul_dtype": "bfloat16",
+                "warmup_steps": 0,
+            },
+            "ae100": {"name": "autoencoder", "d": 100, "shared": False, "lr_scale": 1.0, "matmul_dtype": "bfloat16"},
             "topk": {"name": "topk", "ratio": 0.065, "k": None, "index_dtype": "int32"},
             "randk": {"name": "randk", "ratio": 0.13, "k": None, "rescale": True, "index_pool": 16},
             "int8": {"name": "quantize", "bits": 8},
             "int4": {"name": "quantize", "bits": 4},
             "int2": {"name": "quantize", "bits": 2},
             "powersgd": {"name": "powersgd", "rank": 32, "error_feedback": False},
-            "ae50_lr10": {"name": "autoencoder", "d": 50, "lr_scale": 10.0},
-            "ae50_shared": {"name": "autoencoder", "d": 50, "shared": True},
+            "ae50_lr10": {"name": "autoencoder", "d": 50, "lr_scale": 10.0, "matmul_dtype": "bfloat16"},
+            "ae50_warmup": {"name": "autoencoder", "d": 50, "matmul_dtype": "bfloat16", "warmup_steps": 10},
+            "ae50_shared": {"name": "autoencoder", "d": 50, "shared": True, "matmul_dtype": "bfloat16"},
+            "ae50_fp32": {"name": "autoencoder", "d": 50},
         }
     )
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)

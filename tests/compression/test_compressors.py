@@ -209,3 +209,32 @@ def test_codec_benchmark_command_prints_threads_shape_and_ratio(capsys):
     out = capsys.readouterr().out
     assert "threads" in out and "4x8x128" in out and "vs_copy" in out
     assert all(name in out for name in ("int8", "int4", "int2", "topk", "randk", "ae100", "powersgd"))
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantize_round_trip_over_many_chunks_and_odd_widths(bits):
+    """The chunked, bit-packed path (rows that fill whole bytes, more rows than one chunk) and the general path
+    (widths that do not fill whole bytes) both decode within half a step of every value, with the bytes promised."""
+    for shape in [(3, 700, 384), (5, 3, 7), (1, 1, 3)]:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.1, 3, shape[-1])
+        q = C.Quantize(bits)
+        payload = q.encode(x)
+        assert sum(t.numel() * t.element_size() for t in payload) == q.wire_bytes(shape)
+        rows = x.reshape(-1, shape[-1])
+        step = (rows.amax(0) - rows.amin(0)) / (2**bits - 1)
+        err = (q.decode(payload, x.shape, x.dtype) - x).reshape(-1, shape[-1]).abs()
+        assert (err <= step / 2 + 1e-5).all(), shape
+        assert torch.equal(q(x), q(x))  # cached buffers do not leak state between calls
+
+
+def test_autoencoder_bf16_matmuls_stay_close_to_fp32_and_return_the_activation_dtype():
+    x = _x()
+    exact, bf16 = C.AutoEncoder(16, 4), C.AutoEncoder(16, 4, matmul_dtype="bfloat16")
+    bf16.load_state_dict(exact.state_dict())
+    codes = bf16.encode(x)
+    assert codes[0].dtype == torch.float32 and bf16.wire_bytes(SHAPE) == exact.wire_bytes(SHAPE)
+    y, want = bf16(x), exact(x)
+    assert y.dtype == torch.float32 and not torch.equal(y, want)
+    torch.testing.assert_close(y, want, atol=0.05, rtol=0.02)
+    with pytest.raises(UserError, match="matmul_dtype"):
+        C.AutoEncoder(16, 4, matmul_dtype="int8")

@@ -82,6 +82,7 @@ def _paper_cfg(inputs, *extra):
         f"accuracy.glue_root={inputs / 'glue'}",
         "accuracy.task=rte",
         "accuracy.layouts=[{tp:2,pp:2}]",
+        "accuracy.early_layouts=[{tp:2,pp:2}]",
         "accuracy.compressors=[none,ae50,topk]",
         "accuracy.early=[ae50]",
         "accuracy.start_layer=1",

@@ -14,17 +14,8 @@ from compression.train import (
 
 
 def _cfg(**kw):
-    return TrainConfig(
-        layers=1,
-        seq_len=12,
-        batch_size=8,
-        steps=4,
-        max_eval=16,
-        dropout=0.1,
-        compressor={"name": "randk", "ratio": 0.5},
-        start_layer=0,
-        **kw,
-    )
+    base = {"layers": 1, "seq_len": 12, "batch_size": 8, "steps": 4, "max_eval": 16, "dropout": 0.1, "start_layer": 0}
+    return TrainConfig(**{**base, "compressor": {"name": "randk", "ratio": 0.5}, **kw})
 
 
 def test_resume_is_exact(tmp_path):
@@ -100,3 +91,28 @@ def test_autoencoder_per_rank_encoders_train_apart_and_shared_ones_together():
     torch.testing.assert_close(r0[True][0], r0[False][0] + r1[False][0])
     # sharing costs one all-reduce of the encoder gradient (4 x 16 floats) per site: 2 layers x 2 sites
     assert r0[True][1] - r0[False][1] == 2 * 2 * 4 * 16 * 4
+
+
+def test_warmup_steps_train_uncompressed_first():
+    """`warmup_steps` (the study's warm-up): those steps see no compressor at all; compression starts after them."""
+    from compression.compressors import CompressorSpec
+    from compression.models import BertConfig, Plan, uncompressed
+
+    cfg = BertConfig(vocab=40, hidden=16, heads=4, ffn=32, layers=2, max_positions=12, dropout=0.0)
+    torch.manual_seed(0)
+    plain = BertModel(cfg, Parallel(), Plan(CompressorSpec("none")))
+    torch.manual_seed(0)
+    squeezed = BertModel(cfg, Parallel(), Plan(CompressorSpec("quantize", bits=2), start_layer=0))
+    squeezed.load_state_dict(plain.state_dict())
+    ids, mask = torch.randint(0, 40, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    with uncompressed(squeezed):
+        assert torch.equal(squeezed(ids, mask), plain(ids, mask))
+    assert not torch.allclose(squeezed(ids, mask), plain(ids, mask))  # the compressors are back
+    data = load_data(_cfg())
+    spec = {"name": "quantize", "bits": 2}
+    warm, none = (
+        finetune(0, 1, _cfg(compressor=c, steps=2), data) for c in ({**spec, "warmup_steps": 2}, {"name": "none"})
+    )
+    assert warm["losses"] == none["losses"]  # every step inside the warm-up: as if uncompressed
+    cold = finetune(0, 1, _cfg(compressor=spec, steps=2), data)
+    assert cold["losses"] != none["losses"]
