@@ -12,13 +12,17 @@ Every run is scored on the dev split (where steps and learning rates are chosen)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
+
+from common.errors import require
 
 from .convert import EXACT, Approximation, to_student
 from .distill import Encoded, TeacherOutputs, TrainConfig, accuracy, distill, fine_tune, predict
@@ -44,6 +48,33 @@ class Budget:
     warmup_frac: float = 0.1
     temperature: float = 1.0
     freeze_word_embeddings: bool = True
+    # what differs for one approximation's three runs, chosen on dev (as many candidates for the baselines'
+    # learning rate as for the distillation's settings): [{"approximation": "quad+2quad", "stage1_lr": 2e-4}, ...]
+    per_approximation: list[dict[str, Any]] = field(default_factory=list)
+
+    PER_APPROXIMATION_KEYS = ("stage1_steps", "stage2_steps", "stage1_lr", "stage2_lr", "baseline_lr", "temperature")
+
+    def __post_init__(self) -> None:
+        for over in self.per_approximation:
+            require("approximation" in over, f"train.per_approximation: {over} names no approximation")
+            Approximation.parse(over["approximation"])
+            bad = sorted(set(over) - {"approximation", *self.PER_APPROXIMATION_KEYS})
+            require(
+                not bad,
+                f"train.per_approximation ({over['approximation']}): {', '.join(bad)} cannot differ per "
+                f"approximation; choose from {', '.join(self.PER_APPROXIMATION_KEYS)}",
+            )
+
+    def overrides(self, a: Approximation) -> dict[str, Any]:
+        """`a`'s settings that differ from the common ones."""
+        for over in self.per_approximation:
+            if Approximation.parse(over["approximation"]) == a:
+                return {k: v for k, v in over.items() if k != "approximation"}
+        return {}
+
+    def for_approximation(self, a: Approximation) -> Budget:
+        """This budget with `a`'s overrides applied (the teacher's settings never change)."""
+        return dataclasses.replace(self, per_approximation=[], **self.overrides(a))
 
     @property
     def baseline_steps(self) -> int:
@@ -112,12 +143,13 @@ def run_study(
     rows: dict[str, list[dict]] = {"dev": [], "test": []}
     students = {}
     for a in approximations:
+        b = budget.for_approximation(a)
         torch.manual_seed(seed)
         scratch = to_student(type(teacher)(teacher.config), a, copy_model=False)
         fine_tune(
             scratch,
             data["train"],
-            budget.config("baseline"),
+            b.config("baseline"),
             checkpoint=ckpt(f"{a.name}-scratch"),
             tracker=tracker,
             name=f"{a.name}/scratch",
@@ -125,7 +157,7 @@ def run_study(
         plain = fine_tune(
             to_student(teacher, a),
             data["train"],
-            budget.config("baseline"),
+            b.config("baseline"),
             checkpoint=ckpt(f"{a.name}-finetune"),
             tracker=tracker,
             name=f"{a.name}/finetune",
@@ -134,8 +166,8 @@ def run_study(
             to_student(teacher, a),
             cached,
             data["train"],
-            budget.config("stage1"),
-            budget.config("stage2"),
+            b.config("stage1"),
+            b.config("stage2"),
             checkpoint_dir=checkpoint_dir,
             tracker=tracker,
             name=f"{a.name}/distill",

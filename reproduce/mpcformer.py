@@ -68,6 +68,9 @@ def plan(cfg: Any, p: dict[str, Any]) -> None:
         f"plan: for each of {', '.join(a.name for a in p['approximations'])}: two baselines ({b.baseline_steps} "
         f"steps each), distillation stage 1 ({b.stage1_steps}) and stage 2 ({b.stage2_steps}); choices on dev"
     )
+    for a in p["approximations"]:
+        if over := b.overrides(a):
+            print(f"plan: {a.name}: {', '.join(f'{k}={v}' for k, v in over.items())} (chosen on dev)")
     print(
         f"plan: under MPC (TTP, audited): {', '.join(a.name for a in p['mpc_models'])} on "
         f"{cfg.mpc_eval.examples or 'all'} test examples; bench {', '.join(cfg.bench.functions)} at lengths "
@@ -187,7 +190,7 @@ def run(ctx: app.RunContext) -> None:
     )
     if len(sp):
         ctx.out.figure("speedup_vs_length", B.speedup_figure(sp))
-    claims = decide_claims(study.accuracy, t["test"], majority, sp, mpc, paper)
+    claims = decide_claims(study.accuracy, t["test"], majority, sp, mpc, paper, len(data["test"]))
     write_claims(ctx.out, claims, "mpcformer", ctx.scale)
     ctx.out.json(
         "summary", {"teacher_accuracy": t, "majority_accuracy": majority, "claims": {c.key: c.verdict for c in claims}}
