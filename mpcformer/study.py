@@ -72,6 +72,14 @@ class Budget:
                 return {k: v for k, v in over.items() if k != "approximation"}
         return {}
 
+    def describe_overrides(self, approximations: list[Approximation]) -> str:
+        """'GeLU+2Quad stage2_lr 0.0002; ...' for the approximations with settings of their own ('' if none)."""
+        return "; ".join(
+            f"{a.label} {', '.join(f'{k} {v}' for k, v in self.overrides(a).items())}"
+            for a in approximations
+            if self.overrides(a)
+        )
+
     def for_approximation(self, a: Approximation) -> Budget:
         """This budget with `a`'s overrides applied (the teacher's settings never change)."""
         return dataclasses.replace(self, per_approximation=[], **self.overrides(a))

@@ -88,3 +88,11 @@ def test_what_was_not_measured_says_so():
     )
     no_quad = _acc().iloc[1:]
     assert _verdicts(acc=no_quad)["quad_2quad_close_to_teacher"] == NOT_MEASURED
+
+
+def test_evidence_states_the_test_split_s_standard_error():
+    args = dict(acc=_acc(), teacher_acc=76.0, majority_acc=51.6, sp=_sp(), mpc=_mpc(), paper=PAPER)
+    measured = {c.key: c.measured_evidence for c in decide_claims(**args, test_examples=2500)}
+    for key in ("distillation_beats_finetuning", "quad_2quad_close_to_teacher"):
+        assert "2500 test examples: one accuracy's standard error 0.9 points" in measured[key]
+    assert "standard error" not in decide_claims(**args)[0].measured_evidence

@@ -63,6 +63,8 @@ def test_budget_per_approximation_overrides_one_approximation_only():
     assert g.config("baseline").lr == 1e-3 and g.config("teacher") == b.config("teacher")
     q = b.for_approximation(Approximation.parse("quad+2quad"))
     assert q.config("baseline").steps == 10 and q.config("baseline").lr == b.baseline_lr
+    listed = [Approximation.parse(a) for a in ("quad+2quad", "gelu+2quad")]
+    assert b.describe_overrides(listed) == "GeLU+2Quad stage1_steps 4, stage2_steps 6, baseline_lr 0.001"
     with pytest.raises(UserError, match="teacher_steps cannot differ"):
         Budget(per_approximation=[{"approximation": "quad+2quad", "teacher_steps": 1}])
     with pytest.raises(UserError, match="unknown approximation"):
