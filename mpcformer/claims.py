@@ -52,6 +52,18 @@ def decide_claims(
         p = float(acc.acc_distilled.mean()) / 100 if len(acc) else 0.5
         se = 100 * (p * (1 - p) / test_examples) ** 0.5
         noise = f" ({test_examples} test examples: one accuracy's standard error {se:.1f} points)"
+    beats = bool((acc.acc_distilled > acc.acc_no_distill).all()) if len(acc) else None
+    pairs = ""
+    if len(acc) and "paired_se" in acc:
+        pairs = "; distilled minus fine-tuned (paired standard error): " + "; ".join(
+            f"{r.approximation} {r.distilled_minus_finetuned:+.2f} ({r.paired_se:.2f})" for r in acc.itertuples()
+        )
+        lost = acc[acc.acc_distilled <= acc.acc_no_distill]
+        if beats is False and bool((lost.distilled_minus_finetuned.abs() <= 2 * lost.paired_se).all()):
+            pairs += (
+                f". Where it does not ({', '.join(lost.approximation)}), the difference is within 2 paired standard "
+                "errors: a tie at this budget, not a loss"
+            )
     claims = [
         Claim(
             "distillation_beats_finetuning",
@@ -59,8 +71,9 @@ def decide_claims(
             "IMDb: distilled vs no distillation " + _fmt(imdb, "acc_distilled", "acc_no_distill"),
             "test accuracy, distilled vs fine-tuned (same steps): "
             + _fmt(acc, "acc_distilled", "acc_no_distill")
-            + noise,
-            decide(bool((acc.acc_distilled > acc.acc_no_distill).all()) if len(acc) else None),
+            + noise
+            + pairs,
+            decide(beats),
         ),
         Claim(
             "distillation_beats_scratch",

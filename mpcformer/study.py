@@ -25,7 +25,7 @@ from torch import nn
 from common.errors import require
 
 from .convert import EXACT, Approximation, to_student
-from .distill import Encoded, TeacherOutputs, TrainConfig, accuracy, distill, fine_tune, predict
+from .distill import Encoded, TeacherOutputs, TrainConfig, distill, fine_tune, predict
 from .private_inference import calibrate_layer_norms, check_against_plaintext, private_inference, truncation_risk
 
 log = logging.getLogger(__name__)
@@ -122,9 +122,20 @@ class StudyResult:
     teacher_accuracy: dict[str, float]  # split -> %
 
 
+def correct(model: nn.Module, data: dict[str, Encoded]) -> dict[str, torch.Tensor]:
+    """Per-example correctness (1.0 or 0.0) on the dev and test splits."""
+    return {k: (predict(model, data[k]).argmax(-1) == data[k].labels).float() for k in ("dev", "test")}
+
+
 def score(model: nn.Module, data: dict[str, Encoded]) -> dict[str, float]:
     """Accuracy (%) on the dev and test splits."""
-    return {k: 100 * accuracy(model, data[k]) for k in ("dev", "test")}
+    return {k: 100 * float(v.mean()) for k, v in correct(model, data).items()}
+
+
+def paired(better: torch.Tensor, worse: torch.Tensor) -> tuple[float, float]:
+    """(mean difference, its standard error) in points, from per-example correctness on the same examples."""
+    d = better - worse
+    return 100 * float(d.mean()), 100 * float(d.std() / len(d) ** 0.5) if len(d) > 1 else float("nan")
 
 
 def run_study(
@@ -180,13 +191,18 @@ def run_study(
             tracker=tracker,
             name=f"{a.name}/distill",
         )
-        scores = {
-            "acc_no_distill_no_pretrain": score(scratch, data),
-            "acc_no_distill": score(plain, data),
-            "acc_distilled": score(student, data),
+        c = {
+            "acc_no_distill_no_pretrain": correct(scratch, data),
+            "acc_no_distill": correct(plain, data),
+            "acc_distilled": correct(student, data),
         }
+        scores = {k: {split: 100 * float(v.mean()) for split, v in per.items()} for k, per in c.items()}
         for split in ("dev", "test"):
-            rows[split].append({"approximation": a.label, **{k: v[split] for k, v in scores.items()}})
+            diff, se = paired(c["acc_distilled"][split], c["acc_no_distill"][split])
+            rows[split].append(
+                {"approximation": a.label, **{k: v[split] for k, v in scores.items()}}
+                | {"distilled_minus_finetuned": diff, "paired_se": se}
+            )
         log.info("%s: test %s", a.label, {k: round(v["test"], 2) for k, v in scores.items()})
         if tracker is not None:
             tracker.log({f"acc/{a.name}/{k}": v["test"] for k, v in scores.items()})
