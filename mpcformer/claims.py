@@ -42,16 +42,38 @@ def decide_claims(
     sp: pd.DataFrame | None,
     mpc: pd.DataFrame | None,
     paper: dict[str, Any],
+    test_examples: int | None = None,
 ) -> list[Claim]:
-    """The claims of the paper this run measures, each with the paper's and the measured evidence."""
+    """The claims of the paper this run measures, each with the paper's and the measured evidence.
+    `test_examples`: the size of the test split, to state each accuracy's standard error beside the evidence."""
     imdb = pd.DataFrame(paper["imdb"])
+    noise = ""
+    if test_examples:
+        p = float(acc.acc_distilled.mean()) / 100 if len(acc) else 0.5
+        se = 100 * (p * (1 - p) / test_examples) ** 0.5
+        noise = f" ({test_examples} test examples: one accuracy's standard error {se:.1f} points)"
+    beats = bool((acc.acc_distilled > acc.acc_no_distill).all()) if len(acc) else None
+    pairs = ""
+    if len(acc) and "paired_se" in acc:
+        pairs = "; distilled minus fine-tuned (paired standard error): " + "; ".join(
+            f"{r.approximation} {r.distilled_minus_finetuned:+.2f} ({r.paired_se:.2f})" for r in acc.itertuples()
+        )
+        lost = acc[acc.acc_distilled <= acc.acc_no_distill]
+        if beats is False and bool((lost.distilled_minus_finetuned.abs() <= 2 * lost.paired_se).all()):
+            pairs += (
+                f". Where it does not ({', '.join(lost.approximation)}), the difference is within 2 paired standard "
+                "errors: a tie at this budget, not a loss"
+            )
     claims = [
         Claim(
             "distillation_beats_finetuning",
             "Distillation beats training the student on labels from the teacher's weights, for every approximation",
             "IMDb: distilled vs no distillation " + _fmt(imdb, "acc_distilled", "acc_no_distill"),
-            "test accuracy, distilled vs fine-tuned (same steps): " + _fmt(acc, "acc_distilled", "acc_no_distill"),
-            decide(bool((acc.acc_distilled > acc.acc_no_distill).all()) if len(acc) else None),
+            "test accuracy, distilled vs fine-tuned (same steps): "
+            + _fmt(acc, "acc_distilled", "acc_no_distill")
+            + noise
+            + pairs,
+            decide(beats),
         ),
         Claim(
             "distillation_beats_scratch",
@@ -73,7 +95,8 @@ def decide_claims(
             f"IMDb {paper_q} vs teacher {paper['imdb_teacher_accuracy']}; GLUE average 80.3 vs 82.8",
             "not trained in this run"
             if gap is None
-            else f"test {float(q.acc_distilled.iloc[0]):.1f} vs teacher {teacher_acc:.1f} ({gap:+.1f} points below)",
+            else f"test {float(q.acc_distilled.iloc[0]):.1f} vs teacher {teacher_acc:.1f} ({gap:+.1f} points below)"
+            + noise,
             decide(None if gap is None else gap <= CLOSE_TO_TEACHER),
         )
     )

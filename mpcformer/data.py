@@ -35,6 +35,9 @@ DEV_FRAC = 0.1
 class DataConfig:
     name: str = "rotten_tomatoes"
     path: str | None = None  # a local folder in the dataset's own format (GLUE TSVs, aclImdb)
+    corpus: str = "small"  # rotten_tomatoes: "small" (4,866 snippets) or "full" (12,752)
+    dev_frac: float = 0.1  # the seeded part of the labelled examples held out as dev (IMDb, GLUE: of train)
+    test_frac: float = 0.1  # rotten_tomatoes: the seeded part held out as test (others have a test split)
     max_length: int = 48
     train_examples: int | None = None  # the first n of each split (None: all)
     dev_examples: int | None = None
@@ -95,7 +98,7 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> dict[str, pd.DataFrame]:
         require(cfg.path is None, "rotten_tomatoes ships with the package: leave data.path empty")
         from common.data import rotten_tomatoes
 
-        splits = rotten_tomatoes(seed=seed)
+        splits = rotten_tomatoes(cfg.corpus, seed=seed, dev_frac=cfg.dev_frac, test_frac=cfg.test_frac)
     elif name == "imdb":
         from common.text_data import imdb
 
@@ -108,7 +111,7 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> dict[str, pd.DataFrame]:
     else:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if "dev" not in splits:
-        splits = hold_out_dev(splits, seed)
+        splits = hold_out_dev(splits, seed, cfg.dev_frac)
     for k, n in (("train", cfg.train_examples), ("dev", cfg.dev_examples), ("test", cfg.test_examples)):
         if n:
             splits[k] = splits[k].iloc[: int(n)].reset_index(drop=True)

@@ -12,16 +12,20 @@ Every run is scored on the dev split (where steps and learning rates are chosen)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
+from common.errors import require
+
 from .convert import EXACT, Approximation, to_student
-from .distill import Encoded, TeacherOutputs, TrainConfig, accuracy, distill, fine_tune, predict
+from .distill import Encoded, TeacherOutputs, TrainConfig, distill, fine_tune, predict
 from .private_inference import calibrate_layer_norms, check_against_plaintext, private_inference, truncation_risk
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,41 @@ class Budget:
     warmup_frac: float = 0.1
     temperature: float = 1.0
     freeze_word_embeddings: bool = True
+    # what differs for one approximation's three runs, chosen on dev (as many candidates for the baselines'
+    # learning rate as for the distillation's settings): [{"approximation": "quad+2quad", "stage1_lr": 2e-4}, ...]
+    per_approximation: list[dict[str, Any]] = field(default_factory=list)
+
+    PER_APPROXIMATION_KEYS = ("stage1_steps", "stage2_steps", "stage1_lr", "stage2_lr", "baseline_lr", "temperature")
+
+    def __post_init__(self) -> None:
+        for over in self.per_approximation:
+            require("approximation" in over, f"train.per_approximation: {over} names no approximation")
+            Approximation.parse(over["approximation"])
+            bad = sorted(set(over) - {"approximation", *self.PER_APPROXIMATION_KEYS})
+            require(
+                not bad,
+                f"train.per_approximation ({over['approximation']}): {', '.join(bad)} cannot differ per "
+                f"approximation; choose from {', '.join(self.PER_APPROXIMATION_KEYS)}",
+            )
+
+    def overrides(self, a: Approximation) -> dict[str, Any]:
+        """`a`'s settings that differ from the common ones."""
+        for over in self.per_approximation:
+            if Approximation.parse(over["approximation"]) == a:
+                return {k: v for k, v in over.items() if k != "approximation"}
+        return {}
+
+    def describe_overrides(self, approximations: list[Approximation]) -> str:
+        """'GeLU+2Quad stage2_lr 0.0002; ...' for the approximations with settings of their own ('' if none)."""
+        return "; ".join(
+            f"{a.label} {', '.join(f'{k} {v}' for k, v in self.overrides(a).items())}"
+            for a in approximations
+            if self.overrides(a)
+        )
+
+    def for_approximation(self, a: Approximation) -> Budget:
+        """This budget with `a`'s overrides applied (the teacher's settings never change)."""
+        return dataclasses.replace(self, per_approximation=[], **self.overrides(a))
 
     @property
     def baseline_steps(self) -> int:
@@ -83,9 +122,20 @@ class StudyResult:
     teacher_accuracy: dict[str, float]  # split -> %
 
 
+def correct(model: nn.Module, data: dict[str, Encoded]) -> dict[str, torch.Tensor]:
+    """Per-example correctness (1.0 or 0.0) on the dev and test splits."""
+    return {k: (predict(model, data[k]).argmax(-1) == data[k].labels).float() for k in ("dev", "test")}
+
+
 def score(model: nn.Module, data: dict[str, Encoded]) -> dict[str, float]:
     """Accuracy (%) on the dev and test splits."""
-    return {k: 100 * accuracy(model, data[k]) for k in ("dev", "test")}
+    return {k: 100 * float(v.mean()) for k, v in correct(model, data).items()}
+
+
+def paired(better: torch.Tensor, worse: torch.Tensor) -> tuple[float, float]:
+    """(mean difference, its standard error) in points, from per-example correctness on the same examples."""
+    d = better - worse
+    return 100 * float(d.mean()), 100 * float(d.std() / len(d) ** 0.5) if len(d) > 1 else float("nan")
 
 
 def run_study(
@@ -112,12 +162,13 @@ def run_study(
     rows: dict[str, list[dict]] = {"dev": [], "test": []}
     students = {}
     for a in approximations:
+        b = budget.for_approximation(a)
         torch.manual_seed(seed)
         scratch = to_student(type(teacher)(teacher.config), a, copy_model=False)
         fine_tune(
             scratch,
             data["train"],
-            budget.config("baseline"),
+            b.config("baseline"),
             checkpoint=ckpt(f"{a.name}-scratch"),
             tracker=tracker,
             name=f"{a.name}/scratch",
@@ -125,7 +176,7 @@ def run_study(
         plain = fine_tune(
             to_student(teacher, a),
             data["train"],
-            budget.config("baseline"),
+            b.config("baseline"),
             checkpoint=ckpt(f"{a.name}-finetune"),
             tracker=tracker,
             name=f"{a.name}/finetune",
@@ -134,19 +185,24 @@ def run_study(
             to_student(teacher, a),
             cached,
             data["train"],
-            budget.config("stage1"),
-            budget.config("stage2"),
+            b.config("stage1"),
+            b.config("stage2"),
             checkpoint_dir=checkpoint_dir,
             tracker=tracker,
             name=f"{a.name}/distill",
         )
-        scores = {
-            "acc_no_distill_no_pretrain": score(scratch, data),
-            "acc_no_distill": score(plain, data),
-            "acc_distilled": score(student, data),
+        c = {
+            "acc_no_distill_no_pretrain": correct(scratch, data),
+            "acc_no_distill": correct(plain, data),
+            "acc_distilled": correct(student, data),
         }
+        scores = {k: {split: 100 * float(v.mean()) for split, v in per.items()} for k, per in c.items()}
         for split in ("dev", "test"):
-            rows[split].append({"approximation": a.label, **{k: v[split] for k, v in scores.items()}})
+            diff, se = paired(c["acc_distilled"][split], c["acc_no_distill"][split])
+            rows[split].append(
+                {"approximation": a.label, **{k: v[split] for k, v in scores.items()}}
+                | {"distilled_minus_finetuned": diff, "paired_se": se}
+            )
         log.info("%s: test %s", a.label, {k: round(v["test"], 2) for k, v in scores.items()})
         if tracker is not None:
             tracker.log({f"acc/{a.name}/{k}": v["test"] for k, v in scores.items()})

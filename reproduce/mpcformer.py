@@ -68,6 +68,8 @@ def plan(cfg: Any, p: dict[str, Any]) -> None:
         f"plan: for each of {', '.join(a.name for a in p['approximations'])}: two baselines ({b.baseline_steps} "
         f"steps each), distillation stage 1 ({b.stage1_steps}) and stage 2 ({b.stage2_steps}); choices on dev"
     )
+    if over := b.describe_overrides(p["approximations"]):
+        print(f"plan: per approximation (chosen on dev): {over}")
     print(
         f"plan: under MPC (TTP, audited): {', '.join(a.name for a in p['mpc_models'])} on "
         f"{cfg.mpc_eval.examples or 'all'} test examples; bench {', '.join(cfg.bench.functions)} at lengths "
@@ -137,7 +139,8 @@ def run(ctx: app.RunContext) -> None:
         note=f"Measured: {cfg.data.name} test split ({len(data['test'])} examples), length "
         f"{p['data'].max_length}, batch {b.batch_size}: teacher {b.teacher_steps} steps; each baseline "
         f"{b.baseline_steps} = stage 1 {b.stage1_steps} + stage 2 {b.stage2_steps} (the distillation's). "
-        "Steps and learning rates were chosen on the dev split (table dev_accuracy), never on test. "
+        "Steps and learning rates were chosen on the dev split (table dev_accuracy), never on test; "
+        f"settings that differ per approximation: {b.describe_overrides(p['approximations']) or 'none'}. "
         f"Speedup: whole model under MPC at length {longest} ({cfg.bench.providers[-1]}), only for the "
         "students in bench.models. Paper columns: IMDb, BERT-base, length 512; the released code picks "
         "checkpoints on IMDb's test split, so the paper's numbers are optimistic.",
@@ -187,7 +190,7 @@ def run(ctx: app.RunContext) -> None:
     )
     if len(sp):
         ctx.out.figure("speedup_vs_length", B.speedup_figure(sp))
-    claims = decide_claims(study.accuracy, t["test"], majority, sp, mpc, paper)
+    claims = decide_claims(study.accuracy, t["test"], majority, sp, mpc, paper, len(data["test"]))
     write_claims(ctx.out, claims, "mpcformer", ctx.scale)
     ctx.out.json(
         "summary", {"teacher_accuracy": t, "majority_accuracy": majority, "claims": {c.key: c.verdict for c in claims}}

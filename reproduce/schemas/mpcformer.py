@@ -4,6 +4,7 @@ Approximation names stay strings here; `mpcformer.approximations.Approximation` 
 Defaults are the mini values (drafted by `python -m reproduce.schemas.draft mpcformer`)."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .base import BaseConfig
 
@@ -24,6 +25,9 @@ class ModelConfig:
 class DataConfig:
     name: str = "rotten_tomatoes"
     path: str | None = None
+    corpus: str = "full"
+    dev_frac: float = 0.2
+    test_frac: float = 0.2
     max_length: int = 48
     train_examples: int | None = None
     dev_examples: int | None = None
@@ -44,6 +48,7 @@ class TrainConfig:
     warmup_frac: float = 0.1
     temperature: float = 1.0
     freeze_word_embeddings: bool = True
+    per_approximation: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

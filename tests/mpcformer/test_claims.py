@@ -88,3 +88,23 @@ def test_what_was_not_measured_says_so():
     )
     no_quad = _acc().iloc[1:]
     assert _verdicts(acc=no_quad)["quad_2quad_close_to_teacher"] == NOT_MEASURED
+
+
+def test_evidence_states_the_test_split_s_standard_error():
+    args = dict(acc=_acc(), teacher_acc=76.0, majority_acc=51.6, sp=_sp(), mpc=_mpc(), paper=PAPER)
+    measured = {c.key: c.measured_evidence for c in decide_claims(**args, test_examples=2500)}
+    for key in ("distillation_beats_finetuning", "quad_2quad_close_to_teacher"):
+        assert "2500 test examples: one accuracy's standard error 0.9 points" in measured[key]
+    assert "standard error" not in decide_claims(**args)[0].measured_evidence
+
+
+def test_a_failed_comparison_within_paired_noise_is_called_a_tie():
+    acc = _acc(distilled=(75.0, 69.9), finetuned=(70.0, 70.0)).assign(
+        distilled_minus_finetuned=[5.0, -0.1], paired_se=[0.6, 0.5]
+    )
+    args = dict(acc=acc, teacher_acc=76.0, majority_acc=51.6, sp=_sp(), mpc=_mpc(), paper=PAPER)
+    c = decide_claims(**args)[0]
+    assert c.verdict == DOES_NOT_HOLD and "GeLU+2ReLU -0.10 (0.50)" in c.measured_evidence
+    assert "Where it does not (GeLU+2ReLU), the difference is within 2 paired standard errors" in c.measured_evidence
+    far = acc.assign(distilled_minus_finetuned=[5.0, -3.0])
+    assert "within 2 paired" not in decide_claims(**(args | {"acc": far}))[0].measured_evidence

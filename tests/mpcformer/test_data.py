@@ -55,6 +55,30 @@ def test_budget_gives_baselines_the_distillation_s_steps():
     assert b.config("baseline").steps == 10 and b.config("baseline").lr == 2e-4 and b.config("stage1").lr == 1e-3
 
 
+def test_budget_per_approximation_overrides_one_approximation_only():
+    over = {"approximation": "GeLU+2Quad", "stage1_steps": 4, "stage2_steps": 6, "baseline_lr": 1e-3}
+    b = Budget(stage1_steps=7, stage2_steps=3, per_approximation=[over])
+    g = b.for_approximation(Approximation.parse("gelu+2quad"))
+    assert (g.config("stage1").steps, g.config("stage2").steps, g.config("baseline").steps) == (4, 6, 10)
+    assert g.config("baseline").lr == 1e-3 and g.config("teacher") == b.config("teacher")
+    q = b.for_approximation(Approximation.parse("quad+2quad"))
+    assert q.config("baseline").steps == 10 and q.config("baseline").lr == b.baseline_lr
+    listed = [Approximation.parse(a) for a in ("quad+2quad", "gelu+2quad")]
+    assert b.describe_overrides(listed) == "GeLU+2Quad stage1_steps 4, stage2_steps 6, baseline_lr 0.001"
+    with pytest.raises(UserError, match="teacher_steps cannot differ"):
+        Budget(per_approximation=[{"approximation": "quad+2quad", "teacher_steps": 1}])
+    with pytest.raises(UserError, match="unknown approximation"):
+        Budget(per_approximation=[{"approximation": "cubic+2quad"}])
+
+
+def test_rotten_tomatoes_full_corpus_gives_larger_held_out_splits():
+    splits = load_splits(DataConfig(corpus="full", dev_frac=0.2, test_frac=0.2), seed=0)
+    assert [len(splits[k]) for k in ("train", "dev", "test")] == [7652, 2550, 2550]
+    assert not set(splits["test"].text) & (set(splits["train"].text) | set(splits["dev"].text))
+    with pytest.raises(UserError, match="corpus"):
+        load_splits(DataConfig(corpus="huge"))
+
+
 def test_diagnostics_see_a_student_that_answers_the_same_for_every_input(tiny):
     g = torch.Generator().manual_seed(0)
     data = Encoded(

@@ -91,6 +91,8 @@ def test_imdb_folder_through_distillation(tmp_path):
         "acc_no_distill_no_pretrain",
         "acc_no_distill",
         "acc_distilled",
+        "distilled_minus_finetuned",
+        "paired_se",
     ]
 
 
