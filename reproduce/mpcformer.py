@@ -1,9 +1,7 @@
 """python -m reproduce.mpcformer [scale=smoke|mini|paper] [key=value ...]
 
-MPCFormer end to end: fine-tune a teacher, build each MPC-friendly student, train the paper's two baselines
-and distill (stage 1 then stage 2); run the exact model and two students under MPC (two parties and a dealer,
-audited for leaks) on test examples; time every function and the whole models under CrypTen; decide the
-paper's claims from the measured tables.
+MPCFormer end to end: teacher, MPC-friendly students, the two baselines and two-stage distillation; the exact model
+and two students under audited MPC; CrypTen timings; the paper's claims decided from the measured tables.
 """
 
 from __future__ import annotations
