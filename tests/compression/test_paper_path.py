@@ -5,7 +5,6 @@ a tiny random-weight BERT from a `transformers` config with a tokenizer built of
 import random
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -14,6 +13,7 @@ from compression import study
 from compression.glue import load_glue
 from reproduce import app
 from tests.conftest import ROOT
+from tests.fixtures.tiny_hub import write_tiny_bert
 
 WORDS = "the a film movie good bad great awful plot actor story is was not very fun dull long short".split()
 
@@ -36,30 +36,11 @@ def _write_glue(root, n_train=32, n_dev=16):
             (root / folder / f"{split}.tsv").write_text("\n".join([header] + [make(i) for i in range(n)]) + "\n")
 
 
-def _write_tiny_bert(path):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    path.mkdir()
-    vocab = path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", '"', *WORDS]) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(str(path))
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(WORDS) + 6,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    BertModel(cfg).save_pretrained(str(path))
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper")
     _write_glue(root / "glue")
-    _write_tiny_bert(root / "tiny-bert")
+    write_tiny_bert(root / "tiny-bert", WORDS, hidden=16, classifier=False, max_positions=32)
     return root
 
 

@@ -5,37 +5,19 @@
 import json
 
 import pytest
-import torch
 
 from mpcformer.convert import Approximation
 from mpcformer.data import DataConfig, encode_splits, load_splits, load_teacher
 from mpcformer.study import Budget, run_study
 from tests.common.test_text_data import write_glue_mrpc, write_imdb
 from tests.conftest import run_cli
+from tests.fixtures import tiny_hub
 
 WORDS = "a the film movie is good great dull awful wonderful number indeed two lines br cat sat".split()
 
 
 def write_tiny_bert(folder):
-    """A 2-layer BERT with random weights and a WordPiece tokenizer over WORDS and digits, saved like a hub model."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *map(str, range(10)), *'".<>/,']
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    BertForSequenceClassification(cfg).save_pretrained(folder)
-    return folder
+    return tiny_hub.write_tiny_bert(folder, WORDS)
 
 
 @pytest.mark.timeout(600)
