@@ -24,25 +24,37 @@ from .errors import UserError
 
 @dataclass(frozen=True)
 class GlueTask:
-    """Column names of a GLUE task in its TSV files and on the hub, and its labels."""
+    """Column names of a GLUE task in its TSV files and on the hub, its labels and its files."""
 
+    folder: str  # the task's folder in the GLUE download (`SST-2`, `MNLI`, ...)
     text: str
     text_pair: str | None
     label: str
     hub_text: str
     hub_pair: str | None
     labels: tuple[str, ...] = ("0", "1")  # label strings in the TSV, in the order of their ids
+    header: tuple[str, ...] | None = None  # column names of a file without a header line (CoLA)
+    dev: str = "dev"  # the labelled validation file's stem (MNLI: dev_matched)
+    hub_dev: str = "validation"
+
+    def files(self, folder: Path) -> dict[str, Path]:
+        return {"train": folder / "train.tsv", "dev": folder / f"{self.dev}.tsv"}
 
 
+_NLI = ("entailment", "not_entailment")
+_COLA_COLUMNS = ("source", "label", "orig", "sentence")  # CoLA's files have no header line
 GLUE_TASKS = {
-    "sst2": GlueTask("sentence", None, "label", "sentence", None),
-    "cola": GlueTask("sentence", None, "label", "sentence", None),
-    "mrpc": GlueTask("#1 String", "#2 String", "Quality", "sentence1", "sentence2"),
-    "qqp": GlueTask("question1", "question2", "is_duplicate", "question1", "question2"),
-    "qnli": GlueTask("question", "sentence", "label", "question", "sentence", ("entailment", "not_entailment")),
-    "rte": GlueTask("sentence1", "sentence2", "label", "sentence1", "sentence2", ("entailment", "not_entailment")),
-}
-GLUE_FILES = {"train": "train.tsv", "dev": "dev.tsv"}
+    "sst2": GlueTask("SST-2", "sentence", None, "label", "sentence", None),
+    "cola": GlueTask("CoLA", "sentence", None, "label", "sentence", None, header=_COLA_COLUMNS),
+    "mrpc": GlueTask("MRPC", "#1 String", "#2 String", "Quality", "sentence1", "sentence2"),
+    "qqp": GlueTask("QQP", "question1", "question2", "is_duplicate", "question1", "question2"),
+    "qnli": GlueTask("QNLI", "question", "sentence", "label", "question", "sentence", _NLI),
+    "rte": GlueTask("RTE", "sentence1", "sentence2", "label", "sentence1", "sentence2", _NLI),
+    "mnli": GlueTask(
+        "MNLI", "sentence1", "sentence2", "gold_label", "premise", "hypothesis",
+        ("entailment", "neutral", "contradiction"), dev="dev_matched", hub_dev="validation_matched",
+    ),
+}  # fmt: skip
 
 
 def _datasets():
@@ -54,11 +66,20 @@ def _datasets():
     return datasets
 
 
+def glue_task(task: str) -> GlueTask:
+    if task not in GLUE_TASKS:
+        raise UserError(f"unknown GLUE task {task!r}; choose one of {', '.join(GLUE_TASKS)} (STS-B is regression)")
+    return GLUE_TASKS[task]
+
+
+def glue_task_folder(root: str | Path, task: str) -> Path:
+    """The folder of `task` under a GLUE download's root (`root/SST-2`, `root/MNLI`, ...)."""
+    return Path(root) / glue_task(task).folder
+
+
 def glue(task: str, folder: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """{"train", "dev"} of a GLUE classification task from its TSV folder (or the hub when `folder` is None)."""
-    if task not in GLUE_TASKS:
-        raise UserError(f"unknown GLUE task {task!r}; choose one of {', '.join(GLUE_TASKS)}")
-    spec, ds = GLUE_TASKS[task], _datasets()
+    spec, ds = glue_task(task), _datasets()
     if folder is None:
         try:
             hub = ds.load_dataset("glue", task)
@@ -69,15 +90,18 @@ def glue(task: str, folder: str | Path | None = None) -> dict[str, pd.DataFrame]
             ) from exc
         return {
             k: _frame(hub[split].to_pandas(), spec.hub_text, spec.hub_pair, "label")
-            for k, split in (("train", "train"), ("dev", "validation"))
+            for k, split in (("train", "train"), ("dev", spec.hub_dev))
         }
-    folder = Path(folder)
-    missing = [f for f in GLUE_FILES.values() if not (folder / f).is_file()]
+    paths = spec.files(Path(folder))
+    missing = [p.name for p in paths.values() if not p.is_file()]
     if missing:
         raise UserError(f"GLUE folder {folder} lacks {', '.join(missing)}")
-    files = {k: str(folder / f) for k, f in GLUE_FILES.items()}
+    files = {k: str(p) for k, p in paths.items()}
     # QUOTE_NONE: GLUE's sentences contain unbalanced quotes; every column is read as text
-    loaded = ds.load_dataset("csv", data_files=files, delimiter="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
+    kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False}
+    if spec.header is not None:
+        kwargs.update(header=None, column_names=list(spec.header))
+    loaded = ds.load_dataset("csv", data_files=files, **kwargs)
     out = {}
     for k in files:
         df = loaded[k].to_pandas()

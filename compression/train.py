@@ -87,9 +87,10 @@ class TrainConfig:
     def model_config(self) -> BertConfig:
         if self.model_path is None:
             return minilm_config(self.layers, self.dropout)
-        from .glue import num_labels
+        from common.text_data import glue_task
 
-        return hf_config(self.model_path, self.layers, self.dropout, num_labels(self.task) if self.glue_root else 2)
+        labels = len(glue_task(self.task).labels) if self.glue_root else 2
+        return hf_config(self.model_path, self.layers, self.dropout, labels)
 
     @property
     def eval_split(self) -> str:
@@ -126,13 +127,13 @@ def tokenize(
 def load_data(cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """{split: (ids, mask, labels)}: Rotten Tomatoes train/dev/test, or a GLUE task's train/dev."""
     if cfg.glue_root:
-        from .glue import load_glue
+        from common.text_data import glue, glue_task_folder
 
-        splits = {}
-        for split in ("train", "dev"):
-            ds = load_glue(cfg.glue_root, cfg.task, split)
-            pairs = list(ds["text_pair"])
-            splits[split] = (list(ds["text"]), pairs if pairs[0] is not None else None, list(ds["label"]))
+        frames = glue(cfg.task, glue_task_folder(cfg.glue_root, cfg.task))
+        splits = {
+            k: (df["text"].tolist(), df["text_pair"].tolist() if "text_pair" in df else None, df["label"].tolist())
+            for k, df in frames.items()
+        }
     else:
         from common.data import rotten_tomatoes
 

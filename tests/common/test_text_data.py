@@ -64,3 +64,18 @@ def test_bad_folders_are_user_errors(tmp_path):
         glue("rte", write_glue_mrpc(tmp_path / "MRPC"))
     with pytest.raises(UserError, match="no train/pos"):
         imdb(tmp_path)
+
+
+def test_glue_reads_cola_without_a_header_and_mnli_dev_matched(tmp_path):
+    cola = tmp_path / "CoLA"
+    cola.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (cola / name).write_text("gj04\t1\t\tThe cat sat .\ngj04\t0\t*\tCat the sat .\n")
+    frames = glue("cola", cola)
+    assert frames["dev"]["label"].tolist() == [1, 0] and frames["train"]["text"][0] == "The cat sat ."
+    mnli = tmp_path / "MNLI"
+    mnli.mkdir()
+    rows = ["sentence1\tsentence2\tgold_label", "a cat\ta dog\tneutral", "a cat\ta cat\tentailment"]
+    for name in ("train.tsv", "dev_matched.tsv"):
+        (mnli / name).write_text("\n".join(rows) + "\n")
+    assert glue("mnli", mnli)["dev"]["label"].tolist() == [1, 0]

@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from common.errors import UserError
+from common.text_data import glue, glue_task_folder
 from compression import study
-from compression.glue import load_glue
 from reproduce import app
 from tests.conftest import ROOT
 from tests.fixtures.tiny_hub import write_tiny_bert
@@ -44,16 +44,16 @@ def inputs(tmp_path_factory):
     return root
 
 
-def test_load_glue_reads_the_tsv_files(inputs):
-    rte = load_glue(inputs / "glue", "rte", "train")
-    assert len(rte) == 32 and rte.column_names == ["text", "text_pair", "label"]
-    assert set(rte["label"]) == {0, 1} and all(rte["text_pair"])
-    sst = load_glue(inputs / "glue", "sst2", "dev")
-    assert len(sst) == 16 and sst["text_pair"][0] is None and '"quoted' in sst["text"][0]  # GLUE quotes kept as text
-    with pytest.raises(UserError, match="GLUE file not found"):
-        load_glue(inputs / "glue", "mnli", "train")
+def test_glue_reads_the_task_folders_of_a_glue_download(inputs):
+    rte = glue("rte", glue_task_folder(inputs / "glue", "rte"))["train"]
+    assert len(rte) == 32 and list(rte.columns) == ["text", "text_pair", "label"]
+    assert set(rte["label"]) == {0, 1} and rte["text_pair"].str.len().gt(0).all()
+    sst = glue("sst2", glue_task_folder(inputs / "glue", "sst2"))["dev"]
+    assert len(sst) == 16 and "text_pair" not in sst and '"quoted' in sst["text"][0]  # GLUE quotes kept as text
+    with pytest.raises(UserError, match="lacks train.tsv, dev_matched.tsv"):
+        glue("mnli", glue_task_folder(inputs / "glue", "mnli"))
     with pytest.raises(UserError, match="unknown GLUE task"):
-        load_glue(inputs / "glue", "stsb", "train")
+        glue_task_folder(inputs / "glue", "stsb")
 
 
 def _paper_cfg(inputs, *extra):
