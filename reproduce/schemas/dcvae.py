@@ -20,6 +20,8 @@ class DataConfig:
     resolution: int = 16
     test_size: int = 1000
     subset: int | None = None
+    eval_split: str = "test"
+    dev_size: int = 500
 
 
 @dataclass
@@ -37,22 +39,23 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 500
+    steps: int = 2500
     batch_size: int = 64
     gen_batch_size: int = 64
-    n_critic: int = 1
+    n_critic: int = 5
     lr: float = 0.001
     disc_lr: float | None = None
     betas: list[float] = field(default_factory=lambda: [0.0, 0.9])
     pixel_weight: float = 1.0
-    kl_weight: float = 1e-06
+    kl_weight: float = 0.0001
+    cont_weight: float = 1.0
     queue_size: int = 512
     temperature: float = 0.07
     key_momentum: float = 0.9
     in_batch_negatives: bool = False
     ema_decay: float = 0.99
-    log_every: int = 10
-    console_every: int = 50
+    log_every: int = 25
+    console_every: int = 250
     warmup_steps: int = 5
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
@@ -72,7 +75,6 @@ class EvalConfig:
     n_recon: int | None = None
     grid: int = 64
     faithful_class_min: float = 0.85
-    faithful_nearest_min: float = 0.5
 
 
 @dataclass

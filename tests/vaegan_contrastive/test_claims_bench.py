@@ -23,7 +23,7 @@ def _verdicts(metrics, **kw):
 def test_claims_hold_on_the_papers_ordering():
     v = _verdicts(METRICS)
     assert set(v.values()) == {HOLDS}, v
-    assert len(v) == 7
+    assert len(v) == 6
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,6 @@ def test_claims_hold_on_the_papers_ordering():
         ("vaegan", "sample FID", 400.0, "vaegan_beats_vae_sampling"),
         ("vae_contrastive", "recon FID", 90.0, "contrastive_improves_vae"),
         ("dcvae", "same class", 0.84, "faithful_class"),
-        ("dcvae", "nearest own", 0.3, "faithful_nearest"),
     ],
 )
 def test_a_flipped_measurement_flips_its_claim(variant, key, value, claim):
@@ -55,5 +54,12 @@ def test_bench_worker_times_a_release_cycle(one_torch_thread):
     from vaegan_contrastive.train import TrainConfig
 
     mc = ModelConfig(resolution=16, channels=3, latent_dim=4, enc_ch=4, dec_ch=4, disc_ch=4)
-    out = _worker(0, 1, mc, TrainConfig(batch_size=4, gen_batch_size=8, queue_size=16, progress=False), 5, 1)
+    tc = TrainConfig(batch_size=4, gen_batch_size=8, queue_size=16, progress=False)
+    out = _worker(0, 1, mc, tc, 5, 1)
     assert out["images_per_s"] > 0 and out["peak_rss_gib"] > 0.05
+    # the cycle is 4 discriminator-only iterations and one full one, each kind timed
+    cycle = 4 * out["s_disc_iteration"] + out["s_full_iteration"]
+    assert out["images_per_s"] == pytest.approx(5 * 4 / cycle)
+    assert out["s_full_iteration"] > out["s_disc_iteration"] > 0
+    quick = _worker(0, 1, mc, tc, 5, 1, quick=True)  # one iteration of each kind
+    assert quick["s_full_iteration"] > quick["s_disc_iteration"] > 0

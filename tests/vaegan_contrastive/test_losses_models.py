@@ -184,3 +184,17 @@ def test_encoder_pooling_options(pool):
         assert mu.shape == logvar.shape == (2, 6)
     with pytest.raises(UserError, match="encoder_pool"):
         ModelConfig(encoder_pool="max")
+
+
+def test_fast_nearest_upsampling_equals_interpolate():
+    """The decoder's broadcast upsampling gives F.interpolate's values and gradients (2x and the skips' 4x)."""
+    from vaegan_contrastive.models import upsample_nearest
+
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    for f in (2, 4):
+        ref = F.interpolate(x, scale_factor=f, mode="nearest")
+        out = upsample_nearest(x, f, f)
+        assert torch.equal(out, ref)
+        w = torch.randn_like(ref)
+        g_ref, g = (torch.autograd.grad((y * w).sum(), x)[0] for y in (ref, out))
+        assert torch.allclose(g, g_ref, atol=1e-6)

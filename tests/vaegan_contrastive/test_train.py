@@ -128,3 +128,33 @@ def test_training_streams_infonce_accuracy_and_spread(caplog):
     assert all(0.0 <= m["dcvae/nce_top1_final"] <= m["dcvae/nce_top5_final"] <= 1.0 for _, m in rec.calls)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dcvae ")]
     assert len(lines) == 3 and "nce_top1_final=" in lines[-1] and "recon_spread=" in lines[-1]
+
+
+def test_contrastive_weight_scales_the_contrastive_gradient():
+    """`cont_weight` multiplies the InfoNCE term (KL off): the encoder's gradient doubles with the weight."""
+    x = _dataset().tensors[0][:8]
+
+    def enc_grad(weight):
+        t = Trainer(MC, _tiny("vae_contrastive", n_critic=1, kl_weight=0.0, cont_weight=weight))
+        t.opt_gen.step = t.opt_disc.step = lambda *a, **k: None  # keep the gradients, change nothing
+        torch.manual_seed(3)
+        t.contrastive_step(x)
+        return torch.cat([p.grad.flatten() for p in t.model.encoder.parameters() if p.grad is not None])
+
+    g1, g2 = enc_grad(1.0), enc_grad(2.0)
+    assert g1.abs().sum() > 0 and torch.allclose(g2, 2 * g1, rtol=1e-4, atol=1e-7)
+
+
+def test_dev_split_is_held_out_of_training():
+    """`eval_split=dev` evaluates on the last `dev_size` training images and trains on the others, never on
+    the test split (model selection)."""
+    from vaegan_contrastive.data import DataConfig, load
+
+    test = load(DataConfig(resolution=16, test_size=200))
+    dev = load(DataConfig(resolution=16, test_size=200, eval_split="dev", dev_size=100))
+    n = len(test.train)
+    assert len(dev.train) == n - 100 and len(dev.test) == 100
+    assert torch.equal(dev.test.tensors[0], test.train.tensors[0][n - 100 :])
+    assert torch.equal(dev.train.tensors[0], test.train.tensors[0][: n - 100])
+    with pytest.raises(UserError, match="eval_split"):
+        load(DataConfig(resolution=16, eval_split="val"))
