@@ -192,8 +192,11 @@ def seed_replicas(seed: int) -> None:
     torch.manual_seed(seed * 7919 + 17)
 
 
-def forward_backward(model: BertModel, par: Parallel, ids, mask, labels, micro_batches: int = 1) -> float | None:
-    """Loss (mean over the batch) and its gradients in the model; the loss on last-stage ranks, else None."""
+def forward_backward(
+    model: BertModel, par: Parallel, ids, mask, labels, micro_batches: int = 1, schedule: str = "gpipe"
+) -> float | None:
+    """Loss (mean over the batch) and its gradients in the model; the loss on last-stage ranks, else None.
+    `schedule`: the pipeline schedule when pp > 1 (gpipe or 1f1b; both give the same gradients)."""
     if par.pp == 1:
         loss = F.cross_entropy(model(ids, mask), labels)
         loss.backward()
@@ -209,6 +212,7 @@ def forward_backward(model: BertModel, par: Parallel, ids, mask, labels, micro_b
         shape,
         model.stage.cut_in,
         model.stage.cut_out,
+        schedule=schedule,
     )
     sync_partial_grads(model, par.tp_comm)
     return None if total is None else total.item()

@@ -8,7 +8,6 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from common.distributed import run_processes
@@ -16,7 +15,7 @@ from compression.bench import network_times
 from compression.compressors import AutoEncoder, CompressorSpec
 from compression.cost_model import messages
 from compression.models import BertConfig, BertModel, Plan
-from compression.parallel import Parallel, gpipe_step, setup, shard, sync_partial_grads
+from compression.parallel import Parallel, setup, shard, sync_partial_grads
 from compression.train import forward_backward, seed_replicas
 
 CFG = BertConfig(vocab=40, hidden=16, heads=4, ffn=32, layers=4, max_positions=12, dropout=0.0)
@@ -28,26 +27,6 @@ def _batch():
     mask = torch.ones(8, 6, dtype=torch.long)
     mask[::3, 4:] = 0
     return ids, mask, torch.randint(0, 2, (8,), generator=g)
-
-
-def _forward_backward(model, par, ids, mask, labels, micro, schedule):
-    """`compression.train.forward_backward` under a chosen pipeline schedule."""
-    if par.pp == 1 or schedule == "gpipe":
-        return forward_backward(model, par, ids, mask, labels, micro)
-    ids_, mask_, labels_ = (t.chunk(micro) for t in (ids, mask, labels))
-    shape = (ids_[0].shape[0], ids.shape[1], model.stage.cfg.hidden)
-    total = gpipe_step(
-        lambda x, i: model(ids_[i] if x is None else x, mask_[i]),
-        lambda out, i: F.cross_entropy(out, labels_[i]) / micro,
-        par,
-        micro,
-        shape,
-        model.stage.cut_in,
-        model.stage.cut_out,
-        schedule=schedule,
-    )
-    sync_partial_grads(model, par.tp_comm)
-    return None if total is None else total.item()
 
 
 def _compare(tp, pp, spec, start_layer=0, micro=2, schedule="gpipe"):
@@ -63,7 +42,7 @@ def _compare(tp, pp, spec, start_layer=0, micro=2, schedule="gpipe"):
     par = setup(tp, pp)
     model = BertModel(CFG, par, plan)
     model.load_state_dict(shard(model, init, tp, par.tp_rank))
-    loss = _forward_backward(model, par, ids, mask, labels, micro, schedule)
+    loss = forward_backward(model, par, ids, mask, labels, micro, schedule)
     want = shard(model, ref_grads, tp, par.tp_rank)
     grad_err = max((p.grad - want[k]).abs().max().item() for k, p in model.named_parameters())
     n_grads = sum(1 for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0)
