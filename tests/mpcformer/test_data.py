@@ -56,7 +56,8 @@ def test_budget_gives_baselines_the_distillation_s_steps():
 
 
 def test_budget_per_approximation_overrides_one_approximation_only():
-    over = {"approximation": "GeLU+2Quad", "stage1_steps": 4, "stage2_steps": 6, "baseline_lr": 1e-3, "label_weight": 0.5}
+    over = {"approximation": "GeLU+2Quad", "stage1_steps": 4, "stage2_steps": 6, "baseline_lr": 1e-3}
+    over["label_weight"] = 0.5
     b = Budget(stage1_steps=7, stage2_steps=3, per_approximation=[over])
     g = b.for_approximation(Approximation.parse("gelu+2quad"))
     assert (g.config("stage1").steps, g.config("stage2").steps, g.config("baseline").steps) == (4, 6, 10)
