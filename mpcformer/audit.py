@@ -104,42 +104,34 @@ def install(rank: int, trace: Trace) -> None:
     from crypten.mpc.primitives.binary import BinarySharedTensor
 
     def wrap_reveal(cls):
-        orig = cls.reveal
+        orig, orig_batch = cls.reveal, cls.reveal_batch
 
-        def reveal(self, dst=None):
+        def traced(call, tensors: list, dst, values_of):
+            """Run a reveal with its requester on record (so its sends are classified), then record what each
+            of `tensors` revealed to this party when a plaintext output (not a protocol opening) was asked for."""
             kind, where = _requester(sys._getframe(1))
             _active.append((kind, where))
             try:
-                out = orig(self, dst)
+                out = call()
             finally:
                 _active.pop()
             if kind == REVEAL:
-                value = None
-                if out is not None and (dst is None or dst == rank):
-                    value = self.encoder.decode(out) if cls is ArithmeticSharedTensor else out.clone()
-                trace.revealed.append(Revealed(rank, dst, where, tuple(self.share.shape), value))
+                learned = out is not None and (dst is None or dst == rank)
+                for t, value in zip(tensors, values_of(out) if learned else [None] * len(tensors)):
+                    if value is not None:
+                        value = t.encoder.decode(value) if cls is ArithmeticSharedTensor else value.clone()
+                    trace.revealed.append(Revealed(rank, dst, where, tuple(t.share.shape), value))
             return out
 
-        cls.reveal = reveal
-        orig_batch = cls.reveal_batch
+        def reveal(self, dst=None):
+            return traced(lambda: orig(self, dst), [self], dst, lambda out: [out])
 
         def reveal_batch(tensor_or_list, dst=None):
             if not isinstance(tensor_or_list, list):
                 return tensor_or_list.reveal(dst=dst)
-            kind, where = _requester(sys._getframe(1))
-            _active.append((kind, where))
-            try:
-                out = orig_batch(tensor_or_list, dst)
-            finally:
-                _active.pop()
-            if kind == REVEAL:  # batched reveals outside CrypTen's protocols: recorded one value each
-                for i, t in enumerate(tensor_or_list):
-                    value = out[i] if out is not None and (dst is None or dst == rank) else None
-                    if value is not None and cls is ArithmeticSharedTensor:
-                        value = t.encoder.decode(value)
-                    trace.revealed.append(Revealed(rank, dst, where, tuple(t.share.shape), value))
-            return out
+            return traced(lambda: orig_batch(tensor_or_list, dst), tensor_or_list, dst, list)
 
+        cls.reveal = reveal
         cls.reveal_batch = staticmethod(reveal_batch)
 
     wrap_reveal(ArithmeticSharedTensor)

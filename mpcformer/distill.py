@@ -35,6 +35,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_frac: float = 0.1
     temperature: float = 1.0  # stage 2 soft cross-entropy
+    label_weight: float = 0.0  # stage 2: weight of the labels' cross-entropy, mixed with the teacher's (1 - it)
     freeze_word_embeddings: bool = False  # saves most of the optimizer's time on a CPU
     checkpoint_every: int = 0  # steps; 0 = only at the end when a checkpoint path is given
     progress: bool = True
@@ -215,10 +216,13 @@ class Stage1Loss:
 
 
 class Stage2Loss:
-    """Soft cross-entropy between the teacher's and the student's logits at temperature T."""
+    """Soft cross-entropy between the teacher's and the student's logits at temperature T; with `label_weight`
+    w > 0, (1 - w) of it plus w times the cross-entropy on the labels (Hinton et al.'s mix; the released
+    MPCFormer code uses w = 0)."""
 
-    def __init__(self, teacher: nn.Module | TeacherOutputs, temperature: float = 1.0):
-        self.teacher, self.t = teacher, temperature
+    def __init__(self, teacher: nn.Module | TeacherOutputs, temperature: float = 1.0, label_weight: float = 0.0):
+        require(0.0 <= label_weight <= 1.0, f"label_weight must be in [0, 1], got {label_weight}")
+        self.teacher, self.t, self.w = teacher, temperature, label_weight
 
     def __call__(self, student: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if isinstance(self.teacher, TeacherOutputs):
@@ -226,8 +230,12 @@ class Stage2Loss:
         else:
             with torch.no_grad():
                 t_logits = self.teacher.eval()(**model_inputs(batch)).logits
+        logits = student(**model_inputs(batch)).logits
         target = F.softmax(t_logits / self.t, dim=-1)
-        return -(target * F.log_softmax(student(**model_inputs(batch)).logits / self.t, dim=-1)).sum(-1).mean()
+        soft = -(target * F.log_softmax(logits / self.t, dim=-1)).sum(-1).mean()
+        if not self.w:
+            return soft
+        return (1 - self.w) * soft + self.w * F.cross_entropy(logits, batch["labels"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -306,9 +314,8 @@ def distill(
     """
     ckpt = (lambda s: Path(checkpoint_dir) / f"{name.replace('/', '-')}-{s}.pt") if checkpoint_dir else (lambda s: None)
     train(student, Stage1Loss(teacher), data, stage1, ckpt("stage1"), tracker, f"{name}/stage1")
-    return train(
-        student, Stage2Loss(teacher, stage2.temperature), data, stage2, ckpt("stage2"), tracker, f"{name}/stage2"
-    )
+    stage2_loss = Stage2Loss(teacher, stage2.temperature, stage2.label_weight)
+    return train(student, stage2_loss, data, stage2, ckpt("stage2"), tracker, f"{name}/stage2")
 
 
 @torch.no_grad()

@@ -394,19 +394,37 @@ def _party(rank: int, nprocs: int, job: InferenceJob) -> PartyReport:
 
 
 @contextlib.contextmanager
-def _job_files(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+def _job(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    provider: str,
+    batch_size: int,
+    timeout_s: float,
+    **options: Any,
 ):
-    """(weights file, inputs file) in a temporary directory: what the model owner and the input owner read."""
+    """The job every party gets, its weights file (read by the model owner) and its inputs file (read by the
+    input owner) in a temporary directory that lives as long as the context."""
     with tempfile.TemporaryDirectory(prefix="mpcformer_") as tmp:
-        paths = (str(Path(tmp) / "weights.pt"), str(Path(tmp) / "inputs.pt"))
-        torch.save(export_weights(model), paths[0])
+        weights_path, inputs_path = str(Path(tmp) / "weights.pt"), str(Path(tmp) / "inputs.pt")
+        torch.save(export_weights(model), weights_path)
         types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
         torch.save(
             {"input_ids": input_ids.long(), "attention_mask": attention_mask.long(), "token_type_ids": types.long()},
-            paths[1],
+            inputs_path,
         )
-        yield paths
+        yield InferenceJob(
+            BertSpec.of(model),
+            weights_path,
+            inputs_path,
+            tuple(input_ids.shape),
+            provider,
+            batch_size,
+            timeout_s,
+            pairs=token_type_ids is not None,
+            **options,
+        )
 
 
 @dataclass
@@ -468,20 +486,8 @@ def private_inference(
     if int(input_ids.max()) >= spec.vocab_size or int(input_ids.min()) < 0:
         raise UserError(f"token ids outside the model's vocabulary of {spec.vocab_size}: wrong tokenizer?")
     nprocs = PARTIES + (provider == "TTP")
-    with _job_files(model, input_ids, attention_mask, token_type_ids) as (weights_path, inputs_path):
-        job = InferenceJob(
-            spec,
-            weights_path,
-            inputs_path,
-            tuple(input_ids.shape),
-            provider,
-            batch_size,
-            timeout_s,
-            audit,
-            keep_bytes,
-            hook,
-            pairs=token_type_ids is not None,
-        )
+    options = {"audit": audit, "keep_bytes": keep_bytes, "hook": hook}
+    with _job(model, input_ids, attention_mask, token_type_ids, provider, batch_size, timeout_s, **options) as job:
         try:
             reports = run_processes(
                 _party, nprocs, args=(job,), init_group=False, timeout_s=timeout_s * 2 + 60, grace_s=timeout_s + 30
@@ -603,17 +609,6 @@ def truncation_risk(
     element, a frequent one over the millions of products of a Transformer when values reach thousands.
     Computed exactly from the model's MPC forward, run by a single CrypTen party on the (plaintext) inputs.
     """
-    spec = BertSpec.of(model)
-    with _job_files(model, input_ids, attention_mask, token_type_ids) as (weights_path, inputs_path):
-        job = InferenceJob(
-            spec,
-            weights_path,
-            inputs_path,
-            tuple(input_ids.shape),
-            "TFP",
-            batch_size,
-            timeout_s,
-            pairs=token_type_ids is not None,
-        )
+    with _job(model, input_ids, attention_mask, token_type_ids, "TFP", batch_size, timeout_s) as job:
         (risk,) = run_processes(_risk_party, 1, args=(job,), init_group=False, timeout_s=timeout_s)
     return dict(sorted(risk.items(), key=lambda kv: -kv[1]))

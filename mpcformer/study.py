@@ -47,12 +47,21 @@ class Budget:
     weight_decay: float = 0.01
     warmup_frac: float = 0.1
     temperature: float = 1.0
+    label_weight: float = 0.0  # stage 2: weight of the labels' cross-entropy beside the teacher's logits
     freeze_word_embeddings: bool = True
     # what differs for one approximation's three runs, chosen on dev (as many candidates for the baselines'
     # learning rate as for the distillation's settings): [{"approximation": "quad+2quad", "stage1_lr": 2e-4}, ...]
     per_approximation: list[dict[str, Any]] = field(default_factory=list)
 
-    PER_APPROXIMATION_KEYS = ("stage1_steps", "stage2_steps", "stage1_lr", "stage2_lr", "baseline_lr", "temperature")
+    PER_APPROXIMATION_KEYS = (
+        "stage1_steps",
+        "stage2_steps",
+        "stage1_lr",
+        "stage2_lr",
+        "baseline_lr",
+        "temperature",
+        "label_weight",
+    )
 
     def __post_init__(self) -> None:
         for over in self.per_approximation:
@@ -108,6 +117,7 @@ class Budget:
             weight_decay=self.weight_decay,
             warmup_frac=self.warmup_frac,
             temperature=self.temperature,
+            label_weight=self.label_weight if run == "stage2" else 0.0,  # only stage 2 reads it
             freeze_word_embeddings=self.freeze_word_embeddings,
         )
 
@@ -163,6 +173,8 @@ def run_study(
     students = {}
     for a in approximations:
         b = budget.for_approximation(a)
+        # every run starts from the same seed (batch order and dropout), as in the dev search that chose its
+        # settings: a run's numbers do not depend on which runs came before it
         torch.manual_seed(seed)
         scratch = to_student(type(teacher)(teacher.config), a, copy_model=False)
         fine_tune(
@@ -173,6 +185,7 @@ def run_study(
             tracker=tracker,
             name=f"{a.name}/scratch",
         )
+        torch.manual_seed(seed)
         plain = fine_tune(
             to_student(teacher, a),
             data["train"],
@@ -181,6 +194,7 @@ def run_study(
             tracker=tracker,
             name=f"{a.name}/finetune",
         )
+        torch.manual_seed(seed)
         student = distill(
             to_student(teacher, a),
             cached,

@@ -47,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_frac: float = 0.1
     temperature: float = 1.0
+    label_weight: float = 0.0
     freeze_word_embeddings: bool = True
     per_approximation: list[dict[str, Any]] = field(default_factory=list)
 

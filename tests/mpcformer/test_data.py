@@ -57,14 +57,18 @@ def test_budget_gives_baselines_the_distillation_s_steps():
 
 def test_budget_per_approximation_overrides_one_approximation_only():
     over = {"approximation": "GeLU+2Quad", "stage1_steps": 4, "stage2_steps": 6, "baseline_lr": 1e-3}
+    over["label_weight"] = 0.5
     b = Budget(stage1_steps=7, stage2_steps=3, per_approximation=[over])
     g = b.for_approximation(Approximation.parse("gelu+2quad"))
     assert (g.config("stage1").steps, g.config("stage2").steps, g.config("baseline").steps) == (4, 6, 10)
     assert g.config("baseline").lr == 1e-3 and g.config("teacher") == b.config("teacher")
+    assert g.config("stage2").label_weight == 0.5 and b.config("stage2").label_weight == 0.0
     q = b.for_approximation(Approximation.parse("quad+2quad"))
     assert q.config("baseline").steps == 10 and q.config("baseline").lr == b.baseline_lr
     listed = [Approximation.parse(a) for a in ("quad+2quad", "gelu+2quad")]
-    assert b.describe_overrides(listed) == "GeLU+2Quad stage1_steps 4, stage2_steps 6, baseline_lr 0.001"
+    assert b.describe_overrides(listed) == (
+        "GeLU+2Quad stage1_steps 4, stage2_steps 6, baseline_lr 0.001, label_weight 0.5"
+    )
     with pytest.raises(UserError, match="teacher_steps cannot differ"):
         Budget(per_approximation=[{"approximation": "quad+2quad", "teacher_steps": 1}])
     with pytest.raises(UserError, match="unknown approximation"):

@@ -48,6 +48,18 @@ def test_stage2_is_soft_cross_entropy(tiny):
     torch.testing.assert_close(Stage2Loss(teacher)(to_student(tiny, "gelu+softmax"), b), entropy)
 
 
+def test_stage2_label_weight_mixes_in_the_labels_cross_entropy(tiny):
+    b = _data().batch(torch.arange(8))
+    teacher, student = to_student(tiny, "gelu+softmax"), to_student(tiny, "quad+2quad").eval()
+    soft = Stage2Loss(teacher)(student, b)
+    hard = task_loss(student, b)
+    assert abs(hard.item() - soft.item()) > 1e-4  # the mix below can tell them apart
+    torch.testing.assert_close(Stage2Loss(teacher, label_weight=0.25)(student, b), 0.75 * soft + 0.25 * hard)
+    torch.testing.assert_close(Stage2Loss(teacher, label_weight=1.0)(student, b), hard)
+    with pytest.raises(UserError, match="label_weight"):
+        Stage2Loss(teacher, label_weight=1.5)
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_each_stage_lowers_its_loss(tiny, stage):
     data = _data(n=8)
