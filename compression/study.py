@@ -365,6 +365,14 @@ def cost_model_report(
         if len(held) > 2
         else float("nan"),
     }
+    order = CM.order_agreement(held)
+    fitted.update(
+        held_out_order_agreement=order["agreement"],
+        held_out_pairs=order["pairs"],
+        held_out_pairs_resolved=order["resolved"],
+        noise_floor_pct=order["noise_floor_pct"],
+        held_out_median_noise_pct=float((100 * held.noise_s / held.measured_s).median()) if len(held) else 0.0,
+    )
     return CostModelReport(model, msgs, pvm, pd.DataFrame(rows), fitted)
 
 
