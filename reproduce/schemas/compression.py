@@ -104,6 +104,7 @@ class ClaimsConfig:
     min_gap: float = 0.01
     cost_model_error_pct: float = 25.0
     cost_model_order: float = 0.8
+    timing_noise_pct: float = 10.0
     break_even_links_gbps: list[float] = field(default_factory=lambda: [0.1, 100.0])
 
 
