@@ -34,7 +34,8 @@ def main(out: str) -> dict:
     rows = []
     for seed in s.seeds:
         batch = [st for st in s.settings("main") if st.cfg.seed == seed]
-        per_rank = run_processes(run_settings, 2, args=([replace(st.cfg, eval_dev=True) for st in batch],), timeout_s=3600)
+        configs = [replace(st.cfg, eval_dev=True) for st in batch]
+        per_rank = run_processes(run_settings, 2, args=(configs,), timeout_s=3600)
         for i, st in enumerate(batch):
             r = next(p[i] for p in per_rank if p[i] is not None)
             rows.append({"label": st.label, "seed": seed, "dev": r["dev_acc"], "test": r["test_acc"]})
