@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from common.errors import UserError, require
 
+from . import fused
+
 Spec = list[tuple[tuple[int, ...], torch.dtype]]
 
 NAMES = ("identity", "topk", "randk", "quantize", "autoencoder", "powersgd")
@@ -244,67 +246,15 @@ def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     return out.reshape(-1)[:numel]
 
 
-def _chunk_rows(channels: int, elements: int = 196_608) -> int:
-    """Rows per chunk so that a float32 chunk (~768 KB) and its integer copies stay in a core's L2 cache between the
-    passes over it."""
-    return max(1, elements // channels)
-
-
-class _Workspace:
-    """Scratch buffers reused across calls (keyed by shape and dtype): a fresh multi-megabyte buffer per call costs
-    page faults that are a large part of a memory-bound codec's time."""
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple, torch.Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        key = (name, shape, dtype)
-        if key not in self._bufs:
-            self._bufs[key] = torch.empty(shape, dtype=dtype)
-        return self._bufs[key]
-
-
-# Packing 8 // bits values of a row of uint8 levels into one byte, vectorised: the levels are viewed as one wider
-# integer per output byte (little-endian: the first value in the low byte), shifted right and or-ed so that the low
-# byte holds every value, then narrowed (integer narrowing keeps the low byte). Unpacking widens each byte and
-# shifts left, then masks one value into each byte of the wider integer.
-_WIDE = {4: torch.int16, 2: torch.int32}
-_SHIFTS = {4: (4,), 2: (6, 12, 18)}
-_MASK = {4: 0x0F0F, 2: 0x03030303}
-
-
-def _pack_into(levels: torch.Tensor, bits: int, out: torch.Tensor, tmp: torch.Tensor) -> None:
-    """`levels` (uint8, a multiple of 8 // bits values, each < 2**bits) packed into `out` (uint8); `tmp`: scratch
-    of out's length in the wide dtype."""
-    wide = levels.view(_WIDE[bits])
-    acc = None
-    for s in _SHIFTS[bits]:
-        if acc is None:
-            acc = torch.bitwise_right_shift(wide, s, out=tmp)
-        else:
-            acc.bitwise_or_(wide >> s)
-    acc.bitwise_or_(wide)
-    out.copy_(acc)
-
-
-def _unpack_into(packed: torch.Tensor, bits: int, out: torch.Tensor, tmp: torch.Tensor) -> None:
-    """The inverse of `_pack_into`: `packed` bytes into `out` (uint8 levels, 8 // bits per byte); `tmp` as there."""
-    tmp.copy_(packed)
-    acc = out.view(_WIDE[bits])
-    acc.copy_(tmp)
-    for s in _SHIFTS[bits]:
-        acc.bitwise_or_(tmp << s)
-    acc.bitwise_and_(_MASK[bits])
-
-
 class Quantize(Compressor):
     """Uniform b-bit quantization with a per-channel (last dimension) offset and scale, bit-packed; the scale and
     offset travel in the activation's dtype. Rounds to nearest (the integer cast truncates value + 1/2 >= 0).
 
     Hand-written (no library kernel fits): torch's quantized tensors quantize per channel ~40x slower than a copy on
-    CPU and their packed 4/2-bit types ~8-60x (and are deprecated), so this runs plain vectorised torch ops chunk by
-    chunk through cached buffers: per channel min and max, one fused multiply-add, two integer casts, the packing
-    shifts; decode: the unpacking shifts, one cast, one fused multiply-add."""
+    CPU and their packed 4/2-bit types ~8-60x (and are deprecated). The per-channel min and max are two vectorised
+    torch passes; the scale, round, cast and packing (and back) are `compression.fused`'s loops, compiled by
+    torch.compile where a C++ compiler works (`fused.backend()` says which path ran). Rows whose width does not fill
+    whole bytes are packed across rows (`pack_bits`), eagerly."""
 
     name = "quantize"
 
@@ -313,67 +263,34 @@ class Quantize(Compressor):
         require(bits in (2, 4, 8), f"quantize: bits must be one of 2, 4, 8, got {bits}")
         require(sys.byteorder == "little", "quantize: bit packing assumes a little-endian machine")
         self.bits = bits
-        self._ws = _Workspace()
 
     def encode(self, x):
         with torch.no_grad():
             rows = x.detach().reshape(-1, x.shape[-1])
             if rows.dtype != torch.float32:
                 rows = rows.float()
-            n, c = rows.shape
-            step = min(_chunk_rows(c), n)
-            levels, per = 2**self.bits - 1, 8 // self.bits
-            lo, hi = rows.amin(0), rows.amax(0)  # two vectorised passes: faster than chunked or aminmax
+            rows = rows.contiguous()
+            levels = 2**self.bits - 1
+            lo, hi = rows.amin(0), rows.amax(0)  # two vectorised passes: faster than aminmax
             span = hi - lo
             inv = torch.where(span > 0, levels / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
             bias = 0.5 - lo * inv
-            packed = torch.empty(-(-n * c // per), dtype=torch.uint8)
-            f = self._ws.get("f", (step, c), torch.float32)
-            i16 = self._ws.get("i16", (step, c), torch.int16)
-            whole = c % per == 0  # every row fills whole bytes: pack chunk by chunk
-            q = packed if per == 1 else self._ws.get("q", (step * c if whole else n * c,), torch.uint8)
-            tmp = self._ws.get("t", (step * c // per,), _WIDE[self.bits]) if per > 1 and whole else None
-            for start in range(0, n, step):
-                m = min(step, n - start)
-                torch.addcmul(bias, rows[start : start + m], inv, out=f[:m])  # x / scale + 1/2 - lo / scale
-                i16[:m].copy_(f[:m])  # truncates: rounds to nearest; float -> int16 is ~4x faster than -> uint8
-                if per == 1:
-                    packed[start * c : (start + m) * c].copy_(i16[:m].view(-1))
-                elif whole:
-                    q[: m * c].copy_(i16[:m].view(-1))
-                    out = packed[start * c // per : (start + m) * c // per]
-                    _pack_into(q[: m * c], self.bits, out, tmp[: m * c // per])
-                else:  # widths that do not fill whole bytes: levels first, packed at the end
-                    q[start * c : (start + m) * c].copy_(i16[:m].view(-1))
-            if per > 1 and not whole:
-                packed.copy_(pack_bits(q, self.bits))
+            if rows.shape[1] % (8 // self.bits) == 0:
+                packed = fused.quantize(rows, inv, bias, self.bits).reshape(-1)
+            else:
+                packed = pack_bits((rows * inv + bias).to(torch.int32), self.bits)
         dtype = x.dtype if x.is_floating_point() else torch.float32
         return [packed, (span / levels).to(dtype), lo.to(dtype)]
 
     def decode(self, payload, shape, dtype):
         packed, scale, lo = payload
         c = shape[-1]
-        n = math.prod(shape) // c
         scale, lo = scale.float(), lo.float()
-        per = 8 // self.bits
-        if c % per:
-            return torch.addcmul(lo, unpack_bits(packed, self.bits, n * c).view(n, c), scale).reshape(shape).to(dtype)
-        # chunk by chunk through buffers that stay in cache (and no temporary as large as the output): unpack, cast,
-        # then lo + q * scale into the output
-        out = torch.empty(n, c, dtype=torch.float32)
-        step = min(_chunk_rows(c), n)
-        f = self._ws.get("df", (step, c), torch.float32)
-        if per > 1:
-            lv = self._ws.get("dq", (step * c,), torch.uint8)
-            tmp = self._ws.get("dt", (step * c // per,), _WIDE[self.bits])
-        for start in range(0, n, step):
-            m = min(step, n - start)
-            p = packed[start * c // per : (start + m) * c // per]
-            if per > 1:
-                _unpack_into(p, self.bits, lv[: m * c], tmp[: m * c // per])
-                p = lv[: m * c]
-            f[:m].copy_(p.view(m, c))
-            torch.addcmul(lo, f[:m], scale, out=out[start : start + m])
+        if c % (8 // self.bits):
+            q = unpack_bits(packed, self.bits, math.prod(shape)).view(-1, c)
+            out = q.to(torch.float32) * scale + lo
+        else:
+            out = fused.dequantize(packed, scale, lo, self.bits)
         out = out.reshape(shape)
         return out if dtype == torch.float32 else out.to(dtype)
 

@@ -228,9 +228,37 @@ def predicted_vs_measured(model: CostModel, bench: pd.DataFrame, msgs) -> pd.Dat
                 "compressor": r.compressor,
                 "link": f"{r.gbps:g} Gbps" if r.gbps else "loopback",
                 "measured_s": r.iter_s,
+                "noise_s": getattr(r, "noise_s", 0.0),
                 "predicted_s": pred,
                 "error_%": 100 * (pred - r.iter_s) / r.iter_s,
                 "used_for_fit": r.compressor == "none",
             }
         )
     return pd.DataFrame(rows)
+
+
+def order_agreement(rows: pd.DataFrame) -> dict:
+    """How often the model orders two runs as measured, over the pairs the measurement tells apart.
+
+    On a shared machine two settings whose true times differ by less than the timing noise come out in either order
+    from run to run, so a rank correlation over every pair (Spearman) flips with the load. Here a pair counts only
+    when its measured times differ by more than the sum of the two runs' noise (each run's `noise_s`: its median
+    round's excess over its best round, at least the median relative noise of all the runs times its time, so that a
+    run whose few rounds happened to agree does not claim more precision than the machine gives). Returns the
+    fraction of those pairs ordered right (`agreement`), how many pairs there were (`pairs`, `resolved`) and the
+    noise floor used (`noise_floor_pct`)."""
+    m = rows.measured_s.to_numpy(float)
+    p = rows.predicted_s.to_numpy(float)
+    own = rows.noise_s.to_numpy(float) if "noise_s" in rows else np.zeros_like(m)
+    floor = float(np.median(own / m)) if len(m) else 0.0
+    noise = np.maximum(own, floor * m)
+    i, j = np.triu_indices(len(m), 1)
+    resolved = np.abs(m[i] - m[j]) > noise[i] + noise[j]
+    right = np.sign(p[i] - p[j]) == np.sign(m[i] - m[j])
+    n = int(resolved.sum())
+    return {
+        "agreement": float(right[resolved].mean()) if n else float("nan"),
+        "pairs": int(len(i)),
+        "resolved": n,
+        "noise_floor_pct": 100 * floor,
+    }

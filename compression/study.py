@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -287,6 +288,7 @@ def accuracy_table(runs: pd.DataFrame, specs: dict[str, CompressorSpec], shape: 
 def run_bench(bc: BenchConfig, world: int, codec_repeats: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Iteration time and bytes per (layout, compressor, link) on `world` processes, the loopback network
     micro-benchmark, and the codec micro-benchmark (one thread, as in the bench processes)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     per_rank = run_processes(bench_worker, world, args=(bc,), timeout_s=1800)
     net = pd.DataFrame(per_rank[0]["net"])
     bench = pd.DataFrame(combine(per_rank))
@@ -297,6 +299,8 @@ def run_bench(bc: BenchConfig, world: int, codec_repeats: int) -> tuple[pd.DataF
         codec = pd.DataFrame(codec_times(bc.compressors, (bc.batch_size, bc.seq_len, bc.model.hidden), codec_repeats))
     finally:
         torch.set_num_threads(threads)
+    if load is not None:  # the mean of the 1-minute load average before and after the bench (other processes)
+        bench.attrs["load_average"] = (load + os.getloadavg()[0]) / 2
     return bench, codec, net
 
 
@@ -365,6 +369,16 @@ def cost_model_report(
         if len(held) > 2
         else float("nan"),
     }
+    order = CM.order_agreement(held)
+    fitted.update(
+        held_out_order_agreement=order["agreement"],
+        held_out_pairs=order["pairs"],
+        held_out_pairs_resolved=order["resolved"],
+        noise_floor_pct=order["noise_floor_pct"],
+        held_out_median_noise_pct=float((100 * held.noise_s / held.measured_s).median()) if len(held) else 0.0,
+    )
+    if "load_average" in bench.attrs:
+        fitted["load_average"] = float(bench.attrs["load_average"])
     return CostModelReport(model, msgs, pvm, pd.DataFrame(rows), fitted)
 
 

@@ -89,7 +89,10 @@ def run(ctx: app.RunContext) -> None:
         "out. Pipeline rows follow the GPipe schedule (a send overlaps the other stage's compute). Held-out "
         "mean |error| "
         f"{f['held_out_mean_abs_error_pct']:.1f}% (max {f['held_out_max_abs_error_pct']:.1f}%, Spearman "
-        f"{f['held_out_spearman']:.2f}, n={f['held_out_n']}).",
+        f"{f['held_out_spearman']:.2f}, n={f['held_out_n']}); ordered as measured: "
+        f"{100 * f['held_out_order_agreement']:.0f}% of the {f['held_out_pairs_resolved']} pairs whose measured "
+        "times differ by more than their noise_s (each run's median round minus its best, floored at "
+        f"{f['noise_floor_pct']:.1f}% of its time).",
     )
     out.table(
         "break_even",

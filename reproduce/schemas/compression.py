@@ -103,7 +103,8 @@ class ClaimsConfig:
     rivals: list[str] = field(default_factory=lambda: ["topk", "randk", "int4"])
     min_gap: float = 0.01
     cost_model_error_pct: float = 25.0
-    cost_model_spearman: float = 0.8
+    cost_model_order: float = 0.8
+    timing_noise_pct: float = 10.0
     break_even_links_gbps: list[float] = field(default_factory=lambda: [0.1, 100.0])
 
 

@@ -23,7 +23,8 @@ RULES = {
     "rivals": ["topk", "int4"],
     "min_gap": 0.01,
     "cost_model_error_pct": 25,
-    "cost_model_spearman": 0.8,
+    "cost_model_order": 0.8,
+    "timing_noise_pct": 10.0,
     "dtype": "float16",
 }
 
@@ -62,6 +63,10 @@ FIT = {
     "held_out_mean_abs_error_pct": 12.0,
     "held_out_max_abs_error_pct": 30.0,
     "held_out_spearman": 0.9,
+    "held_out_pairs": 45,
+    "held_out_pairs_resolved": 20,
+    "held_out_order_agreement": 0.9,
+    "held_out_median_noise_pct": 3.0,
 }
 
 
@@ -90,12 +95,19 @@ def test_each_claim_flips_when_its_table_says_otherwise():
     assert _verdicts(break_even=BE.assign(break_even_Gbps=500.0))["break_even_bandwidth"] == DOES_NOT_HOLD  # pays fast
     assert _verdicts(break_even=BE.assign(break_even_Gbps=0.05))["break_even_bandwidth"] == DOES_NOT_HOLD  # never pays
     assert _verdicts(fitted={**FIT, "held_out_mean_abs_error_pct": 40.0})["cost_model_predicts"] == DOES_NOT_HOLD
-    assert _verdicts(fitted={**FIT, "held_out_spearman": 0.3})["cost_model_predicts"] == DOES_NOT_HOLD
+    assert _verdicts(fitted={**FIT, "held_out_order_agreement": 0.6})["cost_model_predicts"] == DOES_NOT_HOLD
+    # decided on the pairs the timing noise tells apart: a low Spearman from near-ties alone does not flip it
+    assert _verdicts(fitted={**FIT, "held_out_spearman": 0.3})["cost_model_predicts"] == HOLDS
     msg = MSG.assign(vs_ring_all_reduce=2.0)
     assert _verdicts(message=msg)["int8_all_gather_saves_nothing"] == DOES_NOT_HOLD
 
 
 def test_unmeasured_claims_say_so():
+    assert _verdicts(fitted={**FIT, "held_out_pairs_resolved": 2})["cost_model_predicts"] == NOT_MEASURED
+    # timings noisier than the tolerance (a loaded machine) decide nothing, whichever way they point
+    for order in (0.6, 0.95):
+        noisy = {**FIT, "held_out_median_noise_pct": 12.0, "held_out_order_agreement": order}
+        assert _verdicts(fitted=noisy)["cost_model_predicts"] == NOT_MEASURED
     v = _verdicts(acc=_acc().query("group != 'early'"), fitted={"held_out_n": 0})
     assert v["early_layers_hurt"] == NOT_MEASURED and v["cost_model_predicts"] == NOT_MEASURED
     only_ae = _acc().query("compressor in ['none', 'ae50']")
@@ -147,3 +159,24 @@ def test_gpipe_schedule_hides_transfers_shorter_than_a_micro_batch():
     assert 15 + 0.2 <= short < 15 + 4 * 0.2  # some transfers hide behind the other stage's compute, not all
     long = gpipe_seconds(2, 4, f, b, [5.0], [5.0])
     assert long >= 4 * 5.0 + 4 * 5.0  # transfers longer than the compute: every one is exposed
+
+
+def test_order_agreement_counts_only_pairs_the_noise_tells_apart():
+    from compression.cost_model import order_agreement
+
+    # four runs: two near-ties (1.00 / 1.01 s, noise 2%) that the model orders the other way, and two clear steps
+    rows = pd.DataFrame(
+        {
+            "measured_s": [1.00, 1.01, 2.0, 4.0],
+            "predicted_s": [1.05, 1.00, 2.1, 3.9],
+            "noise_s": [0.02, 0.02, 0.04, 0.08],
+        }
+    )
+    got = order_agreement(rows)
+    assert got["pairs"] == 6 and got["resolved"] == 5 and got["agreement"] == 1.0
+    assert got["noise_floor_pct"] == pytest.approx(2.0)
+    # a misordered pair that the noise does resolve counts against the model
+    worse = order_agreement(rows.assign(predicted_s=[1.05, 1.00, 4.5, 3.9]))
+    assert worse["resolved"] == 5 and worse["agreement"] == pytest.approx(4 / 5)
+    # a run whose rounds happened to agree gets the floor, not zero noise: the near-tie stays unresolved
+    assert order_agreement(rows.assign(noise_s=[0.0, 0.0, 0.04, 0.08]))["resolved"] == 5

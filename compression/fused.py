@@ -1,0 +1,156 @@
+"""The quantizer's per-element work (scale, round, cast, bit-pack; and back), compiled into one loop each by
+`torch.compile` (inductor's C++ backend) where a C++ compiler works, else the same formulas run eagerly, chunk by
+chunk. Eager torch makes one memory pass per operation (~10x a plain copy for encode + decode); the fused loops read
+the activation once and write the packed bytes once (~2-3x a copy with the per-channel min and max).
+
+Wire format (both paths): row r of an (n, c) activation, with `per = 8 // bits` values a byte and c % per == 0, is
+packed "planar": byte i of the row holds columns i, i + c/per, i + 2c/per, ... (the first in the low bits), so
+every load and store of the fused loop is contiguous and vectorises. `backend()` says which path runs and why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+
+import torch
+
+_ENV = "COMPRESSION_COMPILE"  # "0": always eager (the tests' default: no compile time per test process)
+_state: dict = {"compiled": None, "reason": "not used yet"}
+_kernels: dict[int, tuple[Callable, Callable]] = {}
+
+
+def encode_rows(rows: torch.Tensor, inv: torch.Tensor, bias: torch.Tensor, bits: int) -> torch.Tensor:
+    """(n, c) float32 -> (n, c * bits / 8) uint8: trunc(x * inv + bias) per value (bias holds the +1/2 that makes
+    the truncation round to nearest), packed planar. Multiply then add, never fused (the same in both paths)."""
+    per = 8 // bits
+    n, c = rows.shape
+    q = (rows * inv + bias).to(torch.int32)
+    if per > 1:
+        q = q.view(n, per, c // per)
+        acc = q[:, 0]
+        for j in range(1, per):
+            acc = acc | (q[:, j] << (j * bits))
+        q = acc
+    return q.to(torch.uint8)
+
+
+def decode_rows(packed: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, bits: int) -> torch.Tensor:
+    """The inverse of `encode_rows` up to the rounding: (n, c * bits / 8) uint8 -> (n, c) float32 level * scale + lo."""
+    per = 8 // bits
+    c = scale.shape[0]
+    if per == 1:
+        return packed.to(torch.float32) * scale + lo
+    p = packed.view(-1, 1, c // per)
+    s, z, mask = scale.view(1, per, c // per), lo.view(1, per, c // per), 2**bits - 1
+    parts = [((p >> (k * bits)) & mask).to(torch.float32) * s[:, k : k + 1] + z[:, k : k + 1] for k in range(per)]
+    return torch.cat(parts, 1).view(-1, c)
+
+
+def _compiler() -> str | None:
+    """Why compilation cannot run here, or None when it may."""
+    if os.environ.get(_ENV, "1") == "0":
+        return f"{_ENV}=0"
+    try:
+        from torch._inductor import config as inductor_config
+    except Exception as exc:  # pragma: no cover - torch builds without inductor
+        return f"no inductor ({type(exc).__name__})"
+    cxx = inductor_config.cpp.cxx[-1] if isinstance(inductor_config.cpp.cxx, tuple) else inductor_config.cpp.cxx
+    cxx = os.environ.get("CXX", cxx or "g++")
+    if shutil.which(cxx) is None:
+        return f"no C++ compiler ({cxx} not found)"
+    return None
+
+
+def backend() -> str:
+    """'compiled' or 'eager (why)': the path the next quantizer call takes (decided once per process)."""
+    if _state["compiled"] is None:
+        reason = _compiler()
+        _state.update(compiled=reason is None, reason=reason or "inductor C++")
+    return "compiled (inductor C++)" if _state["compiled"] else f"eager ({_state['reason']})"
+
+
+def _fall_back(exc: Exception) -> None:
+    _state.update(compiled=False, reason=f"compilation failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    warnings.warn(f"compression.fused: {_state['reason']}; the quantizer runs eagerly", stacklevel=3)
+
+
+# One function per width, so that each is its own code object with `bits` a literal: dynamo compiles each once with
+# static loops (one shared function would make bits a dynamic integer after the second width, ~4x slower loops).
+def _enc8(r, i, b):
+    return encode_rows(r, i, b, 8)
+
+
+def _enc4(r, i, b):
+    return encode_rows(r, i, b, 4)
+
+
+def _enc2(r, i, b):
+    return encode_rows(r, i, b, 2)
+
+
+def _dec8(p, s, z):
+    return decode_rows(p, s, z, 8)
+
+
+def _dec4(p, s, z):
+    return decode_rows(p, s, z, 4)
+
+
+def _dec2(p, s, z):
+    return decode_rows(p, s, z, 2)
+
+
+_BY_BITS = {8: (_enc8, _dec8), 4: (_enc4, _dec4), 2: (_enc2, _dec2)}
+
+
+def _compiled(bits: int) -> tuple[Callable, Callable]:
+    if bits not in _kernels:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.compile_threads = 1  # no pool of compile workers per process on a shared machine
+        # the token count is dynamic (marked on each call): one compile per width and hidden size
+        _kernels[bits] = tuple(torch.compile(f, fullgraph=True) for f in _BY_BITS[bits])
+    return _kernels[bits]
+
+
+def _chunked(fn: Callable, n: int, step: int, out: torch.Tensor, *, rows_in: torch.Tensor, args: tuple) -> torch.Tensor:
+    """`fn(rows_in[chunk], *args)` into `out[chunk]` chunk by chunk: each chunk's temporaries stay in cache."""
+    for start in range(0, n, step):
+        out[start : start + step] = fn(rows_in[start : start + step], *args)
+    return out
+
+
+def _rows_per_chunk(c: int) -> int:
+    return max(1, 65_536 // c)  # a 256 KB float32 chunk: its temporaries stay in a core's L2
+
+
+def quantize(rows: torch.Tensor, inv: torch.Tensor, bias: torch.Tensor, bits: int) -> torch.Tensor:
+    """`encode_rows` on the fastest path available; the same bytes either way (up to how the C++ compiler rounds)."""
+    n, c = rows.shape
+    if backend().startswith("compiled"):
+        try:
+            enc, _ = _compiled(bits)
+            torch._dynamo.maybe_mark_dynamic(rows, 0)
+            return enc(rows, inv, bias)
+        except Exception as exc:  # no working toolchain after all: eager from now on
+            _fall_back(exc)
+    out = torch.empty(n, c * bits // 8, dtype=torch.uint8)
+    return _chunked(encode_rows, n, _rows_per_chunk(c), out, rows_in=rows, args=(inv, bias, bits))
+
+
+def dequantize(packed: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, bits: int) -> torch.Tensor:
+    """`decode_rows` on the fastest path available."""
+    c = scale.shape[0]
+    packed = packed.view(-1, c * bits // 8)
+    if backend().startswith("compiled"):
+        try:
+            _, dec = _compiled(bits)
+            torch._dynamo.maybe_mark_dynamic(packed, 0)
+            return dec(packed, scale, lo)
+        except Exception as exc:
+            _fall_back(exc)
+    out = torch.empty(packed.shape[0], c, dtype=torch.float32)
+    return _chunked(decode_rows, packed.shape[0], _rows_per_chunk(c), out, rows_in=packed, args=(scale, lo, bits))
