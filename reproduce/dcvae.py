@@ -1,16 +1,23 @@
-"""python -m reproduce.dcvae [scale=smoke|mini|paper] [key=value ...]
+"""python -m reproduce.dcvae [scale=smoke|mini|paper] [ablation.run=true] [key=value ...]
 
 DC-VAE trained data-parallel (negatives gathered across ranks), then Table 2's layout (IS and FID of samples
 and reconstructions) beside the paper's, the ablation (VAE, VAE/GAN, VAE + contrastive, DC-VAE) at one
 budget, faithfulness of reconstructions, images/s with 1 and 2 processes, training curves, sample and
 reconstruction grids, and the claims report. At mini scale every FID/IS uses a LeNet trained by this run on
 the training split ("FID, LeNet features"), never comparable with the paper's Inception numbers.
+
+`ablation.run=true` runs only the dev ablation instead: each of `ablation.settings` (train overrides) for its
+variants, evaluated on the dev split, written to RESULTS/dcvae/<scale>-dev-ablation/ (`dev_ablation.csv`,
+`dev_ablation.json`). A plain run's claims cite that table when it was written for the same configuration.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -26,12 +33,89 @@ from vaegan_contrastive.claims import decide_claims
 PAPER_FILE = Path(__file__).parent / "data" / "dcvae_paper.yaml"
 
 
+def ablation_dir(out_dir: Path) -> Path:
+    """Where `ablation.run=true` writes: beside the scale's own results (RESULTS/dcvae/<scale>-dev-ablation)."""
+    return out_dir.with_name(f"{out_dir.name}-dev-ablation")
+
+
+def ablation_base(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What a dev ablation must share with a run for the run's claims to cite it: everything that shapes the
+    trained models and their evaluation, except the split evaluated on."""
+    data = {k: v for k, v in cfg["data"].items() if k != "eval_split"}
+    return {k: cfg[k] for k in ("seed", "processes", "model", "train", "eval")} | {"data": data}
+
+
+def read_ablation(out_dir: Path, cfg: dict[str, Any]) -> tuple[dict | None, str]:
+    """The dev ablation's per-setting metrics when one was written for this configuration (else None, why)."""
+    path = ablation_dir(out_dir) / "dev_ablation.json"
+    if not path.is_file():
+        return None, f"no dev ablation at {path} (`ablation.run=true` writes one)"
+    saved = json.loads(path.read_text())
+    if saved.get("base") != json.loads(json.dumps(ablation_base(cfg))):
+        return None, f"the dev ablation at {path} was written for another configuration: not cited"
+    return saved["settings"], f"{path.parent.name}/dev_ablation.csv"
+
+
+def run_ablation(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> None:
+    """Train and evaluate each ablation setting's variants on the dev split; write the table and its JSON.
+
+    A setting already in the previous dev ablation of the same configuration (same label, overrides and
+    variants) is carried over, not retrained: the table grows one setting at a time (model selection)."""
+    settings = S.ablation_settings(cfg)
+    study = dataclasses.replace(study, data=dataclasses.replace(study.data, eval_split="dev"))
+    target = ablation_dir(ctx.out.out_dir)
+    base = json.loads(json.dumps(ablation_base(cfg)))
+    prev = json.loads((target / "dev_ablation.json").read_text()) if (target / "dev_ablation.json").is_file() else {}
+    prev_ok = prev.get("base") == base
+    spec = {s.label: {"train": s.train, "variants": s.variants} for s in settings}
+    cached = {
+        s.label
+        for s in settings
+        if prev_ok and json.loads(json.dumps(spec[s.label])) == prev.get("specs", {}).get(s.label)
+    }
+    runs = {k: v for k, v in S.ablation_runs(study, cfg, settings).items() if k.split("|")[0] not in cached}
+    same = S.distinct_runs(runs)  # a run equal to an earlier one (contrastive keys of a VAE/GAN) is shared
+    runs = {k: v for k, v in runs.items() if same[k] == k}
+    print(f"dev ablation: {len(settings)} settings ({len(cached)} carried over from {target}), {len(runs)} trainings")
+    for name, tc in runs.items():
+        print(f"  {name}: kl_weight {tc.kl_weight:g}, cont_weight {tc.cont_weight:g}, {tc.steps} iterations")
+    if ctx.dry_run:
+        return
+    metrics: dict[str, dict[str, float]] = {
+        f"{label}|{v}": m for label in cached for v, m in prev["settings"][label].items()
+    }
+    label = prev.get("label", "FID, LeNet features") if prev_ok else None
+    if runs:
+        results = S.launch(study, None, runs=runs)
+        if results is None:
+            return
+        ev = S.evaluate_all(study, results)
+        metrics |= {k: ev["metrics"][first] for k, first in same.items()}
+        label = S.feature_label(ev["fe"])
+    table = S.dev_ablation_table(settings, metrics, label)
+    ctx.out.out_dir = target  # set before anything is staged: the scale's own results stay as they are
+    ctx.out.table(
+        "dev_ablation",
+        table,
+        title=f"Dev ablation ({study.data.name}, dev split of {study.data.dev_size} training images, {label})",
+        note="Each setting overrides the run's `train` keys; everything else is the run's configuration. "
+        "Evaluated on the dev split (never the test split): model selection, and the evidence a plain run's "
+        f"claims cite. Carried over from the previous dev ablation (same configuration): {len(cached)} settings.",
+    )
+    ctx.out.json(
+        "dev_ablation.json",
+        {"base": base, "label": label, "specs": spec, "settings": S.dev_ablation_summary(table, label)},
+    )
+
+
 def run(ctx: app.RunContext) -> None:
     cfg = OmegaConf.to_container(ctx.cfg, resolve=True)
     study = S.build(cfg)
     D.check_root(study.data)
     if study.eval.extractor == "inception":
         E.check_inception_weights(study.eval.inception_weights)  # fails early (one line) without weights
+    if cfg.get("ablation", {}).get("run"):
+        return run_ablation(ctx, cfg, study)
     print(S.plan(study))
     if ctx.dry_run:
         return
@@ -108,7 +192,10 @@ def run(ctx: app.RunContext) -> None:
         )
     S.grids(out, ev["models"], ev["test"][0], study.eval.grid, seed)
     out.figure("training_curves", S.curves_figure({v: r["history"] for v, r in results.items()}))
-    claims = decide_claims(metrics, label, study.eval.faithful_class_min)
+    ablation, source = read_ablation(ctx.out.out_dir, cfg)
+    if ablation is None:
+        out.note(f"Claims: {source}.")
+    claims = decide_claims(metrics, label, study.eval.faithful_class_min, ablation, source)
     write_claims(out, claims, "dcvae", ctx.scale)
     out.note("Claims: " + "; ".join(f"{c.key}: {c.verdict}" for c in claims) + ".")
 

@@ -6,6 +6,7 @@ paper's, faithfulness, feature-network sanity checks, training curves, sample/re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -178,9 +179,103 @@ def evaluate_all(study: Study, results: dict[str, dict]) -> dict[str, Any]:
     models = {v: load_model(study.model, r["state"]) for v, r in results.items()}
     metrics = {}
     for v, m in models.items():
-        log.info("evaluating %s", LABELS[v])
+        log.info("evaluating %s", LABELS.get(v, v))
         metrics[v] = evaluate_model(m, fe, ref, test_xy, train_xy, study.eval.n_samples, study.data.seed)
     return {"fe": fe, "ref": ref, "train": train_xy, "test": test_xy, "models": models, "metrics": metrics}
+
+
+# the dev ablation ---------------------------------------------------------------------------------------
+@dataclass
+class AblationSetting:
+    """One configuration of the dev ablation: TrainConfig overrides on top of the run's own `train`."""
+
+    label: str
+    train: dict[str, Any]
+    variants: list[str]
+
+
+def ablation_settings(c: Mapping[str, Any]) -> list[AblationSetting]:
+    """The `ablation` node's settings, checked (unknown train keys or variants, duplicate labels: `UserError`)."""
+    node = c.get("ablation") or {}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(VARIANTS["dcvae"])
+    out: list[AblationSetting] = []
+    for s in node.get("settings") or []:
+        train = dict(s.get("train") or {})
+        variants = list(s.get("variants") or node.get("variants") or ["vaegan", "dcvae"])
+        if bad := sorted(set(train) - fields):
+            raise UserError(f"ablation setting {s.get('label')!r}: unknown train keys {bad}")
+        if bad := [v for v in variants if v not in VARIANTS]:
+            raise UserError(f"ablation setting {s.get('label')!r}: unknown variants {bad}")
+        label = str(s.get("label") or ", ".join(f"{k}={v}" for k, v in train.items()) or "as configured")
+        if any(a.label == label for a in out):
+            raise UserError(f"two ablation settings are labelled {label!r}")
+        out.append(AblationSetting(label, train, variants))
+    if not out:
+        raise UserError("ablation.run=true needs ablation.settings (a list of {label, train: {key: value}})")
+    return out
+
+
+def ablation_runs(study: Study, c: Mapping[str, Any], settings: list[AblationSetting]) -> dict[str, TrainConfig]:
+    """One TrainConfig per (setting, variant), named "<label>|<variant>", checked like the run's own."""
+    runs = {}
+    for s in settings:
+        train_kw = {**c["train"], **s.train, "seed": int(c["seed"])}
+        train_kw["betas"] = tuple(train_kw["betas"])
+        for v in s.variants:
+            tc = TrainConfig.for_variant(v, **train_kw)
+            tc.check(study.world_size)
+            runs[f"{s.label}|{v}"] = tc
+    return runs
+
+
+CONTRASTIVE_ONLY = ("cont_weight", "queue_size", "temperature", "key_momentum", "in_batch_negatives")
+
+
+def distinct_runs(runs: dict[str, TrainConfig]) -> dict[str, str]:
+    """Each run's name -> the first run that trains the same model: a variant without the contrastive loss
+    ignores the contrastive keys, so e.g. VAE/GAN under two contrastive weights is trained once."""
+    first: dict[str, str] = {}
+    out = {}
+    for name, tc in runs.items():
+        d = dataclasses.asdict(tc)
+        if not tc.contrastive:
+            for k in CONTRASTIVE_ONLY:
+                d.pop(k)
+        out[name] = first.setdefault(repr(sorted(d.items())), name)
+    return out
+
+
+def dev_ablation_table(settings: list[AblationSetting], metrics: dict[str, dict], label: str) -> pd.DataFrame:
+    """One row per (setting, variant): its overrides, sample and reconstruction FID and class retention."""
+    rows = []
+    for s in settings:
+        for v in s.variants:
+            m = metrics[f"{s.label}|{v}"]
+            rows.append(
+                {
+                    "setting": s.label,
+                    "overrides": " ".join(f"train.{k}={val}" for k, val in s.train.items()) or "-",
+                    "variant": LABELS[v],
+                    f"sample {label}": m["sample FID"],
+                    f"recon {label}": m["recon FID"],
+                    "recon given its input's class": m.get("same class", float("nan")),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def dev_ablation_summary(table: pd.DataFrame, label: str) -> dict[str, dict[str, dict[str, float]]]:
+    """The table back as {setting: {variant key: {"sample FID", "recon FID", "same class"}}} (what
+    `vaegan_contrastive.claims.ablation_evidence` reads)."""
+    keys = {name: key for key, name in LABELS.items()}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for r in table.to_dict("records"):
+        out.setdefault(str(r["setting"]), {})[keys[r["variant"]]] = {
+            "sample FID": float(r[f"sample {label}"]),
+            "recon FID": float(r[f"recon {label}"]),
+            "same class": float(r["recon given its input's class"]),
+        }
+    return out
 
 
 def feature_label(fe: E.FeatureExtractor) -> str:

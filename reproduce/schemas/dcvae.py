@@ -4,6 +4,7 @@ DataConfig, ModelConfig and TrainConfig, so their keys follow those. Defaults he
 by `python -m reproduce.schemas.draft dcvae`); the YAML files set every key."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .base import BaseConfig
 
@@ -48,7 +49,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.0, 0.9])
     pixel_weight: float = 1.0
     kl_weight: float = 0.0001
-    cont_weight: float = 1.0
+    cont_weight: float = 0.5
     queue_size: int = 512
     temperature: float = 0.07
     key_momentum: float = 0.9
@@ -84,6 +85,20 @@ class ThroughputConfig:
 
 
 @dataclass
+class AblationSettingConfig:
+    label: str = ""
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys (checked by the study)
+    variants: list[str] | None = None  # None: ablation.variants
+
+
+@dataclass
+class AblationConfig:
+    run: bool = False
+    variants: list[str] = field(default_factory=lambda: ["vaegan", "dcvae"])
+    settings: list[AblationSettingConfig] = field(default_factory=list)
+
+
+@dataclass
 class DcvaeConfig(BaseConfig):
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     processes: int = 2
@@ -94,3 +109,4 @@ class DcvaeConfig(BaseConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)

@@ -48,6 +48,50 @@ def test_missing_variants_are_not_measured():
     assert v["faithful_class"] == HOLDS
 
 
+def _dev(dc_sample, dc_recon, dc_class, gan_sample=120.0, gan_recon=35.0):
+    return {
+        "vaegan": {"sample FID": gan_sample, "recon FID": gan_recon, "same class": 0.6},
+        "dcvae": {"sample FID": dc_sample, "recon FID": dc_recon, "same class": dc_class},
+    }
+
+
+def test_a_failing_claim_cites_the_dev_ablation():
+    m = copy.deepcopy(METRICS)
+    m["dcvae"]["same class"] = 0.7
+    ablation = {"weak contrastive": _dev(110.0, 12.0, 0.7), "strong contrastive": _dev(170.0, 18.0, 0.86)}
+    claims = {c.key: c for c in decide_claims(m, ablation=ablation, ablation_source="dev.csv")}
+    faithful = claims["faithful_class"]
+    assert faithful.verdict == DOES_NOT_HOLD
+    assert "dev.csv" in faithful.measured_evidence
+    assert "weak contrastive: DC-VAE 0.7 (not); strong contrastive: DC-VAE 0.86 (holds)" in faithful.measured_evidence
+    assert "held together in none of its 2 settings" in faithful.measured_evidence
+    assert "dev.csv" not in claims["dcvae_best_sampling_fid"].measured_evidence  # holds: cited only when failing
+    # a dev setting where every claim measurable there holds is named
+    ablation["both"] = _dev(100.0, 10.0, 0.9)
+    faithful = {c.key: c for c in decide_claims(m, ablation=ablation)}["faithful_class"]
+    assert "held together in both of its 3 settings" in faithful.measured_evidence
+
+
+def test_ablation_settings_are_checked_and_shared_runs_trained_once():
+    from common.errors import UserError
+    from vaegan_contrastive import study as S
+    from vaegan_contrastive.train import TrainConfig
+
+    with pytest.raises(UserError, match="unknown train keys"):
+        S.ablation_settings({"ablation": {"settings": [{"label": "a", "train": {"kl": 1}}]}})
+    with pytest.raises(UserError, match="two ablation settings"):
+        S.ablation_settings({"ablation": {"settings": [{"label": "a", "train": {}}, {"label": "a", "train": {}}]}})
+    with pytest.raises(UserError, match="needs ablation.settings"):
+        S.ablation_settings({"ablation": {"settings": []}})
+    runs = {f"{w}|{v}": TrainConfig.for_variant(v, cont_weight=w) for w in (0.5, 1.0) for v in ("vaegan", "dcvae")}
+    assert S.distinct_runs(runs) == {
+        "0.5|vaegan": "0.5|vaegan",
+        "0.5|dcvae": "0.5|dcvae",
+        "1.0|vaegan": "0.5|vaegan",  # VAE/GAN ignores the contrastive weight: trained once
+        "1.0|dcvae": "1.0|dcvae",
+    }
+
+
 def test_bench_worker_times_a_release_cycle(one_torch_thread):
     from vaegan_contrastive.bench import _worker
     from vaegan_contrastive.models import ModelConfig

@@ -174,3 +174,31 @@ def test_paper_path_runs_end_to_end_on_written_inputs(tmp_path, one_torch_thread
     assert "cifar10 FID, Inception features" in t2.columns and t2["cifar10 FID, Inception features"].notna().all()
     assert "cifar10 IS std" in t2.columns
     assert json.loads((out / "claims.json").read_text())["scale"] == "paper"
+
+
+@pytest.mark.timeout(120)
+def test_dev_ablation_mode_writes_beside_the_results_and_the_claims_read_it(tmp_path, capsys):
+    import pandas as pd
+
+    from reproduce import app, dcvae
+
+    base = ["scale=smoke", "processes=1", f"results_dir={tmp_path}", "tracking.mode=disabled"]
+    setting = "ablation.settings=[{label: strong KL, train: {kl_weight: 0.001}, variants: [dcvae]}]"
+    out = app.execute("dcvae", _compose([*base, "ablation.run=true", setting]), dcvae.run)
+    assert out == tmp_path / "dcvae" / "smoke-dev-ablation" and not (tmp_path / "dcvae" / "smoke").exists()
+    table = pd.read_csv(out / "dev_ablation.csv")
+    assert table[["setting", "overrides", "variant"]].values.tolist() == [
+        ["strong KL", "train.kl_weight=0.001", "DC-VAE"]
+    ]
+    assert "dev split" in (out / "tables.md").read_text()  # evaluated on dev whatever data.eval_split says
+    # run again: the setting is carried over, nothing is trained
+    capsys.readouterr()
+    app.execute("dcvae", _compose([*base, "ablation.run=true", setting]), dcvae.run)
+    printed = capsys.readouterr().out
+    assert "1 carried over" in printed and "0 trainings" in printed
+    # a plain run of the same configuration finds it; another configuration does not cite it
+    found, source = dcvae.read_ablation(tmp_path / "dcvae" / "smoke", _as_dict(_compose(base)))
+    assert found["strong KL"]["dcvae"]["recon FID"] == pytest.approx(table["recon FID, LeNet features"][0])
+    assert source == "smoke-dev-ablation/dev_ablation.csv"
+    other, why = dcvae.read_ablation(tmp_path / "dcvae" / "smoke", _as_dict(_compose([*base, "train.steps=7"])))
+    assert other is None and "another configuration" in why
