@@ -45,15 +45,21 @@ def ablation_base(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: cfg[k] for k in ("seed", "processes", "model", "train", "eval")} | {"data": data}
 
 
-def read_ablation(out_dir: Path, cfg: dict[str, Any]) -> tuple[dict | None, str]:
-    """The dev ablation's per-setting metrics when one was written for this configuration (else None, why)."""
-    path = ablation_dir(out_dir) / "dev_ablation.json"
+def saved_ablation(target: Path, cfg: dict[str, Any]) -> tuple[dict | None, str]:
+    """The dev ablation saved in `target` when it was written for this configuration (else None, why)."""
+    path = target / "dev_ablation.json"
     if not path.is_file():
         return None, f"no dev ablation at {path} (`ablation.run=true` writes one)"
     saved = json.loads(path.read_text())
     if saved.get("base") != json.loads(json.dumps(ablation_base(cfg))):
         return None, f"the dev ablation at {path} was written for another configuration: not cited"
-    return saved["settings"], f"{path.parent.name}/dev_ablation.csv"
+    return saved, f"{path.parent.name}/dev_ablation.csv"
+
+
+def read_ablation(out_dir: Path, cfg: dict[str, Any]) -> tuple[dict | None, str]:
+    """The dev ablation's per-setting metrics when one was written for this configuration (else None, why)."""
+    saved, source = saved_ablation(ablation_dir(out_dir), cfg)
+    return (saved["settings"] if saved else None), source
 
 
 def run_ablation(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> None:
@@ -65,8 +71,8 @@ def run_ablation(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> No
     study = dataclasses.replace(study, data=dataclasses.replace(study.data, eval_split="dev"))
     target = ablation_dir(ctx.out.out_dir)
     base = json.loads(json.dumps(ablation_base(cfg)))
-    prev = json.loads((target / "dev_ablation.json").read_text()) if (target / "dev_ablation.json").is_file() else {}
-    prev_ok = prev.get("base") == base
+    saved, _ = saved_ablation(target, cfg)
+    prev, prev_ok = saved or {}, saved is not None
     spec = {s.label: {"train": s.train, "variants": s.variants} for s in settings}
     cached = {
         s.label
