@@ -7,6 +7,7 @@ A randomly initialised BERT-style model is enough here (time and bytes do not de
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -209,14 +210,17 @@ CODEC_SPECS = {
 LIMITS = {"quantization": 5.0, "pruning": 20.0, "learning": 20.0}  # the issue's bounds, x a plain copy
 
 
-def _load() -> str:
-    """The 1-minute load average (other processes share this machine's cores), or '?'."""
+def load_average() -> float | None:
+    """The 1-minute load average (other processes share this machine's cores), or None where the OS has none."""
     try:
-        import os
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
-        return f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
-    except OSError:
-        return "?"
+
+def _load() -> str:
+    load = load_average()
+    return "?" if load is None else f"{load:.2f} on {os.cpu_count()} cores"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,7 +21,7 @@ from common.distributed import run_processes
 from common.errors import require
 
 from . import cost_model as CM
-from .bench import BenchConfig, bench_worker, codec_times, combine, plan_for
+from .bench import BenchConfig, bench_worker, codec_times, combine, load_average, plan_for
 from .compressors import CompressorSpec, parse_specs
 from .models import BertConfig, validate
 from .train import TrainConfig, run_settings
@@ -288,7 +287,7 @@ def accuracy_table(runs: pd.DataFrame, specs: dict[str, CompressorSpec], shape: 
 def run_bench(bc: BenchConfig, world: int, codec_repeats: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Iteration time and bytes per (layout, compressor, link) on `world` processes, the loopback network
     micro-benchmark, and the codec micro-benchmark (one thread, as in the bench processes)."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load = load_average()
     per_rank = run_processes(bench_worker, world, args=(bc,), timeout_s=1800)
     net = pd.DataFrame(per_rank[0]["net"])
     bench = pd.DataFrame(combine(per_rank))
@@ -300,7 +299,7 @@ def run_bench(bc: BenchConfig, world: int, codec_repeats: int) -> tuple[pd.DataF
     finally:
         torch.set_num_threads(threads)
     if load is not None:  # the mean of the 1-minute load average before and after the bench (other processes)
-        bench.attrs["load_average"] = (load + os.getloadavg()[0]) / 2
+        bench.attrs["load_average"] = (load + load_average()) / 2
     return bench, codec, net
 
 
