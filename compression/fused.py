@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -70,6 +71,20 @@ def backend() -> str:
         reason = _compiler()
         _state.update(compiled=reason is None, reason=reason or "inductor C++")
     return "compiled (inductor C++)" if _state["compiled"] else f"eager ({_state['reason']})"
+
+
+@contextmanager
+def compiled_if(wanted: bool, why_not: str = "not asked for") -> Iterator[None]:
+    """The block runs the compiled path only if `wanted` (and possible here), else eagerly; the path before is restored
+    after. The fine-tunings turn it off: their tensors are small and time nothing, so a compile per process (~5 s with a
+    warm inductor cache, ~60 s cold) costs more than it saves."""
+    saved = dict(_state)
+    if not wanted:
+        _state.update(compiled=False, reason=why_not)
+    try:
+        yield
+    finally:
+        _state.update(saved)
 
 
 def _fall_back(exc: Exception) -> None:
