@@ -9,6 +9,7 @@ truncated, plus a seeded classifier) sliced for this rank, so every layout start
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -277,7 +278,7 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
     losses = []
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
     progress = range(start, end)
-    if reporting and rank == world - 1:
+    if reporting:  # one rank's bar (the reporting one: TP rank 0 of the last stage)
         from tqdm import tqdm
 
         desc = f"TP{cfg.tp}xPP{cfg.pp} {cfg.compressor.name} from layer {cfg.start_layer}"
@@ -319,8 +320,16 @@ def run_settings(rank: int, world: int, configs: list[TrainConfig]) -> list[dict
         key = (cfg.seed, cfg.seq_len, cfg.max_eval, cfg.model_path, cfg.glue_root, cfg.task)
         if key not in loaded:
             loaded[key] = load_data(cfg)
+        started = time.time()
         with fused.compiled_if(cfg.compile_quantizer, "accuracy.compile_quantizer=false"):
             r = finetune(rank, world, cfg, loaded[key])
+        if r is not None and "eval_acc" in r:  # a line per fine-tuning (the group of a layout runs for minutes)
+            where = f" from layer {cfg.start_layer}" if cfg.compressor.active else ""
+            print(
+                f"TP{cfg.tp}xPP{cfg.pp} {cfg.compressor.name}{where} seed {cfg.seed}: {cfg.eval_split} accuracy "
+                f"{r['eval_acc']:.3f}, {time.time() - started:.0f}s",
+                flush=True,
+            )
         if r is not None:
             r.pop("params")
         out.append(r)
