@@ -80,7 +80,7 @@ def early_layers_hurt(acc: pd.DataFrame, min_gap: float) -> tuple[bool | None, s
         return None, "no compressor was run on every layer"
     why = ""
     if unresolved or no_drop:  # the every-layer runs are the same code with start_layer 0: what decides is the setup
-        why = " Setup vs implementation: the every-layer runs are the same code from layer 0."
+        why = ". Setup vs implementation: the every-layer runs are the same code from layer 0."
         if unresolved:
             why += f" {', '.join(unresolved)}: lower in the mean, within its seeds' spread (unresolved at this budget)."
         if no_drop:
