@@ -271,13 +271,12 @@ class Quantize(Compressor):
                 rows = rows.float()
             rows = rows.contiguous()
             levels = 2**self.bits - 1
-            lo, hi = rows.amin(0), rows.amax(0)  # two vectorised passes: faster than aminmax
-            span = hi - lo
-            inv = torch.where(span > 0, levels / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
-            bias = 0.5 - lo * inv
             if rows.shape[1] % (8 // self.bits) == 0:
-                packed = fused.quantize(rows, inv, bias, self.bits).reshape(-1)
+                packed, span, lo = fused.range_quantize(rows, self.bits)
+                packed = packed.reshape(-1)
             else:
+                lo, hi = rows.amin(0), rows.amax(0)
+                span, inv, bias = fused.scale_offset(lo, hi, self.bits)
                 packed = pack_bits((rows * inv + bias).to(torch.int32), self.bits)
         dtype = x.dtype if x.is_floating_point() else torch.float32
         return [packed, (span / levels).to(dtype), lo.to(dtype)]

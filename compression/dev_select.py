@@ -1,58 +1,83 @@
-"""`python -m compression.dev_select OUT.json`: the auto-encoder's learning-rate scale (ae50, lr_scale 1, 3 or 10)
-selected on Rotten Tomatoes' validation split (dev) under TP2 at the mini budget, seeds 0-2; each setting's test
-accuracy is recorded beside and never used to choose. The README's ablation of the learning-based finding cites it."""
+"""`python -m compression.dev_select [OUT.json] [key=value ...]`: the auto-encoder's learning-rate scale (ae50, lr_scale
+1, 3 or 10) selected on Rotten Tomatoes' validation split (dev) under TP2 at the mini budget, seeds 0-2; each setting's
+test accuracy is recorded beside and never used to choose. The README's ablation of the learning-based finding cites
+it. The config is composed as `python -m reproduce.compression` composes it (Hydra, the schema, the same overrides)."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
-
-from common.distributed import run_processes
 
 from . import study
-from .train import run_settings
 
 SCALES = (1.0, 3.0, 10.0)
-CONFIG = Path(__file__).resolve().parents[1] / "reproduce" / "conf" / "compression" / "config.yaml"
+LAYOUT = {"tp": 2, "pp": 1}
 
 
-def main(out: str) -> dict:
-    t0 = time.time()
-    raw = OmegaConf.to_container(OmegaConf.load(CONFIG), resolve=True)
-    raw.pop("defaults", None)
-    labels = [f"ae50_lr{x:g}" for x in SCALES]
-    for x, label in zip(SCALES, labels):
-        raw["compressors"][label] = {"name": "autoencoder", "d": 50, "lr_scale": x, "matmul_dtype": "bfloat16"}
-    raw["accuracy"].update(compressors=labels, layouts=[{"tp": 2, "pp": 1}])
+def compose(overrides: Sequence[str] = ()) -> dict:
+    """The work's config with `overrides`, through Hydra and the schema (`reproduce.schemas.compression`): a bad key
+    or value is one line and exit 2, as on `python -m reproduce.compression`'s command line."""
+    from omegaconf import OmegaConf
+
+    from reproduce import app
+
+    app.register_schema("compression")
+    cfg = app.check_command_line("compression", list(overrides), app.CONF_ROOT / "compression")
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def plan(raw: dict, scales: Sequence[float] = SCALES) -> list[study.Setting]:
+    """The candidates: ae50 at each lr scale (else as configured) from `start_layer` under TP2, every seed, with the
+    dev split evaluated too."""
+    raw = {**raw, "compressors": dict(raw["compressors"]), "accuracy": dict(raw["accuracy"])}
+    labels = [f"ae50_lr{x:g}" for x in scales]
+    for x, label in zip(scales, labels):
+        raw["compressors"][label] = {**raw["compressors"]["ae50"], "lr_scale": x}
+    raw["accuracy"].update(compressors=labels, early=[], layouts=[LAYOUT])
     s = study.StudyConfig.parse(raw)
-    rows = []
-    for seed in s.seeds:
-        batch = [st for st in s.settings("main") if st.cfg.seed == seed]
-        configs = [replace(st.cfg, eval_dev=True) for st in batch]
-        per_rank = run_processes(run_settings, 2, args=(configs,), timeout_s=3600)
-        for i, st in enumerate(batch):
-            r = next(p[i] for p in per_rank if p[i] is not None)
-            rows.append({"label": st.label, "seed": seed, "dev": r["dev_acc"], "test": r["test_acc"]})
-            print(rows[-1], f"{time.time() - t0:.0f}s", flush=True)
+    return [replace(st, cfg=replace(st.cfg, eval_dev=True)) for st in s.settings("main")]
+
+
+def select(rows: list[dict]) -> dict:
+    """Mean and sample std per label on dev and test; the label with the best dev mean (test chooses nothing)."""
+    labels = list(dict.fromkeys(r["label"] for r in rows))
     summary = {
         label: {
-            split: [float(np.mean(v)), float(np.std(v, ddof=1))]
+            split: [float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0]
             for split in ("dev", "test")
             if (v := [r[split] for r in rows if r["label"] == label])
         }
         for label in labels
     }
-    result = {"rows": rows, "summary": summary, "selected_on_dev": max(labels, key=lambda k: summary[k]["dev"][0])}
+    return {"rows": rows, "summary": summary, "selected_on_dev": max(labels, key=lambda k: summary[k]["dev"][0])}
+
+
+def main(out: str = "dev_select.json", overrides: Sequence[str] = ()) -> dict:
+    from common.distributed import run_processes
+
+    from .train import run_settings
+
+    t0 = time.time()
+    settings = plan(compose(overrides))
+    world = settings[0].layout.world
+    per_rank = run_processes(run_settings, world, args=([st.cfg for st in settings],), timeout_s=3600)
+    rows = []
+    for i, st in enumerate(settings):
+        r = next(p[i] for p in per_rank if p[i] is not None)
+        rows.append({"label": st.label, "seed": st.cfg.seed, "dev": r["dev_acc"], "test": r["test_acc"]})
+    result = select(rows)
     Path(out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(summary), "selected on dev:", result["selected_on_dev"])
+    print(json.dumps(result["summary"]), "selected on dev:", result["selected_on_dev"], f"{time.time() - t0:.0f}s")
     return result
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "dev_select.json")
+    args = sys.argv[1:]
+    out = args.pop(0) if args and "=" not in args[0] else "dev_select.json"
+    main(out, args)

@@ -217,12 +217,12 @@ class StudyConfig:
 
 
 def run_accuracy(settings: list[Setting], tracker=None, timeout_s: float = 3600) -> pd.DataFrame:
-    """Run every fine-tuning on real processes (one process group per layout and seed, its settings in turn);
-    one row per run. Each run's training loss goes to `tracker`."""
+    """Run every fine-tuning on real processes (one process group per layout, its settings and seeds in turn: a
+    group's start-up, imports and data loading are paid once); one row per run. Each run's training loss goes to
+    `tracker`."""
     rows = []
-    keys = list(dict.fromkeys((s.layout, s.cfg.seed) for s in settings))
-    for layout, seed in keys:
-        batch = [s for s in settings if s.layout == layout and s.cfg.seed == seed]
+    for layout in dict.fromkeys(s.layout for s in settings):
+        batch = [s for s in settings if s.layout == layout]
         configs = [s.cfg for s in batch]
         start = time.time()
         if layout.world == 1:
@@ -230,8 +230,9 @@ def run_accuracy(settings: list[Setting], tracker=None, timeout_s: float = 3600)
         else:
             per_rank = run_processes(run_settings, layout.world, args=(configs,), timeout_s=timeout_s)
         results = [next(r[i] for r in per_rank if r[i] is not None) for i in range(len(batch))]
-        log.info("accuracy %s seed %s: %d settings in %.0fs", layout.name, seed, len(batch), time.time() - start)
+        log.info("accuracy %s: %d settings in %.0fs", layout.name, len(batch), time.time() - start)
         for s, res in zip(batch, results):
+            seed = s.cfg.seed
             tag = f"{layout.name}/{s.label}@{s.layers}/seed{seed}"
             if tracker is not None:
                 for i, loss in enumerate(res["losses"]):

@@ -9,6 +9,7 @@ truncated, plus a seeded classifier) sliced for this rank, so every layout start
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from common.checkpoint import (
 from common.errors import require
 
 from . import compressors as C
+from . import fused
 from .models import (
     BertConfig,
     BertModel,
@@ -76,6 +78,7 @@ class TrainConfig:
     model_path: str | None = None  # a Hugging Face BERT directory; None: all-MiniLM-L6-v2 from its package
     glue_root: str | None = None  # GLUE's task folders; None: Rotten Tomatoes from its package
     task: str = "sst2"  # the GLUE task when glue_root is set
+    compile_quantizer: bool = False  # the quantizer's compiled loops (compression.fused); off: eager, the same bytes
 
     def __post_init__(self) -> None:
         if not isinstance(self.compressor, C.CompressorSpec):
@@ -275,7 +278,7 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
     losses = []
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
     progress = range(start, end)
-    if reporting and rank == world - 1:
+    if reporting:  # one rank's bar (the reporting one: TP rank 0 of the last stage)
         from tqdm import tqdm
 
         desc = f"TP{cfg.tp}xPP{cfg.pp} {cfg.compressor.name} from layer {cfg.start_layer}"
@@ -309,11 +312,24 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
 
 
 def run_settings(rank: int, world: int, configs: list[TrainConfig]) -> list[dict | None]:
-    """Several fine-tunings in one set of processes (saves the start-up of a process group per setting)."""
-    data = load_data(configs[0]) if configs else None
+    """Several fine-tunings in one set of processes (saves the start-up of a process group per setting); the data
+    is loaded once per distinct dataset (the seed resplits Rotten Tomatoes)."""
+    loaded: dict[tuple, dict] = {}
     out = []
     for cfg in configs:
-        r = finetune(rank, world, cfg, data)
+        key = (cfg.seed, cfg.seq_len, cfg.max_eval, cfg.model_path, cfg.glue_root, cfg.task)
+        if key not in loaded:
+            loaded[key] = load_data(cfg)
+        started = time.time()
+        with fused.compiled_if(cfg.compile_quantizer, "accuracy.compile_quantizer=false"):
+            r = finetune(rank, world, cfg, loaded[key])
+        if r is not None and "eval_acc" in r:  # a line per fine-tuning (the group of a layout runs for minutes)
+            where = f" from layer {cfg.start_layer}" if cfg.compressor.active else ""
+            print(
+                f"TP{cfg.tp}xPP{cfg.pp} {cfg.compressor.name}{where} seed {cfg.seed}: {cfg.eval_split} accuracy "
+                f"{r['eval_acc']:.3f}, {time.time() - started:.0f}s",
+                flush=True,
+            )
         if r is not None:
             r.pop("params")
         out.append(r)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 from omegaconf import OmegaConf
 
@@ -17,6 +18,7 @@ from common.claims import DOES_NOT_HOLD, write_claims
 from common.errors import UserError
 from common.results import beside_paper
 from compression import findings, study
+from compression.bench import load_average
 from reproduce import app
 
 PAPER = Path(__file__).parent / "data" / "compression_paper.yaml"
@@ -56,8 +58,15 @@ def run(ctx: app.RunContext) -> None:
             "directory; accuracy.glue_root: GLUE's task folders)"
         )
     out, started = ctx.out, time.time()
+    stage_s: dict[str, float] = {}
 
+    def stage(name: str, t0: float) -> None:
+        stage_s[name] = round(time.time() - t0, 1)
+        print(f"stage {name}: {stage_s[name]:.0f}s (total {time.time() - started:.0f}s)", flush=True)
+
+    t0 = time.time()
     bench, codec, net = study.run_bench(s.bench, s.bench_world, s.codec_repeats)
+    stage("bench", t0)
     thr = study.throughput_table(bench)
     bc = s.bench
     out.table(
@@ -105,7 +114,9 @@ def run(ctx: app.RunContext) -> None:
     out.figure("break_even", study.break_even_figure(cm, bench, bc, s.bench_world))
 
     shape = (s.train.batch_size, s.train.seq_len, s.train.model_config().hidden)
+    t0 = time.time()
     runs = study.run_accuracy(s.settings("main") + s.settings("early"), ctx.tracker)
+    stage("accuracy", t0)
     message = study.message_table(s.message)
     rules = {**s.claims, "dtype": s.message["dtype"]}
 
@@ -115,7 +126,9 @@ def run(ctx: app.RunContext) -> None:
     acc = study.accuracy_table(runs, s.specs, shape)
     learning_ok = decide(acc)[0].verdict != DOES_NOT_HOLD
     if s.ablation and (s.ablation_when == "always" or (s.ablation_when == "failed" and not learning_ok)):
+        t0 = time.time()
         runs = pd.concat([runs, study.run_accuracy(s.settings("ablation"), ctx.tracker)], ignore_index=True)
+        stage("ablation", t0)
         acc = study.accuracy_table(runs, s.specs, shape)
     out.table("accuracy_runs", runs, title="Accuracy: every run")
     out.table("accuracy", acc, title="Accuracy of fine-tuning with each compressor, per layout", note=accuracy_note(s))
@@ -128,8 +141,10 @@ def run(ctx: app.RunContext) -> None:
     claims = decide(acc)
     write_claims(out, claims, "compression", ctx.scale)
     out.note(f"Claims: {', '.join(f'{c.key} {c.verdict}' for c in claims)} (claims.md). Paper: {paper['source']}.")
+    stage_s["total"] = round(time.time() - started, 1)
+    out.json("timing.json", {"stage_s": stage_s, "threads": torch.get_num_threads(), "load_average": load_average()})
     ctx.tracker.summary(
-        {"cost_model_held_out_mean_abs_error_pct": f["held_out_mean_abs_error_pct"], "wall_s": time.time() - started}
+        {"cost_model_held_out_mean_abs_error_pct": f["held_out_mean_abs_error_pct"], "wall_s": stage_s["total"]}
     )
 
 

@@ -40,6 +40,7 @@ class AccuracyConfig:
     model_path: str | None = None
     glue_root: str | None = None
     task: str = "sst2"
+    compile_quantizer: bool = False
 
 
 @dataclass

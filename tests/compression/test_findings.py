@@ -90,6 +90,10 @@ def test_each_claim_flips_when_its_table_says_otherwise():
     assert _verdicts(acc=_acc(ae=0.74))["learning_keeps_accuracy"] == DOES_NOT_HOLD  # the AE loses accuracy
     assert _verdicts(acc=_acc(std=0.09))["learning_keeps_accuracy"] == DOES_NOT_HOLD  # within the seeds' spread
     assert _verdicts(acc=_acc(early_ae=0.795))["early_layers_hurt"] == DOES_NOT_HOLD
+    # a failed early-layers verdict says whether a drop was within the spread or absent (setup vs implementation)
+    assert "ae50: lower in the mean, within its seeds' spread" in F.early_layers_hurt(_acc(early_ae=0.795), 0.01)[1]
+    assert "ae50: no drop" in F.early_layers_hurt(_acc(early_ae=0.81), 0.01)[1]
+    assert "Setup vs" not in F.early_layers_hurt(_acc(), 0.01)[1]
     # decided on the cost model's break-even against two fixed links, not on noisy measured loopback speedups
     assert _verdicts(throughput=_thr(fast=1.2))["break_even_bandwidth"] == HOLDS
     assert _verdicts(break_even=BE.assign(break_even_Gbps=500.0))["break_even_bandwidth"] == DOES_NOT_HOLD  # pays fast

@@ -25,7 +25,9 @@ def _same(a: list, b: list) -> bool:
     )
 
 
-SHAPES = [(4, 64, 32), (37, 32), (3, 5, 32)]  # three token counts through one compiled kernel
+# token counts 256 and 32 (multiples of fused.BLOCK: range, scale and packing in one compiled graph), 37 and 15
+# (the range eagerly, then the compiled packing loop)
+SHAPES = [(4, 64, 32), (37, 32), (2, 16, 32), (3, 5, 32)]
 
 
 def test_planar_packing_by_hand():
@@ -52,10 +54,28 @@ def test_compiled_equals_eager_and_a_mutated_kernel_is_caught(monkeypatch):
     for bits in (2, 8):
         assert _same(_payloads(bits, SHAPES), eager[bits]), bits
     assert fused.backend() == "compiled (inductor C++)"  # no compile failed over to eager on the way
-    # a mutation of the compiled encoder (the lowest bit of every byte flipped) is caught by the same check
+    # a mutation of either compiled encoder (the lowest bit of every byte flipped) is caught by the same check
     enc, dec = fused._compiled(2)
-    monkeypatch.setitem(fused._kernels, 2, (lambda r, i, b: enc(r, i, b) ^ 1, dec))
-    assert not _same(_payloads(2, SHAPES), eager[2])
+    with monkeypatch.context() as m:
+        m.setitem(fused._kernels, 2, (lambda r, i, b: enc(r, i, b) ^ 1, dec))
+        assert not _same(_payloads(2, SHAPES[1:2]), eager[2][1:2])
+    renc = fused._compiled_range(2)
+
+    def flipped(r):
+        packed, span, lo = renc(r)
+        return packed ^ 1, span, lo
+
+    monkeypatch.setitem(fused._range_kernels, 2, flipped)
+    assert not _same(_payloads(2, SHAPES[:1]), eager[2][:1])
+
+
+def test_blocked_channel_range_is_the_exact_min_and_max():
+    rows = torch.randn(64, 24, generator=torch.Generator().manual_seed(0))
+    rows[37, 5], rows[3, 7] = 100.0, -100.0  # extremes inside one block, not at its start
+    lo, hi = fused.channel_range(rows)
+    assert torch.equal(lo, rows.amin(0)) and torch.equal(hi, rows.amax(0)) and lo[7] == -100 and hi[5] == 100
+    lo, hi = fused.channel_range(rows[:-1])  # 63 rows: no blocks
+    assert torch.equal(lo, rows[:-1].amin(0)) and torch.equal(hi, rows[:-1].amax(0))
 
 
 def test_no_compiler_or_a_failed_compile_falls_back_to_eager(monkeypatch):

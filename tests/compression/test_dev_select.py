@@ -1,0 +1,31 @@
+"""`compression.dev_select`: its config composed through Hydra and the schema like the study's, the candidates it
+trains (ae50 at three lr scales under TP2, every seed, dev evaluated), and a choice made on dev alone."""
+
+import pytest
+
+from compression import dev_select
+
+
+def test_candidates_come_from_the_composed_config():
+    settings = dev_select.plan(dev_select.compose(["accuracy.steps=7"]))
+    assert [st.label for st in settings[:3]] == ["ae50_lr1", "ae50_lr3", "ae50_lr10"]
+    assert {st.layout.name for st in settings} == {"TP2"} and sorted({st.cfg.seed for st in settings}) == [0, 1, 2]
+    assert all(st.cfg.eval_dev and st.cfg.steps == 7 and st.cfg.compressor.d == 50 for st in settings)
+    assert [st.cfg.compressor.lr_scale for st in settings[:3]] == [1.0, 3.0, 10.0]
+
+
+def test_a_bad_override_is_exit_2():
+    with pytest.raises(SystemExit) as e:
+        dev_select.compose(["accuracy.steps=many"])
+    assert e.value.code == 2
+
+
+def test_the_choice_is_made_on_dev_not_test():
+    rows = [
+        {"label": label, "seed": s, "dev": dev + 0.01 * s, "test": test}
+        for s in range(3)
+        for label, dev, test in [("a", 0.70, 0.90), ("b", 0.75, 0.60)]
+    ]
+    out = dev_select.select(rows)
+    assert out["selected_on_dev"] == "b"  # a has the better test accuracy; dev picks b
+    assert out["summary"]["b"]["dev"] == pytest.approx([0.76, 0.01])
