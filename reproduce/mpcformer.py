@@ -53,7 +53,10 @@ def parse(cfg: Any) -> dict[str, Any]:
 
 
 def _training_keys(cfg: Any) -> dict[str, Any]:
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "train")} | {"seed": cfg.seed}
+    """What a checkpoint's numbers depend on: the thread count too (a float sum split over more threads rounds
+    differently, so a run at another thread count would resume a different run's weights)."""
+    keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "train")}
+    return keys | {"seed": cfg.seed, "torch_threads": cfg.torch_threads}
 
 
 def plan(cfg: Any, p: dict[str, Any]) -> None:
