@@ -87,7 +87,7 @@ class MpcformerConfig(BaseConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    torch_threads: int | None = 1
+    torch_threads: int | None = 2
     checkpoint_dir: str = "${results_dir}/checkpoints/mpcformer"
     mpc: MpcConfig = field(default_factory=MpcConfig)
     mpc_eval: MpcEvalConfig = field(default_factory=MpcEvalConfig)
