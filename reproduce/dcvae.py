@@ -98,7 +98,8 @@ def run_ablation(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> No
         ev = S.evaluate_all(study, results)
         metrics |= {k: ev["metrics"][first] for k, first in same.items()}
         label = S.feature_label(ev["fe"])
-    table = S.dev_ablation_table(settings, metrics, label)
+    summary = S.dev_ablation_summary(settings, metrics)
+    table = S.dev_ablation_table(settings, summary, label)
     ctx.out.out_dir = target  # set before anything is staged: the scale's own results stay as they are
     ctx.out.table(
         "dev_ablation",
@@ -110,7 +111,7 @@ def run_ablation(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> No
     )
     ctx.out.json(
         "dev_ablation.json",
-        {"base": base, "label": label, "specs": spec, "settings": S.dev_ablation_summary(table, label)},
+        {"base": base, "label": label, "specs": spec, "settings": summary},
     )
 
 

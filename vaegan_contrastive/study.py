@@ -245,12 +245,31 @@ def distinct_runs(runs: dict[str, TrainConfig]) -> dict[str, str]:
     return out
 
 
-def dev_ablation_table(settings: list[AblationSetting], metrics: dict[str, dict], label: str) -> pd.DataFrame:
-    """One row per (setting, variant): its overrides, sample and reconstruction FID and class retention."""
+def dev_ablation_summary(settings: list[AblationSetting], metrics: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """{setting: {variant key: {"sample FID", "recon FID", "same class"}}} from the per-run metrics (keyed
+    "<label>|<variant>"): what the dev ablation's table shows and `claims.ablation_evidence` reads."""
+    return {
+        s.label: {
+            v: {
+                "sample FID": float(m["sample FID"]),
+                "recon FID": float(m["recon FID"]),
+                "same class": float(m.get("same class", float("nan"))),
+            }
+            for v in s.variants
+            for m in [metrics[f"{s.label}|{v}"]]
+        }
+        for s in settings
+    }
+
+
+def dev_ablation_table(
+    settings: list[AblationSetting], summary: dict[str, dict[str, dict]], label: str
+) -> pd.DataFrame:
+    """One row per (setting, variant) of `dev_ablation_summary`: its overrides, sample and reconstruction FID and
+    class retention."""
     rows = []
     for s in settings:
-        for v in s.variants:
-            m = metrics[f"{s.label}|{v}"]
+        for v, m in summary[s.label].items():
             rows.append(
                 {
                     "setting": s.label,
@@ -258,24 +277,10 @@ def dev_ablation_table(settings: list[AblationSetting], metrics: dict[str, dict]
                     "variant": LABELS[v],
                     f"sample {label}": m["sample FID"],
                     f"recon {label}": m["recon FID"],
-                    "recon given its input's class": m.get("same class", float("nan")),
+                    "recon given its input's class": m["same class"],
                 }
             )
     return pd.DataFrame(rows)
-
-
-def dev_ablation_summary(table: pd.DataFrame, label: str) -> dict[str, dict[str, dict[str, float]]]:
-    """The table back as {setting: {variant key: {"sample FID", "recon FID", "same class"}}} (what
-    `vaegan_contrastive.claims.ablation_evidence` reads)."""
-    keys = {name: key for key, name in LABELS.items()}
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for r in table.to_dict("records"):
-        out.setdefault(str(r["setting"]), {})[keys[r["variant"]]] = {
-            "sample FID": float(r[f"sample {label}"]),
-            "recon FID": float(r[f"recon {label}"]),
-            "same class": float(r["recon given its input's class"]),
-        }
-    return out
 
 
 def feature_label(fe: E.FeatureExtractor) -> str:
