@@ -59,18 +59,13 @@ def select(rows: list[dict]) -> dict:
 
 
 def main(out: str = "dev_select.json", overrides: Sequence[str] = ()) -> dict:
-    from common.distributed import run_processes
-
-    from .train import run_settings
-
     t0 = time.time()
     settings = plan(compose(overrides))
-    world = settings[0].layout.world
-    per_rank = run_processes(run_settings, world, args=([st.cfg for st in settings],), timeout_s=3600)
-    rows = []
-    for i, st in enumerate(settings):
-        r = next(p[i] for p in per_rank if p[i] is not None)
-        rows.append({"label": st.label, "seed": st.cfg.seed, "dev": r["dev_acc"], "test": r["test_acc"]})
+    runs = study.run_accuracy(settings)  # Rotten Tomatoes: acc is the test split's, dev_acc the dev split's
+    rows = [
+        {"label": r.compressor, "seed": int(r.seed), "dev": float(r.dev_acc), "test": float(r.acc)}
+        for r in runs.itertuples()
+    ]
     result = select(rows)
     Path(out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"]), "selected on dev:", result["selected_on_dev"], f"{time.time() - t0:.0f}s")

@@ -249,6 +249,7 @@ def run_accuracy(settings: list[Setting], tracker=None, timeout_s: float = 3600)
                     "acc": res["eval_acc"],
                     "final_loss": sum(tail) / len(tail),
                     "MB_per_step": res["bytes"] / 1e6 / s.cfg.steps,
+                    **({"dev_acc": res["dev_acc"]} if "dev_acc" in res else {}),  # `TrainConfig.eval_dev` (dev_select)
                 }
             )
     return pd.DataFrame(rows)
