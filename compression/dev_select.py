@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import exit_on_user_error, require
+
 from . import study
 
 SCALES = (1.0, 3.0, 10.0)
@@ -35,6 +37,10 @@ def compose(overrides: Sequence[str] = ()) -> dict:
 def plan(raw: dict, scales: Sequence[float] = SCALES) -> list[study.Setting]:
     """The candidates: ae50 at each lr scale (else as configured) from `start_layer` under TP2, every seed, with the
     dev split evaluated too."""
+    s = study.StudyConfig.parse(raw)
+    require(  # GLUE's dev split is the evaluation split (its test labels are hidden): nothing held out to select on
+        not s.train.glue_root, "dev_select selects on Rotten Tomatoes' dev split; unset accuracy.glue_root"
+    )
     raw = {**raw, "compressors": dict(raw["compressors"]), "accuracy": dict(raw["accuracy"])}
     labels = [f"ae50_lr{x:g}" for x in scales]
     for x, label in zip(scales, labels):
@@ -58,6 +64,7 @@ def select(rows: list[dict]) -> dict:
     return {"rows": rows, "summary": summary, "selected_on_dev": max(labels, key=lambda k: summary[k]["dev"][0])}
 
 
+@exit_on_user_error
 def main(out: str = "dev_select.json", overrides: Sequence[str] = ()) -> dict:
     t0 = time.time()
     settings = plan(compose(overrides))

@@ -127,6 +127,12 @@ def tokenize(
     return enc["input_ids"], enc["attention_mask"]
 
 
+def data_key(cfg: TrainConfig) -> tuple:
+    """The settings `load_data` reads: fine-tunings with equal keys share one load (the seed resplits Rotten
+    Tomatoes)."""
+    return (cfg.seed, cfg.seq_len, cfg.max_eval, cfg.model_path, cfg.glue_root, cfg.task)
+
+
 def load_data(cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """{split: (ids, mask, labels)}: Rotten Tomatoes train/dev/test, or a GLUE task's train/dev."""
     if cfg.glue_root:
@@ -313,11 +319,11 @@ def finetune(rank: int, world: int, cfg: TrainConfig, data=None) -> dict | None:
 
 def run_settings(rank: int, world: int, configs: list[TrainConfig]) -> list[dict | None]:
     """Several fine-tunings in one set of processes (saves the start-up of a process group per setting); the data
-    is loaded once per distinct dataset (the seed resplits Rotten Tomatoes)."""
+    is loaded once per distinct dataset (`data_key`)."""
     loaded: dict[tuple, dict] = {}
     out = []
     for cfg in configs:
-        key = (cfg.seed, cfg.seq_len, cfg.max_eval, cfg.model_path, cfg.glue_root, cfg.task)
+        key = data_key(cfg)
         if key not in loaded:
             loaded[key] = load_data(cfg)
         started = time.time()
