@@ -33,6 +33,12 @@ from vaegan_contrastive.claims import decide_claims
 PAPER_FILE = Path(__file__).parent / "data" / "dcvae_paper.yaml"
 
 
+def as_saved(obj: Any) -> Any:
+    """`obj` as it reads back from `dev_ablation.json` (tuples become lists, keys strings), so that a
+    configuration compares equal to the one saved with a dev ablation."""
+    return json.loads(json.dumps(obj))
+
+
 def ablation_dir(out_dir: Path) -> Path:
     """Where `ablation.run=true` writes: beside the scale's own results (RESULTS/dcvae/<scale>-dev-ablation)."""
     return out_dir.with_name(f"{out_dir.name}-dev-ablation")
@@ -51,7 +57,7 @@ def saved_ablation(target: Path, cfg: dict[str, Any]) -> tuple[dict | None, str]
     if not path.is_file():
         return None, f"no dev ablation at {path} (`ablation.run=true` writes one)"
     saved = json.loads(path.read_text())
-    if saved.get("base") != json.loads(json.dumps(ablation_base(cfg))):
+    if saved.get("base") != as_saved(ablation_base(cfg)):
         return None, f"the dev ablation at {path} was written for another configuration: not cited"
     return saved, f"{path.parent.name}/dev_ablation.csv"
 
@@ -70,14 +76,14 @@ def run_ablation(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> No
     settings = S.ablation_settings(cfg)
     study = dataclasses.replace(study, data=dataclasses.replace(study.data, eval_split="dev"))
     target = ablation_dir(ctx.out.out_dir)
-    base = json.loads(json.dumps(ablation_base(cfg)))
+    base = as_saved(ablation_base(cfg))
     saved, _ = saved_ablation(target, cfg)
     prev, prev_ok = saved or {}, saved is not None
     spec = {s.label: {"train": s.train, "variants": s.variants} for s in settings}
     cached = {
         s.label
         for s in settings
-        if prev_ok and json.loads(json.dumps(spec[s.label])) == prev.get("specs", {}).get(s.label)
+        if prev_ok and as_saved(spec[s.label]) == prev.get("specs", {}).get(s.label)
     }
     runs = {k: v for k, v in S.ablation_runs(study, cfg, settings).items() if k.split("|")[0] not in cached}
     same = S.distinct_runs(runs)  # a run equal to an earlier one (contrastive keys of a VAE/GAN) is shared
