@@ -80,11 +80,7 @@ def run_ablation(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> No
     saved, _ = saved_ablation(target, cfg)
     prev, prev_ok = saved or {}, saved is not None
     spec = {s.label: {"train": s.train, "variants": s.variants} for s in settings}
-    cached = {
-        s.label
-        for s in settings
-        if prev_ok and as_saved(spec[s.label]) == prev.get("specs", {}).get(s.label)
-    }
+    cached = {s.label for s in settings if prev_ok and as_saved(spec[s.label]) == prev.get("specs", {}).get(s.label)}
     runs = {k: v for k, v in S.ablation_runs(study, cfg, settings).items() if k.split("|")[0] not in cached}
     same = S.distinct_runs(runs)  # a run equal to an earlier one (contrastive keys of a VAE/GAN) is shared
     runs = {k: v for k, v in runs.items() if same[k] == k}
