@@ -41,7 +41,7 @@ class TrainConfig:
     progress: bool = True
 
 
-LENGTH_GROUP = 4  # batches are cut from this many batches' worth of rows sorted by length
+LENGTH_GROUP = 16  # batches are cut from this many batches' worth of rows sorted by length (4: 1.13x the tokens)
 
 
 @dataclass
@@ -80,8 +80,10 @@ class Encoded:
     def draw(self, step: int, batch_size: int, group: int = LENGTH_GROUP) -> torch.Tensor:
         """The rows of training step `step`: `group` x `batch_size` rows drawn from torch's generator, sorted by
         length and cut into `group` batches, of which this step takes number `step % group`. Batches of similar
-        lengths pad less (about 1.6x fewer tokens on review snippets); every row is still drawn uniformly."""
+        lengths pad less (Rotten Tomatoes at length 48, batch 16: 27.9 tokens a row against 45.3 for uniform
+        batches and 26.8 unpadded); every row is still drawn uniformly."""
         b = min(batch_size, len(self))
+        group = max(1, min(group, len(self) // b))  # more draws than rows would make batches of repeated rows
         idx = torch.randint(len(self), (group * b,))
         idx = idx[torch.argsort(self.attention_mask[idx].sum(1), stable=True)]
         return idx[(step % group) * b : (step % group + 1) * b]

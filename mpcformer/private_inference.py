@@ -14,7 +14,8 @@ Security model (what `audit.find_leaks` checks on real runs, and what the tests 
   length of an example (only the padded length), not the logits.
 - Public to both parties (and to the dealer, through the shapes of the triples it deals): the model's shape
   (`BertSpec`: vocabulary, hidden size, layers, heads, MLP width, positions, labels, which approximations),
-  the padded length and the number of examples, and one power of four per LayerNorm (`ln_scales`, set by
+  the padded length and the number of examples (with `length_bucket`, each batch's padded length: its longest
+  example rounded up to a multiple of the bucket), and one power of four per LayerNorm (`ln_scales`, set by
   `calibrate_layer_norms` from the model owner's data; it tells the client roughly how large each LayerNorm's
   inputs get, about 2 bits per LayerNorm: disclosed here rather than hidden, because a secret scale would
   cost a multiplication per element of every LayerNorm).
@@ -302,6 +303,7 @@ class InferenceJob:
     keep_bytes: bool = False  # keep the bytes of every message too (searching them for secrets)
     hook: Callable[[PartyView], None] | None = None  # called by every party before each layer (tests)
     pairs: bool = False  # the input owner encrypts token type ids too (sentence pairs); public
+    batch_lengths: tuple[int, ...] = ()  # each batch's padded length, chosen by the input owner; public
 
 
 @dataclass
@@ -363,14 +365,15 @@ def _party(rank: int, nprocs: int, job: InferenceJob) -> PartyReport:
     batches = range(0, n, job.batch_size)
     for lo in tqdm(batches, desc="private inference", disable=rank != INPUT_OWNER or len(batches) < 2):
         hi = min(lo + job.batch_size, n)
+        cut = job.batch_lengths[lo // job.batch_size] if job.batch_lengths else length
         one_hot = (
-            torch.nn.functional.one_hot(ids[lo:hi], job.spec.vocab_size).float()
+            torch.nn.functional.one_hot(ids[lo:hi, :cut], job.spec.vocab_size).float()
             if rank == INPUT_OWNER
-            else torch.zeros(hi - lo, length, job.spec.vocab_size)
+            else torch.zeros(hi - lo, cut, job.spec.vocab_size)
         )
         x = ct.cryptensor(one_hot, src=INPUT_OWNER)
-        m = ct.cryptensor(mask[lo:hi], src=INPUT_OWNER)
-        t = ct.cryptensor(types[lo:hi], src=INPUT_OWNER) if job.pairs else None
+        m = ct.cryptensor(mask[lo:hi, :cut], src=INPUT_OWNER)
+        t = ct.cryptensor(types[lo:hi, :cut], src=INPUT_OWNER) if job.pairs else None
         on_layer = None
         if job.hook is not None:
 
@@ -402,6 +405,7 @@ def _job(
     provider: str,
     batch_size: int,
     timeout_s: float,
+    length_bucket: int | None = None,
     **options: Any,
 ):
     """The job every party gets, its weights file (read by the model owner) and its inputs file (read by the
@@ -423,8 +427,21 @@ def _job(
             batch_size,
             timeout_s,
             pairs=token_type_ids is not None,
+            batch_lengths=batch_lengths(attention_mask, batch_size, length_bucket),
             **options,
         )
+
+
+def batch_lengths(attention_mask: torch.Tensor, batch_size: int, bucket: int | None) -> tuple[int, ...]:
+    """Each batch's padded length: its longest example rounded up to a multiple of `bucket`, at most the full
+    length (() without a bucket: every batch keeps the full padded length). The input owner computes it; it is
+    public (the shapes of what it encrypts), so a coarser bucket discloses less about the lengths of its texts."""
+    if not bucket:
+        return ()
+    full = attention_mask.shape[1]
+    n = len(attention_mask)
+    longest = [int(attention_mask[lo : lo + batch_size].sum(1).max()) for lo in range(0, n, batch_size)]
+    return tuple(min(full, -(-max(k, 1) // bucket) * bucket) for k in longest)
 
 
 @dataclass
@@ -458,8 +475,13 @@ def private_inference(
     audit: bool = False,
     keep_bytes: bool = False,
     hook: Callable[[PartyView], None] | None = None,
+    length_bucket: int | None = None,
 ) -> PrivateResult:
     """Run `model` (a converted student or an exact BERT classifier) under MPC on padded token ids.
+
+    With `length_bucket` each batch is cut to its longest example rounded up to a multiple of it (public, like
+    the padded length): a run costs about its tokens, not the padding's; sort the examples by length first to
+    make the most of it. The logits do not depend on it (padded keys are masked either way).
 
     Spawns the model owner, the input owner and the dealer; each reads only what it owns (the security model
     is in this module's docstring). With `audit` every value a party sends or learns is traced and
@@ -486,7 +508,9 @@ def private_inference(
     if int(input_ids.max()) >= spec.vocab_size or int(input_ids.min()) < 0:
         raise UserError(f"token ids outside the model's vocabulary of {spec.vocab_size}: wrong tokenizer?")
     nprocs = PARTIES + (provider == "TTP")
-    options = {"audit": audit, "keep_bytes": keep_bytes, "hook": hook}
+    if length_bucket is not None and length_bucket < 1:
+        raise UserError(f"length_bucket must be a positive number of tokens or null, got {length_bucket}")
+    options = {"audit": audit, "keep_bytes": keep_bytes, "hook": hook, "length_bucket": length_bucket}
     with _job(model, input_ids, attention_mask, token_type_ids, provider, batch_size, timeout_s, **options) as job:
         try:
             reports = run_processes(

@@ -26,7 +26,13 @@ from common.errors import require
 
 from .convert import EXACT, Approximation, to_student
 from .distill import Encoded, TeacherOutputs, TrainConfig, distill, fine_tune, predict
-from .private_inference import calibrate_layer_norms, check_against_plaintext, private_inference, truncation_risk
+from .private_inference import (
+    batch_lengths,
+    calibrate_layer_norms,
+    check_against_plaintext,
+    private_inference,
+    truncation_risk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -232,34 +238,49 @@ def calibrate(models: list[nn.Module], data: Encoded, n: int = 64) -> None:
 
 
 def mpc_accuracy(
-    models: dict[str, nn.Module], data: Encoded, batch_size: int = 32, timeout_s: float = 600.0, risk_examples: int = 0
+    models: dict[str, nn.Module],
+    data: Encoded,
+    batch_size: int = 32,
+    timeout_s: float = 600.0,
+    risk_examples: int = 0,
+    length_bucket: int | None = None,
 ) -> pd.DataFrame:
     """Each model under MPC (two parties and a dealer, audited) on every example of `data`, against the same
     model in plaintext: accuracy both ways, label agreement, largest logit error, leaks found by the audit,
-    and (on the first `risk_examples`) the expected number of wrapped truncations per example."""
+    and (on the first `risk_examples`) the expected number of wrapped truncations per example.
+
+    With `length_bucket` the client sorts its examples by length and pads each batch only to its longest,
+    rounded up to a multiple of the bucket (public, as the padded length is; `private_inference`)."""
+    order = torch.argsort(data.attention_mask.sum(1), stable=True) if length_bucket else torch.arange(len(data))
+    sent = data.select(order)
+    cuts = batch_lengths(sent.attention_mask, batch_size, length_bucket) or (sent.input_ids.shape[1],)
     rows = []
     for name, model in models.items():
         log.info("under MPC: %s on %d examples (batches of %d)", name, len(data), batch_size)
         res = private_inference(
             model,
-            data.input_ids,
-            data.attention_mask,
-            data.token_type_ids,
+            sent.input_ids,
+            sent.attention_mask,
+            sent.token_type_ids,
             batch_size=batch_size,
             timeout_s=timeout_s,
             audit=True,
+            length_bucket=length_bucket,
         )
-        check = check_against_plaintext(model, data.input_ids, data.attention_mask, res.logits, data.token_type_ids)
+        logits = res.logits[torch.argsort(order)]  # back to the examples' order
+        leaks = len(res.leaks())
+        check = check_against_plaintext(model, data.input_ids, data.attention_mask, logits, data.token_type_ids)
         plain = predict(model, data).argmax(-1)
         row = {
             "model": name,
             "examples": len(data),
             "length": int(data.input_ids.shape[1]),
-            "acc_mpc": 100 * float((res.logits.argmax(-1) == data.labels).float().mean()),
+            "mean_batch_length": sum(cuts) / len(cuts),
+            "acc_mpc": 100 * float((logits.argmax(-1) == data.labels).float().mean()),
             "acc_plaintext": 100 * float((plain == data.labels).float().mean()),
             "label_agreement": 100 * check["label_agreement"],
             "max_abs_logit_error": check["max_abs_logit_error"],
-            "leaks_found": len(res.leaks()),
+            "leaks_found": leaks,
         }
         if risk_examples:
             few = data.head(risk_examples)

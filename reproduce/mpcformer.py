@@ -114,6 +114,7 @@ def run(ctx: app.RunContext) -> None:
         int(cfg.mpc_eval.batch_size),
         float(cfg.mpc.timeout_s),
         int(cfg.mpc_eval.risk_examples),
+        cfg.mpc_eval.length_bucket,
     )
     costs, sp = B.bench_all(
         study.exact,

@@ -63,6 +63,7 @@ class MpcEvalConfig:
     models: list[str] = field(default_factory=lambda: ["gelu+softmax", "quad+2quad", "quad+2relu"])
     examples: int | None = None
     batch_size: int = 16
+    length_bucket: int | None = None
     risk_examples: int = 8
 
 

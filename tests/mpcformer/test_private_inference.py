@@ -9,13 +9,16 @@ import torch
 
 from common.errors import UserError
 from mpcformer.convert import to_student
+from mpcformer.distill import Encoded
 from mpcformer.private_inference import (
     BertSpec,
+    batch_lengths,
     check_against_plaintext,
     export_weights,
     private_inference,
     weight_shapes,
 )
+from mpcformer.study import mpc_accuracy
 
 
 @pytest.mark.timeout(180)
@@ -36,6 +39,56 @@ def test_student_under_mpc_matches_plaintext_with_sentence_pairs(tiny, batch):
     without = check_against_plaintext(student, ids, mask, res.logits)  # ignoring the types is measurably wrong
     assert without["max_abs_logit_error"] > 1.5 * check["max_abs_logit_error"]
     assert res.party(0).rounds > 0 and res.party(1).bytes > 0
+
+
+def test_batch_lengths_are_each_batchs_longest_rounded_up_to_the_bucket():
+    mask = (torch.arange(12)[None, :] < torch.tensor([3, 5, 12, 1, 9])[:, None]).long()
+    assert batch_lengths(mask, 2, None) == ()  # every batch at the full padded length
+    assert batch_lengths(mask, 2, 4) == (8, 12, 12)  # 5 -> 8, 12 -> 12, 9 -> 12
+    assert batch_lengths(mask, 2, 1) == (5, 12, 9)
+    assert batch_lengths(mask, 5, 16) == (12,)  # never past the padded length
+
+
+@pytest.mark.timeout(180)
+def test_batches_cut_to_their_length_give_the_same_logits_for_fewer_bytes(tiny):
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.tensor([12, 3, 5, 4, 11, 4])  # sorted, the first two batches of 2 are short
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+    ids = torch.randint(5, 100, (6, 12), generator=g) * mask
+    student = to_student(tiny, "quad+2quad")
+    full = private_inference(student, ids, mask, batch_size=2, timeout_s=90)
+    # mpc_accuracy sorts by length, cuts each batch (to 4, 8, 12 instead of 12, 12, 12) and puts the logits
+    # back in the examples' order (this random model's logits differ too little to check the order: next test)
+    row = mpc_accuracy({"s": student}, Encoded(ids, mask, torch.zeros(6, dtype=torch.long)), 2, 90, 0, 4).iloc[0]
+    assert row.max_abs_logit_error < 1e-2 and row.leaks_found == 0  # (a random model's labels can tie closer)
+    assert row.mean_batch_length == 8
+    assert row.MB_p1 * 1e6 < 0.85 * full.party(1).bytes
+    with pytest.raises(UserError, match="length_bucket"):
+        private_inference(student, ids, mask, length_bucket=0)
+
+
+def test_mpc_accuracy_puts_the_logits_back_in_the_examples_order(tiny, monkeypatch):
+    """The ordering alone, exactly: private inference replaced by the plaintext model on what the client sends."""
+    import mpcformer.study as study
+
+    class Plain:
+        def __init__(self, model, ids, mask, types, **kw):
+            self.logits = model(input_ids=ids, attention_mask=mask).logits.detach()
+            self.wall_s, self.sent_shape = 1.0, ids.shape
+
+        def leaks(self):
+            return []
+
+        def party(self, rank):
+            return type("Report", (), {"bytes": 0, "rounds": 0})()
+
+    monkeypatch.setattr(study, "private_inference", Plain)
+    lengths = torch.tensor([12, 3, 5, 4, 11, 4])
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+    ids = torch.randint(5, 100, (6, 12), generator=torch.Generator().manual_seed(2)) * mask
+    student = to_student(tiny, "quad+2quad")
+    row = mpc_accuracy({"s": student}, Encoded(ids, mask, torch.zeros(6, dtype=torch.long)), 2, 90, 0, 4).iloc[0]
+    assert row.max_abs_logit_error < 1e-6  # the examples' logits differ by up to 8e-3 from one another
 
 
 def input_owner_dies(view) -> None:
