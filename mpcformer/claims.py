@@ -64,6 +64,12 @@ def decide_claims(
                 f". Where it does not ({', '.join(lost.approximation)}), the difference is within 2 paired standard "
                 "errors: a tie at this budget, not a loss"
             )
+        narrow = acc[(acc.acc_distilled > acc.acc_no_distill) & (acc.distilled_minus_finetuned <= acc.paired_se)]
+        if len(narrow):  # the verdict is by sign; say where the sign is inside one row's noise
+            pairs += (
+                f". Ahead by no more than one paired standard error ({', '.join(narrow.approximation)}): "
+                "a lead this run cannot tell from noise"
+            )
     claims = [
         Claim(
             "distillation_beats_finetuning",

@@ -108,3 +108,14 @@ def test_a_failed_comparison_within_paired_noise_is_called_a_tie():
     assert "Where it does not (GeLU+2ReLU), the difference is within 2 paired standard errors" in c.measured_evidence
     far = acc.assign(distilled_minus_finetuned=[5.0, -3.0])
     assert "within 2 paired" not in decide_claims(**(args | {"acc": far}))[0].measured_evidence
+
+
+def test_a_lead_within_paired_noise_is_said_so():
+    acc = _acc(distilled=(75.0, 70.1), finetuned=(70.0, 70.0)).assign(
+        distilled_minus_finetuned=[5.0, 0.1], paired_se=[0.6, 0.5]
+    )
+    args = dict(acc=acc, teacher_acc=76.0, majority_acc=51.6, sp=_sp(), mpc=_mpc(), paper=PAPER)
+    c = decide_claims(**args)[0]
+    assert c.verdict == HOLDS and "one paired standard error (GeLU+2ReLU)" in c.measured_evidence
+    clear = acc.assign(distilled_minus_finetuned=[5.0, 1.5])
+    assert "one paired standard error" not in decide_claims(**(args | {"acc": clear}))[0].measured_evidence
