@@ -37,16 +37,15 @@ def compose(overrides: Sequence[str] = ()) -> dict:
 def plan(raw: dict, scales: Sequence[float] = SCALES) -> list[study.Setting]:
     """The candidates: ae50 at each lr scale (else as configured) from `start_layer` under TP2, every seed, with the
     dev split evaluated too."""
-    s = study.StudyConfig.parse(raw)
-    require(  # GLUE's dev split is the evaluation split (its test labels are hidden): nothing held out to select on
-        not s.train.glue_root, "dev_select selects on Rotten Tomatoes' dev split; unset accuracy.glue_root"
-    )
     raw = {**raw, "compressors": dict(raw["compressors"]), "accuracy": dict(raw["accuracy"])}
     labels = [f"ae50_lr{x:g}" for x in scales]
     for x, label in zip(scales, labels):
         raw["compressors"][label] = {**raw["compressors"]["ae50"], "lr_scale": x}
     raw["accuracy"].update(compressors=labels, early=[], layouts=[LAYOUT])
     s = study.StudyConfig.parse(raw)
+    require(  # GLUE's dev split is the evaluation split (its test labels are hidden): nothing held out to select on
+        not s.train.glue_root, "dev_select selects on Rotten Tomatoes' dev split; unset accuracy.glue_root"
+    )
     return [replace(st, cfg=replace(st.cfg, eval_dev=True)) for st in s.settings("main")]
 
 

@@ -20,11 +20,12 @@ def test_a_bad_override_is_exit_2():
     assert e.value.code == 2
 
 
-def test_glue_is_refused_before_any_training(tmp_path):
+def test_glue_is_refused_before_any_training(tmp_path, capsys):
     """GLUE's dev split is its evaluation split: nothing is held out to select on, so it stops at once (exit 2)."""
     with pytest.raises(SystemExit) as e:
         dev_select.main(str(tmp_path / "out.json"), [f"accuracy.glue_root={tmp_path}"])
     assert e.value.code == 2 and not (tmp_path / "out.json").exists()
+    assert "dev_select selects on Rotten Tomatoes' dev split" in capsys.readouterr().err  # not a later data error
 
 
 def test_the_choice_is_made_on_dev_not_test():
