@@ -530,12 +530,16 @@ def check_against_plaintext(
     attention_mask: torch.Tensor,
     mpc_logits: torch.Tensor,
     token_type_ids: torch.Tensor | None = None,
+    plain_logits: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Largest logit error and label agreement of MPC logits against the plaintext model's."""
-    with torch.no_grad():
-        plain = model.eval()(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).logits.float()
+    """Largest logit error and label agreement of MPC logits against the plaintext model's (`plain_logits` when
+    the caller already has them, else one forward pass here)."""
+    if plain_logits is None:
+        with torch.no_grad():
+            plain_logits = model.eval()(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).logits
+    plain = plain_logits.float()
     return {
         "max_abs_logit_error": float((plain - mpc_logits).abs().max()),
         "label_agreement": float((plain.argmax(-1) == mpc_logits.argmax(-1)).float().mean()),

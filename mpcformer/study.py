@@ -269,8 +269,12 @@ def mpc_accuracy(
         )
         logits = res.logits[torch.argsort(order)]  # back to the examples' order
         leaks = len(res.leaks())
-        check = check_against_plaintext(model, data.input_ids, data.attention_mask, logits, data.token_type_ids)
-        plain = predict(model, data).argmax(-1)
+        with torch.no_grad():
+            plain_logits = predict(model, data)  # the plaintext model once, for the check and its accuracy
+        check = check_against_plaintext(
+            model, data.input_ids, data.attention_mask, logits, data.token_type_ids, plain_logits=plain_logits
+        )
+        plain = plain_logits.argmax(-1)
         row = {
             "model": name,
             "examples": len(data),
