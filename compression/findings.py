@@ -68,9 +68,7 @@ def learning_keeps_accuracy(
         verdicts.append(keeps and all(beats))
         evidence.append(
             f"{layout}: none {none.acc_mean:.3f}, {_fmt(ae)} ({'keeps' if keeps else 'loses'}), vs "
-            + ", ".join(
-                f"{_fmt(o)}{_bytes_note(o, ae)}{'' if b else ' (not beaten)'}" for o, b in zip(others, beats)
-            )
+            + ", ".join(f"{_fmt(o)}{_bytes_note(o, ae)}{'' if b else ' (not beaten)'}" for o, b in zip(others, beats))
         )
     if not verdicts:
         return None, "no layout measured the learning-based compressor beside its rivals"
@@ -113,8 +111,8 @@ def early_layers_hurt(acc: pd.DataFrame, min_gap: float) -> tuple[bool | None, s
     checks, evidence, unresolved, no_drop = [], [], [], []
     for e in acc[acc.group == "early"].itertuples():
         late = _row(acc, e.layout, e.compressor)
-        if late is None:  # an ablation setting: its later-layer twin ran in the ablation group
-            late = _row(acc, e.layout, e.compressor, "ablation")
+        for group in ("high_ratio", "ablation"):  # a study-ratio or ablation setting: its later-layer twin ran there
+            late = _row(acc, e.layout, e.compressor, group) if late is None else late
         if late is None:
             continue
         paired = paired_drop(late, e)

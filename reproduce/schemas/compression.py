@@ -19,7 +19,7 @@ class ScaleConfig:
 @dataclass
 class AccuracyConfig:
     compressors: list[str] = field(default_factory=lambda: ["none", "ae50", "topk", "randk", "int4", "powersgd"])
-    early: list[str] = field(default_factory=lambda: ["ae50", "ae50_lr10", "int4"])
+    early: list[str] = field(default_factory=lambda: ["ae50", "int4"])
     start_layer: int = 2
     layouts: list[dict[str, int]] = field(
         default_factory=lambda: [{"tp": 2, "pp": 1}, {"tp": 1, "pp": 2}, {"tp": 2, "pp": 2}]
@@ -55,7 +55,7 @@ class AblationLayoutConfig:
 class AblationConfig:
     when: str = "failed"
     layout: AblationLayoutConfig = field(default_factory=AblationLayoutConfig)
-    compressors: list[str] = field(default_factory=lambda: ["ae50_lr10"])
+    compressors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -140,7 +140,7 @@ class CompressionConfig(BaseConfig):
             "ae50_warmup": {"name": "autoencoder", "d": 50, "matmul_dtype": "bfloat16", "warmup_steps": 10},
             "ae50_shared": {"name": "autoencoder", "d": 50, "shared": True, "matmul_dtype": "bfloat16"},
             "ae50_fp32": {"name": "autoencoder", "d": 50},
-            "ae20": {"name": "autoencoder", "d": 20, "shared": False, "lr_scale": 1.0, "matmul_dtype": "bfloat16"},
+            "ae20": {"name": "autoencoder", "d": 20, "shared": False, "lr_scale": 10.0, "matmul_dtype": "bfloat16"},
             "topk20": {"name": "topk", "ratio": 0.026, "k": None, "index_dtype": "int32"},
             "randk20": {"name": "randk", "ratio": 0.052, "k": None, "rescale": True, "index_pool": 16},
         }
