@@ -141,11 +141,15 @@ def codec_times(
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     xg = x.clone().requires_grad_()
     rows = []
+    faults: list[int] = []
 
     def timed(fn) -> float:
+        f = _minor_faults()
         t = time.thread_time()
         fn()
-        return time.thread_time() - t
+        dt = time.thread_time() - t
+        faults.append(_minor_faults() - f)
+        return dt
 
     for label, spec in specs.items():
         comp = spec.build(shape[-1])
@@ -159,10 +163,11 @@ def codec_times(
 
         run()
         x.clone()
-        copies, codecs = [], []
+        copies, codecs, codec_faults = [], [], []
         for _ in range(repeats):
             copies.append(timed(x.clone))
             codecs.append(timed(run) if spec.active else 0.0)
+            codec_faults.append(faults[-1] if spec.active else 0)
         copy_s, codec_s = min(copies), min(codecs)
         rows.append(
             {
@@ -172,6 +177,7 @@ def codec_times(
                 "codec_ns_per_elem": 1e9 * codec_s / x.numel(),
                 "copy_ns_per_elem": 1e9 * copy_s / x.numel(),
                 "vs_copy": codec_s / copy_s,
+                "page_faults": codec_faults[codecs.index(codec_s)],  # in the codec call timed (its best)
                 "fewer_bytes": comp.ratio(shape),
             }
         )
@@ -210,6 +216,32 @@ CODEC_SPECS = {
 LIMITS = {"quantization": 5.0, "pruning": 20.0, "learning": 20.0}  # the issue's bounds, x a plain copy
 
 
+def _minor_faults() -> int:
+    """This thread's minor page faults so far (0 where the OS does not count them per thread)."""
+    import resource
+
+    who = getattr(resource, "RUSAGE_THREAD", None)
+    return 0 if who is None else resource.getrusage(who).ru_minflt
+
+
+def reuse_freed_memory() -> str:
+    """Keep freed memory in this process for the next allocation (glibc: blocks up to 32 MB from the heap, never
+    trimmed), and say what the allocator does. As started, glibc's dynamic thresholds decide per process whether a
+    codec's fresh 12.6 MB output reuses a freed block or is a new mapping whose 3,072 pages fault in on every call
+    (counted in thread CPU time) while the copy's block is reused: that was the codecs' between-process spread."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "as started (no glibc)"
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    return (
+        "freed memory reused (glibc mallopt: mmap threshold 32 MB, no trim)" if ok else "as started (mallopt refused)"
+    )
+
+
 def load_average() -> float | None:
     """The 1-minute load average (other processes share this machine's cores), or None where the OS has none."""
     try:
@@ -224,9 +256,11 @@ def _load() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m compression.bench codecs [--shape 128,32,768] [--threads 1] [--repeats 7]`: encode+decode
-    time of every compressor against a plain copy of the same tensor, in one run (CPU time of this thread; the
-    auto-encoder also with its backward, what a training step pays); prints a table."""
+    """`python -m compression.bench codecs [--shape 128,32,768] [--threads 1] [--repeats 7] [--allocator reuse]`:
+    encode+decode time of every compressor against a plain copy of the same tensor, in one run (CPU time of this
+    thread; the auto-encoder also with its backward, what a training step pays); prints a table. `--allocator reuse`
+    (the default) keeps freed memory in the process for the copy and the codecs alike (`reuse_freed_memory`);
+    `as-started` leaves glibc as the process started."""
     import argparse
 
     import pandas as pd
@@ -236,7 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shape", default="128,32,768")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--allocator", choices=["reuse", "as-started"], default="reuse")
     a = p.parse_args(argv)
+    allocator = reuse_freed_memory() if a.allocator == "reuse" else "as started"
     torch.set_num_threads(a.threads)
     shape = tuple(int(v) for v in a.shape.split(","))
     df = pd.DataFrame(codec_times(CODEC_SPECS, shape, a.repeats, backward=False))
@@ -244,7 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     df = pd.concat([df, pd.DataFrame(codec_times(ae, shape, a.repeats, backward=True))], ignore_index=True)
     df["limit"] = [LIMITS.get(CODEC_SPECS[c.removesuffix(" +backward")].family, float("nan")) for c in df.compressor]
     df["within"] = df.vs_copy <= df.limit
-    print(f"threads {a.threads}, shape {a.shape}, quantizer path: {fused.backend()}, load average {_load()}")
+    print(
+        f"threads {a.threads}, shape {a.shape}, quantizer path: {fused.backend()}, allocator: {allocator}, "
+        f"load average {_load()}"
+    )
     print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
 
 

@@ -1,7 +1,8 @@
-"""`python -m compression.dev_select [OUT.json] [key=value ...]`: the auto-encoder's learning-rate scale (ae50, lr_scale
-1, 3 or 10) selected on Rotten Tomatoes' validation split (dev) under TP2 at the mini budget, seeds 0-2; each setting's
-test accuracy is recorded beside and never used to choose. The README's ablation of the learning-based finding cites
-it. The config is composed as `python -m reproduce.compression` composes it (Hydra, the schema, the same overrides)."""
+"""`python -m compression.dev_select [OUT.json] [--label ae50] [key=value ...]`: an auto-encoder's learning-rate scale
+(the config's `--label` compressor, default ae50, at lr_scale 1, 3 or 10) selected on Rotten Tomatoes' validation split
+(dev) under TP2 at the mini budget, seeds 0-2; each setting's test accuracy is recorded beside and never used to choose.
+The README's ablation of the learning-based finding (ae50) and the lr of the study-ratio auto-encoder (ae20) cite it.
+The config is composed as `python -m reproduce.compression` composes it (Hydra, the schema, the same overrides)."""
 
 from __future__ import annotations
 
@@ -34,14 +35,19 @@ def compose(overrides: Sequence[str] = ()) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def plan(raw: dict, scales: Sequence[float] = SCALES) -> list[study.Setting]:
-    """The candidates: ae50 at each lr scale (else as configured) from `start_layer` under TP2, every seed, with the
-    dev split evaluated too."""
+def plan(raw: dict, scales: Sequence[float] = SCALES, label: str = "ae50") -> list[study.Setting]:
+    """The candidates: the `label` auto-encoder at each lr scale (else as configured) from `start_layer` under TP2,
+    every seed, with the dev split evaluated too."""
     raw = {**raw, "compressors": dict(raw["compressors"]), "accuracy": dict(raw["accuracy"])}
-    labels = [f"ae50_lr{x:g}" for x in scales]
-    for x, label in zip(scales, labels):
-        raw["compressors"][label] = {**raw["compressors"]["ae50"], "lr_scale": x}
-    raw["accuracy"].update(compressors=labels, early=[], layouts=[LAYOUT])
+    base = raw["compressors"].get(label)
+    require(
+        base is not None and base.get("name") == "autoencoder",
+        f"--label {label}: not an auto-encoder of the config's compressors",
+    )
+    labels = [f"{label}_lr{x:g}" for x in scales]
+    for x, name in zip(scales, labels):
+        raw["compressors"][name] = {**base, "lr_scale": x}
+    raw["accuracy"].update(compressors=labels, early=[], high_ratio=[], layouts=[LAYOUT])
     s = study.StudyConfig.parse(raw)
     require(  # GLUE's dev split is the evaluation split (its test labels are hidden): nothing held out to select on
         not s.train.glue_root, "dev_select selects on Rotten Tomatoes' dev split; unset accuracy.glue_root"
@@ -64,9 +70,9 @@ def select(rows: list[dict]) -> dict:
 
 
 @exit_on_user_error
-def main(out: str = "dev_select.json", overrides: Sequence[str] = ()) -> dict:
+def main(out: str = "dev_select.json", overrides: Sequence[str] = (), label: str = "ae50") -> dict:
     t0 = time.time()
-    settings = plan(compose(overrides))
+    settings = plan(compose(overrides), label=label)
     runs = study.run_accuracy(settings)  # Rotten Tomatoes: acc is the test split's, dev_acc the dev split's
     rows = [
         {"label": r.compressor, "seed": int(r.seed), "dev": float(r.dev_acc), "test": float(r.acc)}
@@ -80,5 +86,10 @@ def main(out: str = "dev_select.json", overrides: Sequence[str] = ()) -> dict:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    out = args.pop(0) if args and "=" not in args[0] else "dev_select.json"
-    main(out, args)
+    out = args.pop(0) if args and "=" not in args[0] and not args[0].startswith("--") else "dev_select.json"
+    label = "ae50"
+    if "--label" in args:
+        i = args.index("--label")
+        label = args[i + 1] if i + 1 < len(args) else ""
+        del args[i : i + 2]
+    main(out, args, label)

@@ -1,7 +1,9 @@
 """The study's findings decided from the measured tables (never by hand), as `common.claims.Claim`s.
 
 A difference in accuracy counts when it exceeds its spread: the larger of the two settings' standard deviations
-over seeds (or `claims.min_gap`, whichever is larger), so that three noisy seeds do not decide a claim.
+over seeds (or `claims.min_gap`, whichever is larger), so that three noisy seeds do not decide a claim. Early
+layers compare a compressor with itself on the same seeds (same split and start), so that finding is decided on the
+per-seed differences and their standard error (`paired_drop`) where the table lists each seed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,22 @@ def _fmt(r) -> str:
     return f"{r.compressor} {r.acc_mean:.3f}±{_std(r.acc_std):.3f}"
 
 
+def _ratio(acc: pd.DataFrame, label: str, group: str) -> str:
+    """` at 19.2x fewer bytes` for the learning-based compressor of a comparison (the table's fewer_bytes)."""
+    r = acc[(acc.compressor == label) & (acc.group == group)]
+    if r.empty or "fewer_bytes" not in r:
+        return ""
+    return f" at {float(r.fewer_bytes.iloc[0]):.1f}x fewer bytes"
+
+
+def _bytes_note(rival, learning) -> str:
+    """A rival that sends clearly more bytes than the learning-based compressor says so (e.g. int2's 15x vs 19x)."""
+    a, b = getattr(rival, "fewer_bytes", None), getattr(learning, "fewer_bytes", None)
+    if a is None or b is None or not a < 0.95 * b:
+        return ""
+    return f" ({a:.1f}x: more bytes)"
+
+
 def learning_keeps_accuracy(
     acc: pd.DataFrame,
     learning: str,
@@ -34,13 +52,15 @@ def learning_keeps_accuracy(
     min_gap: float,
     group: str = "main",
     layouts: list[str] | None = None,
+    rival_group: str = "main",
 ) -> tuple[bool | None, str]:
-    """Per layout: the learning-based compressor keeps accuracy (its drop from no compression within the spread)
-    and beats every pruning and quantization rival at about equal bytes by more than the spread."""
+    """Per layout: the learning-based compressor (of `group`) keeps accuracy (its drop from no compression within
+    the spread) and beats every pruning and quantization rival (of `rival_group`) at about equal bytes by more than
+    the spread."""
     verdicts, evidence = [], []
     for layout in layouts or list(dict.fromkeys(acc.layout)):
         none, ae = _row(acc, layout, "none"), _row(acc, layout, learning, group)
-        others = [r for r in (_row(acc, layout, o) for o in rivals) if r is not None]
+        others = [r for r in (_row(acc, layout, o, rival_group) for o in rivals) if r is not None]
         if none is None or ae is None or not others:
             continue
         keeps = none.acc_mean - ae.acc_mean <= max(_std(none.acc_std), _std(ae.acc_std), min_gap)
@@ -48,30 +68,69 @@ def learning_keeps_accuracy(
         verdicts.append(keeps and all(beats))
         evidence.append(
             f"{layout}: none {none.acc_mean:.3f}, {_fmt(ae)} ({'keeps' if keeps else 'loses'}), vs "
-            + ", ".join(f"{_fmt(o)}{'' if b else ' (not beaten)'}" for o, b in zip(others, beats))
+            + ", ".join(f"{_fmt(o)}{_bytes_note(o, ae)}{'' if b else ' (not beaten)'}" for o, b in zip(others, beats))
         )
     if not verdicts:
         return None, "no layout measured the learning-based compressor beside its rivals"
     return all(verdicts), f"{sum(verdicts)}/{len(verdicts)} layouts. " + "; ".join(evidence)
 
 
+T_ONE_SIDED_95 = {2: 6.314, 3: 2.920, 4: 2.353, 5: 2.132, 6: 2.015, 7: 1.943, 8: 1.895, 9: 1.860, 10: 1.833}
+
+
+def _seeds(r) -> dict[int, float] | None:
+    """{seed: accuracy} from a table row's `seed_ids` and `per_seed` columns (None where the table lacks them)."""
+    ids, vals = getattr(r, "seed_ids", None), getattr(r, "per_seed", None)
+    if not isinstance(ids, str) or not isinstance(vals, str):
+        return None
+    return dict(zip((int(x) for x in ids.split()), (float(x) for x in vals.split())))
+
+
+def paired_drop(late, early) -> tuple[float, float, int] | None:
+    """Mean accuracy drop (latter layers minus every layer) over the seeds both rows ran, its standard error and
+    the number of seeds; None with fewer than two common seeds."""
+    a, b = _seeds(late), _seeds(early)
+    if a is None or b is None:
+        return None
+    common = sorted(set(a) & set(b))
+    if len(common) < 2:
+        return None
+    d = [a[s] - b[s] for s in common]
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+    return mean, se, len(d)
+
+
 def early_layers_hurt(acc: pd.DataFrame, min_gap: float) -> tuple[bool | None, str]:
     """Per layout and compressor run both ways: accuracy compressing every layer is below that compressing only
-    the latter layers by more than the spread. An ablation setting run on every layer is paired with its
-    later-layer run in the ablation group (same layout and seeds)."""
+    the latter layers. An ablation setting run on every layer is paired with its later-layer run in the ablation
+    group (same layout and seeds). Where the table lists each seed (`seed_ids`, `per_seed`), decided on the per-seed
+    drops: it hurts when their mean exceeds both `min_gap` and its one-sided 95% bound (t quantile x standard
+    error); there is no drop when the mean plus that bound stays below `min_gap`; else unresolved. Without per-seed
+    values: the drop against the larger standard deviation over seeds."""
     checks, evidence, unresolved, no_drop = [], [], [], []
     for e in acc[acc.group == "early"].itertuples():
         late = _row(acc, e.layout, e.compressor)
-        if late is None:  # an ablation setting: its later-layer twin ran in the ablation group
-            late = _row(acc, e.layout, e.compressor, "ablation")
+        for group in ("high_ratio", "ablation"):  # a study-ratio or ablation setting: its later-layer twin ran there
+            late = _row(acc, e.layout, e.compressor, group) if late is None else late
         if late is None:
             continue
-        drop, spread = late.acc_mean - e.acc_mean, max(_std(late.acc_std), _std(e.acc_std), min_gap)
-        hurt = drop > spread
+        paired = paired_drop(late, e)
+        if paired is not None:
+            drop, se, n = paired
+            bound = T_ONE_SIDED_95.get(n, 1.645) * se
+            hurt = drop > max(bound, min_gap)
+            absent = drop + bound < min_gap
+            note = f" (drop {drop:+.3f}, SE {se:.3f} over {n} paired seeds" + (
+                ")" if hurt else f": {'no drop' if absent else 'unresolved'})"
+            )
+        else:
+            drop, spread = late.acc_mean - e.acc_mean, max(_std(late.acc_std), _std(e.acc_std), min_gap)
+            hurt, absent = drop > spread, drop <= 0
+            note = "" if hurt else f" (drop {drop:+.3f} within spread {spread:.3f})"
         checks.append(hurt)
         if not hurt:
-            (unresolved if drop > 0 else no_drop).append(e.compressor)
-        note = "" if hurt else f" (drop {drop:+.3f} within spread {spread:.3f})"
+            (no_drop if absent else unresolved).append(e.compressor)
         evidence.append(
             f"{e.layout} {e.compressor}: layers {e.layers} {e.acc_mean:.3f}±{_std(e.acc_std):.3f} vs "
             f"{late.layers} {late.acc_mean:.3f}±{_std(late.acc_std):.3f}{note}"
@@ -221,6 +280,39 @@ def ablation_note(acc: pd.DataFrame, learning: str, rivals: list[str], min_gap: 
     return head + ", ".join(parts) + "; " + tail + "."
 
 
+def learning_verdicts(acc: pd.DataFrame, settings: Mapping) -> dict[str, tuple[bool | None, str]]:
+    """The learning-based finding at each ratio measured: main (`learning` vs `rivals`, the main runs; with the
+    ablation's note where it fails) and high_ratio (`high_ratio.learning` vs `high_ratio.rivals`, the high_ratio
+    runs)."""
+    gap = float(settings["min_gap"])
+    learning, rivals = str(settings["learning"]), [str(r) for r in settings["rivals"]]
+    ok, ev = learning_keeps_accuracy(acc, learning, rivals, gap)
+    if ok is False:
+        ev += ablation_note(acc, learning, rivals, gap)
+    out = {"main": (ok, ev)}
+    hr = settings.get("high_ratio") or {}
+    if hr and not acc[acc.group == "high_ratio"].empty:
+        hl, hrv = str(hr["learning"]), [str(r) for r in hr["rivals"]]
+        out["high_ratio"] = learning_keeps_accuracy(acc, hl, hrv, gap, group="high_ratio", rival_group="high_ratio")
+    return out
+
+
+def learning_claim(acc: pd.DataFrame, settings: Mapping) -> tuple[bool | None, str]:
+    """The learning-based finding decided at the ratio `settings["decide_at"]` names (main or high_ratio; the main
+    ratio when the other was not run); the other ratio's comparison is reported beside it."""
+    by = learning_verdicts(acc, settings)
+    at = str(settings.get("decide_at", "main"))
+    at = at if at in by else "main"
+    hr = settings.get("high_ratio") or {}
+    label = {"main": str(settings["learning"]), "high_ratio": str(hr.get("learning", ""))}
+    parts = []
+    for key in [at] + [k for k in by if k != at]:
+        ok, ev = by[key]
+        role = "decides" if key == at else "reported"
+        parts.append(f"[{label[key]}{_ratio(acc, label[key], key)} ({role})] {ev}")
+    return by[at][0], " ".join(parts)
+
+
 def study_claims(
     acc: pd.DataFrame | None,
     throughput: pd.DataFrame | None,
@@ -232,13 +324,11 @@ def study_claims(
 ) -> list[Claim]:
     """The study's claims from this run's tables. `settings`: learning (label), rivals (labels at about equal
     bytes), min_gap, cost_model_error_pct, cost_model_order, timing_noise_pct, break_even_links_gbps (slow, fast),
-    dtype (of the message table)."""
+    dtype (of the message table); high_ratio ({learning, rivals} at the study's ratio) and decide_at (main or
+    high_ratio: the ratio that decides the learning-based finding)."""
     gap = float(settings["min_gap"])
-    learning, rivals = str(settings["learning"]), [str(r) for r in settings["rivals"]]
     out = []
-    ok, ev = learning_keeps_accuracy(acc, learning, rivals, gap) if acc is not None else (None, "not run")
-    if ok is False and acc is not None:
-        ev += ablation_note(acc, learning, rivals, gap)
+    ok, ev = learning_claim(acc, settings) if acc is not None else (None, "not run")
     out.append(
         Claim(
             "learning_keeps_accuracy",
@@ -301,7 +391,10 @@ __all__ = [
     "cost_model_predicts",
     "early_layers_hurt",
     "int8_saves_nothing",
+    "learning_claim",
     "learning_keeps_accuracy",
+    "learning_verdicts",
+    "paired_drop",
     "pays_only_below_break_even",
     "study_claims",
 ]

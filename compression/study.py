@@ -60,7 +60,7 @@ class Setting:
     layout: Layout
     label: str
     layers: str  # "2-3", or "-" for no compression
-    group: str  # main (latter layers), early (every layer) or ablation
+    group: str  # main (latter layers), early (every layer), high_ratio (the study's ratio) or ablation
     cfg: TrainConfig
 
 
@@ -74,6 +74,8 @@ class StudyConfig:
     compressors: list[str]
     early: list[str]
     early_layouts: list[Layout]
+    high_ratio: list[str]
+    high_ratio_layouts: list[Layout]
     seeds: list[int]
     ablation: list[str]
     ablation_layout: Layout | None
@@ -143,6 +145,8 @@ class StudyConfig:
             compressors=labels(a["compressors"], "accuracy.compressors"),
             early=labels(a["early"], "accuracy.early"),
             early_layouts=[Layout.parse(d) for d in a.get("early_layouts") or a["layouts"]],
+            high_ratio=labels(a.get("high_ratio") or [], "accuracy.high_ratio"),
+            high_ratio_layouts=[Layout.parse(d) for d in a.get("high_ratio_layouts") or a["layouts"]],
             seeds=[int(s) for s in a["seeds"]],
             ablation=labels(ab.get("compressors", []), "ablation.compressors"),
             ablation_layout=Layout.parse(ab["layout"]) if ab.get("layout") else None,
@@ -166,10 +170,11 @@ class StudyConfig:
         t = self.train
         if t.model_path is None or Path(t.model_path).exists():
             hidden = t.model_config().hidden
-            for label in dict.fromkeys(self.compressors + self.early + self.ablation):  # every one this run uses
+            for label in dict.fromkeys(self.compressors + self.early + self.high_ratio + self.ablation):  # all used
                 self.specs[label].check(hidden, t.batch_size // t.micro_batches * t.seq_len, label)
         self.settings("main")
         self.settings("early")
+        self.settings("high_ratio")
         self.settings("ablation")
         for spec in self.bench.compressors.values():
             for layout in self.bench.layouts:
@@ -178,8 +183,8 @@ class StudyConfig:
 
     def settings(self, group: str) -> list[Setting]:
         """The fine-tunings of a group: main (every compressor from `start_layer` under every layout), early
-        (from layer 0, under `early_layouts`) or ablation (the ablation compressors from `start_layer` under the
-        ablation layout)."""
+        (from layer 0, under `early_layouts`), high_ratio (the study-ratio compressors from `start_layer` under
+        `high_ratio_layouts`) or ablation (the ablation compressors from `start_layer` under the ablation layout)."""
         n = self.train.layers
         path = self.train.model_path
         model = self.train.model_config() if path is None or Path(path).exists() else None
@@ -187,6 +192,8 @@ class StudyConfig:
             runs = [(lay, lbl, self.start_layer) for lay in self.layouts for lbl in self.compressors]
         elif group == "early":
             runs = [(lay, lbl, 0) for lay in self.early_layouts for lbl in self.early]
+        elif group == "high_ratio":
+            runs = [(lay, lbl, self.start_layer) for lay in self.high_ratio_layouts for lbl in self.high_ratio]
         else:
             runs = [(self.ablation_layout or self.layouts[0], lbl, self.start_layer) for lbl in self.ablation]
         out = []
@@ -256,7 +263,8 @@ def run_accuracy(settings: list[Setting], tracker=None, timeout_s: float = 3600)
 
 
 def accuracy_table(runs: pd.DataFrame, specs: dict[str, CompressorSpec], shape: tuple[int, int, int]) -> pd.DataFrame:
-    """Mean and sample std over seeds per (layout, compressor, compressed layers); fewer_bytes per message."""
+    """Mean and sample std over seeds per (layout, compressor, compressed layers), each seed's accuracy (per_seed,
+    in the order of seed_ids: the early-layers finding pairs them); fewer_bytes per message."""
     g = runs.groupby(["layout", "compressor", "layers", "group"], sort=False)
     out = g.agg(
         acc_mean=("acc", "mean"),
@@ -265,7 +273,8 @@ def accuracy_table(runs: pd.DataFrame, specs: dict[str, CompressorSpec], shape: 
         loss=("final_loss", "mean"),
         MB_per_step=("MB_per_step", "mean"),
     ).reset_index()
-    out["per_seed"] = g["acc"].apply(lambda s: " ".join(f"{v:.3f}" for v in s)).values
+    out["per_seed"] = g["acc"].apply(lambda s: " ".join(f"{v:.4f}" for v in s)).values
+    out["seed_ids"] = g["seed"].apply(lambda s: " ".join(str(int(v)) for v in s)).values  # per_seed's seeds
     out["family"] = [specs[c].family for c in out.compressor]
     out["fewer_bytes"] = [specs[c].fewer_bytes(shape) for c in out.compressor]
     return out[
@@ -280,6 +289,7 @@ def accuracy_table(runs: pd.DataFrame, specs: dict[str, CompressorSpec], shape: 
             "acc_std",
             "seeds",
             "per_seed",
+            "seed_ids",
             "loss",
             "MB_per_step",
         ]
@@ -445,14 +455,16 @@ def message_table(message: Mapping) -> pd.DataFrame:
 
 def plan_text(study: StudyConfig, scale: str) -> str:
     t = study.train
-    n = {g: len(study.settings(g)) for g in ("main", "early", "ablation")}
+    n = {g: len(study.settings(g)) for g in ("main", "early", "high_ratio", "ablation")}
     data = f"GLUE {t.task} at {t.glue_root}" if t.glue_root else "Rotten Tomatoes"
     model = t.model_path or "all-MiniLM-L6-v2"
     return "\n".join(
         [
-            f"accuracy ({scale}): {n['main'] + n['early']} fine-tunings ({len(study.compressors)} compressors from "
-            f"layer {study.start_layer} under {[lay.name for lay in study.layouts]}, {len(study.early)} from layer 0 "
-            f"under {[lay.name for lay in study.early_layouts]}), seeds {study.seeds}; {t.layers}-layer BERT "
+            f"accuracy ({scale}): {n['main'] + n['early'] + n['high_ratio']} fine-tunings ({len(study.compressors)} "
+            f"compressors from layer {study.start_layer} under {[lay.name for lay in study.layouts]}, "
+            f"{len(study.early)} from layer 0 under {[lay.name for lay in study.early_layouts]}, "
+            f"{len(study.high_ratio)} at the study's ratio under {[lay.name for lay in study.high_ratio_layouts]}), "
+            f"seeds {study.seeds}; {t.layers}-layer BERT "
             f"({model}), "
             f"seq {t.seq_len}, batch {t.batch_size}, {t.steps} steps; data: {data}",
             f"ablation ({study.ablation_when}): {n['ablation']} fine-tunings of {study.ablation} under "

@@ -19,12 +19,14 @@ class ScaleConfig:
 @dataclass
 class AccuracyConfig:
     compressors: list[str] = field(default_factory=lambda: ["none", "ae50", "topk", "randk", "int4", "powersgd"])
-    early: list[str] = field(default_factory=lambda: ["ae50", "ae50_lr10", "int4"])
+    early: list[str] = field(default_factory=lambda: ["ae50", "int4"])
     start_layer: int = 2
     layouts: list[dict[str, int]] = field(
         default_factory=lambda: [{"tp": 2, "pp": 1}, {"tp": 1, "pp": 2}, {"tp": 2, "pp": 2}]
     )
     early_layouts: list[dict[str, int]] = field(default_factory=lambda: [{"tp": 2, "pp": 1}])
+    high_ratio: list[str] = field(default_factory=lambda: ["ae20", "topk20", "randk20", "int2"])
+    high_ratio_layouts: list[dict[str, int]] = field(default_factory=lambda: [{"tp": 2, "pp": 1}])
     micro_batches: int = 2
     backward: bool = False
     layers: int = 4
@@ -53,7 +55,7 @@ class AblationLayoutConfig:
 class AblationConfig:
     when: str = "failed"
     layout: AblationLayoutConfig = field(default_factory=AblationLayoutConfig)
-    compressors: list[str] = field(default_factory=lambda: ["ae50_lr10", "ae50_warmup"])
+    compressors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -102,6 +104,10 @@ class MessageConfig:
 class ClaimsConfig:
     learning: str = "ae50"
     rivals: list[str] = field(default_factory=lambda: ["topk", "randk", "int4"])
+    high_ratio: dict[str, Any] = field(
+        default_factory=lambda: {"learning": "ae20", "rivals": ["topk20", "randk20", "int2"]}
+    )
+    decide_at: str = "high_ratio"
     min_gap: float = 0.01
     cost_model_error_pct: float = 25.0
     cost_model_order: float = 0.8
@@ -134,6 +140,9 @@ class CompressionConfig(BaseConfig):
             "ae50_warmup": {"name": "autoencoder", "d": 50, "matmul_dtype": "bfloat16", "warmup_steps": 10},
             "ae50_shared": {"name": "autoencoder", "d": 50, "shared": True, "matmul_dtype": "bfloat16"},
             "ae50_fp32": {"name": "autoencoder", "d": 50},
+            "ae20": {"name": "autoencoder", "d": 20, "shared": False, "lr_scale": 10.0, "matmul_dtype": "bfloat16"},
+            "topk20": {"name": "topk", "ratio": 0.026, "k": None, "index_dtype": "int32"},
+            "randk20": {"name": "randk", "ratio": 0.052, "k": None, "rescale": True, "index_pool": 16},
         }
     )
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)

@@ -3,6 +3,8 @@ all-reduce property of the linear ones, learning for the auto-encoder, and bad o
 
 import copy
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -205,10 +207,34 @@ def test_spec_is_parsed_once_with_the_label_in_errors():
 def test_codec_benchmark_command_prints_threads_shape_and_ratio(capsys):
     from compression.bench import main
 
-    main(["codecs", "--shape", "4,8,128", "--repeats", "2"])
+    main(["codecs", "--shape", "4,8,128", "--repeats", "2", "--allocator", "as-started"])  # no mallopt in pytest
     out = capsys.readouterr().out
-    assert "threads" in out and "4x8x128" in out and "vs_copy" in out
+    assert "threads" in out and "4x8x128" in out and "vs_copy" in out and "allocator: as started" in out
     assert all(name in out for name in ("int8", "int4", "int2", "topk", "randk", "ae100", "powersgd"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_codec_bench_reuses_freed_memory_so_outputs_do_not_fault_in():
+    """What made the codec bench's between-process spread: outputs of 12.6 MB mapped anew (3,072 page faults each,
+    in thread CPU time) on every call in some processes. As started, glibc returns three freed such blocks to the
+    OS every time (caught: faults on every call); with `reuse_freed_memory` a call reuses them (what a best-of-N
+    timing needs)."""
+    code = (
+        "import resource, sys, torch\n"
+        "from compression.bench import reuse_freed_memory\n"
+        "print(reuse_freed_memory() if sys.argv[1] == 'reuse' else 'as started')\n"
+        "faults = []\n"
+        "for _ in range(4):\n"
+        "    f = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt\n"
+        "    bufs = [torch.empty(128 * 32 * 768).fill_(1.0) for _ in range(3)]\n"
+        "    faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - f)\n"
+        "    del bufs\n"
+        "print(min(faults[1:]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, "reuse"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    label, fewest = r.stdout.strip().splitlines()[-2:]
+    assert label.startswith("freed memory reused") and int(fewest) < 100  # one 12.6 MB mapping is 3,072 pages
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])

@@ -37,3 +37,14 @@ def test_the_choice_is_made_on_dev_not_test():
     out = dev_select.select(rows)
     assert out["selected_on_dev"] == "b"  # a has the better test accuracy; dev picks b
     assert out["summary"]["b"]["dev"] == pytest.approx([0.76, 0.01])
+
+
+def test_another_auto_encoder_is_selected_by_label():
+    from common.errors import UserError
+
+    raw = dev_select.compose(["accuracy.steps=7"])
+    settings = dev_select.plan(raw, label="ae20")
+    assert [st.label for st in settings[:3]] == ["ae20_lr1", "ae20_lr3", "ae20_lr10"]
+    assert all(st.cfg.compressor.d == 20 and st.group == "main" for st in settings) and len(settings) == 9
+    with pytest.raises(UserError, match="not an auto-encoder"):
+        dev_select.plan(raw, label="int4")

@@ -184,3 +184,103 @@ def test_order_agreement_counts_only_pairs_the_noise_tells_apart():
     assert worse["resolved"] == 5 and worse["agreement"] == pytest.approx(4 / 5)
     # a run whose rounds happened to agree gets the floor, not zero noise: the near-tie stays unresolved
     assert order_agreement(rows.assign(noise_s=[0.0, 0.0, 0.04, 0.08]))["resolved"] == 5
+
+
+def _high(ae20=0.795, topk20=0.70, randk20=0.65, int2=0.72, std=0.01):
+    """The study-ratio runs (TP2 only) beside the main table, with fewer_bytes as the accuracy table has it."""
+    rows = [
+        ("ae20", ae20, 19.2),
+        ("topk20", topk20, 19.2),
+        ("randk20", randk20, 19.2),
+        ("int2", int2, 15.1),
+    ]
+    return pd.DataFrame(
+        [
+            {
+                "layout": "TP2",
+                "compressor": c,
+                "layers": "2-3",
+                "group": "high_ratio",
+                "acc_mean": m,
+                "acc_std": std,
+                "fewer_bytes": fb,
+            }
+            for c, m, fb in rows
+        ]
+    )
+
+
+HR_RULES = {
+    **RULES,
+    "high_ratio": {"learning": "ae20", "rivals": ["topk20", "randk20", "int2"]},
+    "decide_at": "high_ratio",
+}
+
+
+def _learning(acc, rules=HR_RULES):
+    claims = F.study_claims(acc, _thr(), BE, FIT, MSG, rules, PAPER)
+    return claims[0].verdict, claims[0].measured_evidence
+
+
+def test_the_study_ratio_decides_the_learning_finding():
+    fails_at_main = _acc(int4=0.795)  # int4 keeps up at 7.7x
+    verdict, ev = _learning(pd.concat([fails_at_main, _high()]))
+    assert verdict == HOLDS  # decided at ~19x, where the auto-encoder beats every rival
+    assert ev.index("(decides)") < ev.index("(reported)") and "ae20 at 19.2x fewer bytes (decides)" in ev
+    assert "int2 0.720±0.010 (15.1x: more bytes)" in ev  # a rival that sends more bytes says so
+    # each rival at the study's ratio can fail it; so can the auto-encoder losing accuracy there
+    for kw in ({"int2": 0.79}, {"topk20": 0.79}, {"randk20": 0.79}, {"ae20": 0.70}):
+        assert _learning(pd.concat([_acc(), _high(**kw)]))[0] == DOES_NOT_HOLD
+    # decide_at: main decides on the 7.7x runs and reports the study's ratio beside them
+    verdict, ev = _learning(pd.concat([fails_at_main, _high()]), {**HR_RULES, "decide_at": "main"})
+    assert verdict == DOES_NOT_HOLD and "ae20" in ev and ev.index("(decides)") < ev.index("ae20")
+    # no study-ratio runs: the main ratio decides
+    assert _learning(fails_at_main)[0] == DOES_NOT_HOLD and _learning(_acc())[0] == HOLDS
+    assert set(F.learning_verdicts(pd.concat([_acc(), _high()]), HR_RULES)) == {"main", "high_ratio"}
+
+
+def _early_pair(late, early, layout="TP2", label="ae50"):
+    """A latter-layer and an every-layer row with their per-seed accuracies (seeds 0..n-1)."""
+    seeds = " ".join(str(i) for i in range(len(late)))
+    return pd.DataFrame(
+        [
+            {
+                "layout": layout,
+                "compressor": label,
+                "layers": layers,
+                "group": group,
+                "acc_mean": sum(v) / len(v),
+                "acc_std": pd.Series(v).std(),
+                "per_seed": " ".join(f"{x:.4f}" for x in v),
+                "seed_ids": seeds,
+            }
+            for layers, group, v in (("2-3", "main", late), ("0-3", "early", early))
+        ]
+    )
+
+
+def test_early_layers_are_decided_on_paired_seeds():
+    # the seeds' spread is large (0.07) but every seed drops by about 0.05: paired, that is resolved
+    late, early = [0.62, 0.74, 0.68, 0.70, 0.66], [0.57, 0.70, 0.62, 0.65, 0.61]
+    ok, ev = F.early_layers_hurt(_early_pair(late, early), 0.01)
+    assert ok is True and "SE 0.00" in ev and "over 5 paired seeds" in ev
+    mean, se, n = F.paired_drop(*_early_pair(late, early).itertuples())
+    assert (
+        n == 5
+        and mean == pytest.approx(0.05)
+        and se == pytest.approx(pd.Series([0.05, 0.04, 0.06, 0.05, 0.05]).std() / 5**0.5)
+    )
+    # the same means with the drops spread over seeds (one seed gains): unresolved, not hurt
+    noisy = [0.57, 0.78, 0.60, 0.65, 0.60]
+    ok, ev = F.early_layers_hurt(_early_pair(late, noisy), 0.01)
+    assert ok is False and "unresolved" in ev
+    # no drop: the mean plus its bound below min_gap
+    ok, ev = F.early_layers_hurt(_early_pair(late, [x + 0.01 for x in late]), 0.01)
+    assert ok is False and "no drop" in ev
+    # a drop larger than its bound but below min_gap does not count
+    assert F.early_layers_hurt(_early_pair(late, [x - 0.005 for x in late]), 0.01)[0] is False
+    # seeds are paired by id, not by position
+    swapped = _early_pair(late, early)
+    swapped.loc[1, "per_seed"] = " ".join(f"{x:.4f}" for x in reversed(early))
+    swapped.loc[1, "seed_ids"] = "4 3 2 1 0"
+    assert F.paired_drop(*swapped.itertuples()) == pytest.approx(F.paired_drop(*_early_pair(late, early).itertuples()))
