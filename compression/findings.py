@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 
 import pandas as pd
+from scipy import stats
 
 from common.claims import DOES_NOT_HOLD, HOLDS, NOT_MEASURED, Claim, decide
 
@@ -75,9 +76,6 @@ def learning_keeps_accuracy(
     return all(verdicts), f"{sum(verdicts)}/{len(verdicts)} layouts. " + "; ".join(evidence)
 
 
-T_ONE_SIDED_95 = {2: 6.314, 3: 2.920, 4: 2.353, 5: 2.132, 6: 2.015, 7: 1.943, 8: 1.895, 9: 1.860, 10: 1.833}
-
-
 def _seeds(r) -> dict[int, float] | None:
     """{seed: accuracy} from a table row's `seed_ids` and `per_seed` columns (None where the table lacks them)."""
     ids, vals = getattr(r, "seed_ids", None), getattr(r, "per_seed", None)
@@ -118,7 +116,7 @@ def early_layers_hurt(acc: pd.DataFrame, min_gap: float) -> tuple[bool | None, s
         paired = paired_drop(late, e)
         if paired is not None:
             drop, se, n = paired
-            bound = T_ONE_SIDED_95.get(n, 1.645) * se
+            bound = float(stats.t.ppf(0.95, n - 1)) * se  # one-sided 95% bound, Student's t with n - 1 dof
             hurt = drop > max(bound, min_gap)
             absent = drop + bound < min_gap
             note = f" (drop {drop:+.3f}, SE {se:.3f} over {n} paired seeds" + (
