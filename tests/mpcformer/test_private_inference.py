@@ -20,14 +20,19 @@ from mpcformer.private_inference import (
 )
 from mpcformer.study import mpc_accuracy
 
+from .conftest import tiny_bert
+
 
 @pytest.mark.timeout(180)
-def test_student_under_mpc_matches_plaintext_with_sentence_pairs(tiny, batch):
+def test_student_under_mpc_matches_plaintext_with_sentence_pairs(batch):
     ids, mask = batch
     types = torch.zeros_like(ids)
     types[:, 4:] = 1  # the second sentence
     types[2] = 1  # and one row of type 1 throughout, [CLS] included: a difference the logits show
-    student = to_student(tiny, "quad+2quad")
+    # weights drawn 2.5x wider than the `tiny` fixture's: there the types moved the logits by 0.003 against MPC
+    # errors of 0.0015-0.002, so the 1.5x check below failed now and then (without the types 1.3x, once in CI);
+    # here they move them by 0.012 against 0.002-0.0035 (three runs: 3.4-4.2x)
+    student = to_student(tiny_bert(initializer_range=0.05), "quad+2quad")
     with torch.no_grad():  # token types make a difference
         student.bert.embeddings.token_type_embeddings.weight[1].add_(
             torch.randn(32, generator=torch.Generator().manual_seed(0)) * 2
