@@ -181,8 +181,12 @@ class ResultWriter:
     whatever an earlier run left there.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, tracker: Any | None = None):
+    def __init__(self, out_dir: str | os.PathLike, tracker: Any | None = None, discard: bool = False):
+        """`discard=True` (a rank other than 0 of a multi-process job): the results are staged in the system's
+        temporary folder, never beside `out_dir`, and cannot be committed, so that only rank 0 touches the
+        results folder (another rank's clean-up could otherwise remove the work's folder under rank 0)."""
         self.out_dir = Path(out_dir)
+        self.discard = discard
         self._stage: Path | None = None
         self.tracker = tracker
         self.started = time.time()
@@ -192,9 +196,16 @@ class ResultWriter:
     @property
     def stage(self) -> Path:
         """The staging directory, created on first use (a run that writes nothing leaves nothing)."""
-        if self._stage is None:
+        if self._stage is None and self.discard:
+            self._stage = Path(tempfile.mkdtemp(prefix=f"{self.out_dir.name}.discarded-"))
+        for _ in range(3):  # a concurrent job's `abort` may remove the empty work folder between the two calls
+            if self._stage is not None:
+                break
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=self.out_dir.parent))
+            with contextlib.suppress(FileNotFoundError):
+                self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=self.out_dir.parent))
+        if self._stage is None:
+            raise FileNotFoundError(f"could not create a staging folder in {self.out_dir.parent}")
         return self._stage
 
     # tables -------------------------------------------------------------------------------------------
@@ -246,6 +257,8 @@ class ResultWriter:
     # finishing ----------------------------------------------------------------------------------------
     def commit(self, config: Mapping[str, Any], title: str = "", **extra: Any) -> Path:
         """Write tables.md and provenance.json, then swap the staging directory into place."""
+        if self.discard:
+            raise RuntimeError("a discarding ResultWriter (a rank other than 0) cannot commit")
         header = f"# {title}\n\n" if title else ""
         (self.stage / "tables.md").write_text(header + "\n".join(self._md))
         prov = provenance(config, time.time() - self.started, **extra)
@@ -263,6 +276,8 @@ class ResultWriter:
     def abort(self) -> None:
         if self._stage is not None:
             shutil.rmtree(self._stage, ignore_errors=True)
+            if self.discard:
+                return
             with contextlib.suppress(OSError):  # the work's folder, if this run created it and left it empty
                 self.out_dir.parent.rmdir()
 

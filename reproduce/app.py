@@ -302,7 +302,7 @@ def execute(work: str, cfg: Any, run: Callable[[RunContext], None]) -> Path | No
             tags=[work, scale],
             rank=env.rank,
         )
-    with ResultWriter(out_dir, tracker=tracker) as out:
+    with ResultWriter(out_dir, tracker=tracker, discard=env.rank != 0) as out:
         ctx = RunContext(work=work, scale=scale, cfg=cfg, out=out, tracker=tracker, env=env)
         try:
             run(ctx)

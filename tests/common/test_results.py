@@ -82,3 +82,38 @@ def test_failed_first_run_leaves_no_folder(tmp_path):
             w.table("t", pd.DataFrame({"a": [1]}))
             raise RuntimeError("boom")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_concurrent_abort_that_removes_the_work_folder_does_not_fail_staging(tmp_path, monkeypatch):
+    """The race of a two-task SLURM job: the other task's `abort` removes the empty work folder between this
+    writer's mkdir and its mkdtemp (replayed deterministically: the first mkdtemp finds the folder gone)."""
+    import tempfile
+
+    real, calls = tempfile.mkdtemp, []
+
+    def racing_mkdtemp(*args, **kwargs):
+        calls.append(kwargs.get("dir"))
+        if len(calls) == 1:
+            other = ResultWriter(tmp_path / "work" / "other")
+            other.table("t", pd.DataFrame({"a": [1]}))
+            other.abort()  # removes its stage, then the (now empty) work folder
+            assert not (tmp_path / "work").exists()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", racing_mkdtemp)
+    with ResultWriter(tmp_path / "work" / "mini") as w:
+        w.table("t", pd.DataFrame({"a": [1]}))
+        monkeypatch.setattr(tempfile, "mkdtemp", real)
+        w.commit({})
+    assert pd.read_csv(tmp_path / "work" / "mini" / "t.csv")["a"].tolist() == [1]
+
+
+def test_a_discarding_writer_never_touches_the_results_folder(tmp_path):
+    """Ranks other than 0 stage outside the results folder, and their clean-up cannot remove rank 0's folder."""
+    (tmp_path / "work").mkdir()
+    with ResultWriter(tmp_path / "work" / "mini", discard=True) as w:
+        w.table("t", pd.DataFrame({"a": [1]}))
+        assert tmp_path not in w.stage.parents
+        with pytest.raises(RuntimeError):
+            w.commit({})
+    assert [p.name for p in tmp_path.iterdir()] == ["work"] and not any((tmp_path / "work").iterdir())
