@@ -85,7 +85,8 @@ def run(ctx: app.RunContext) -> None:
         codec,
         title="Encode + decode time per element vs a plain copy",
         note="One thread, the copy timed in turn with each codec in the same loop, best of "
-        f"{s.codec_repeats}. `python -m compression.bench codecs` prints the same at (128, 32, 768).",
+        f"{s.codec_repeats}, in the first bench process after its runs (allocator: {codec.attrs['allocator']}). "
+        "`python -m compression.bench codecs` prints the same at (128, 32, 768).",
     )
     cm = study.cost_model_report(bc, bench, codec, net, s.bench_world)
     f = cm.fitted
