@@ -65,6 +65,20 @@ def decode_rows(packed: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, bit
     return torch.cat(parts, 2).view(-1, c)
 
 
+def decode_rows_eager(packed: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, bits: int) -> torch.Tensor:
+    """`decode_rows`, the same values, shaped for eager torch (one memory pass per operation): every plane's levels
+    unpacked as bytes and put in place first, then one cast, scale and offset over the whole rows (compiled, this
+    form is ~7x slower than `decode_rows`, which inductor writes plane by plane; eagerly it is 1.5-1.9x faster)."""
+    per = 8 // bits
+    c = scale.shape[0]
+    if per == 1:
+        return packed.to(torch.float32) * scale + lo
+    g = plane(c, bits)
+    p, mask = packed.view(-1, c // (per * g), 1, g), 2**bits - 1
+    levels = torch.cat([(p >> (k * bits)) & mask for k in range(per)], 2).view(-1, c)
+    return levels.to(torch.float32) * scale + lo
+
+
 BLOCK = 16  # rows reduced together first by `channel_range`: the compiled min and max then read the input once
 
 
@@ -250,4 +264,4 @@ def dequantize(packed: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, bits
         except Exception as exc:
             _fall_back(exc)
     out = torch.empty(packed.shape[0], c, dtype=torch.float32)
-    return _chunked(decode_rows, packed.shape[0], _rows_per_chunk(c), out, rows_in=packed, args=(scale, lo, bits))
+    return _chunked(decode_rows_eager, packed.shape[0], _rows_per_chunk(c), out, rows_in=packed, args=(scale, lo, bits))

@@ -52,11 +52,11 @@ def test_blocked_planar_packing_by_hand(bits):
     levels = torch.randint(0, 2**bits, (c,), generator=torch.Generator().manual_seed(bits))
     rows = levels.float().view(1, c)
     packed = fused.encode_rows(rows, torch.ones(c), torch.full((c,), 0.5), bits)
-    want = [
-        sum(int(levels[16 * per * b + i + 16 * j]) << (j * bits) for j in range(per)) for b in range(2) for i in range(16)
-    ]
+    block = 16 * per
+    want = [sum(int(levels[block * b + i + 16 * j]) << j * bits for j in range(per)) for b in (0, 1) for i in range(16)]
     assert packed.tolist() == [want]
-    assert fused.decode_rows(packed, torch.ones(c), torch.zeros(c), bits).tolist() == rows.tolist()
+    for decode in (fused.decode_rows, fused.decode_rows_eager):
+        assert decode(packed, torch.ones(c), torch.zeros(c), bits).tolist() == rows.tolist()
 
 
 @pytest.mark.skipif(fused._compiler() not in (None, "COMPRESSION_COMPILE=0"), reason="no C++ compiler here")
