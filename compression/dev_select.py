@@ -7,7 +7,6 @@ The config is composed as `python -m reproduce.compression` composes it (Hydra, 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -84,12 +83,17 @@ def main(out: str = "dev_select.json", overrides: Sequence[str] = (), label: str
     return result
 
 
+def cli(argv: Sequence[str] | None = None) -> tuple[str, list[str], str]:
+    """(OUT.json, Hydra overrides, --label) from the command line; the overrides are checked by Hydra in `compose`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m compression.dev_select", description=__doc__.split("\n")[0])
+    p.add_argument("args", nargs="*", metavar="[OUT.json] [key=value ...]", help="the result file, then overrides")
+    p.add_argument("--label", default="ae50", help="the config's auto-encoder to tune (default ae50)")
+    a = p.parse_intermixed_args(argv)
+    out = a.args.pop(0) if a.args and "=" not in a.args[0] else "dev_select.json"
+    return out, a.args, a.label
+
+
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    out = args.pop(0) if args and "=" not in args[0] and not args[0].startswith("--") else "dev_select.json"
-    label = "ae50"
-    if "--label" in args:
-        i = args.index("--label")
-        label = args[i + 1] if i + 1 < len(args) else ""
-        del args[i : i + 2]
-    main(out, args, label)
+    main(*cli())

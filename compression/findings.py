@@ -108,9 +108,9 @@ def early_layers_hurt(acc: pd.DataFrame, min_gap: float) -> tuple[bool | None, s
     values: the drop against the larger standard deviation over seeds."""
     checks, evidence, unresolved, no_drop = [], [], [], []
     for e in acc[acc.group == "early"].itertuples():
-        late = _row(acc, e.layout, e.compressor)
-        for group in ("high_ratio", "ablation"):  # a study-ratio or ablation setting: its later-layer twin ran there
-            late = _row(acc, e.layout, e.compressor, group) if late is None else late
+        # its later-layer twin: a main setting, else a study-ratio or ablation one (run in that group)
+        twins = (_row(acc, e.layout, e.compressor, group) for group in ("main", "high_ratio", "ablation"))
+        late = next((r for r in twins if r is not None), None)
         if late is None:
             continue
         paired = paired_drop(late, e)

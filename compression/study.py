@@ -21,7 +21,7 @@ from common.distributed import run_processes
 from common.errors import require
 
 from . import cost_model as CM
-from .bench import BenchConfig, bench_worker, codec_times, combine, load_average, plan_for
+from .bench import BenchConfig, bench_worker, combine, load_average, plan_for
 from .compressors import CompressorSpec, parse_specs
 from .models import BertConfig, validate
 from .train import TrainConfig, run_settings
@@ -168,6 +168,7 @@ class StudyConfig:
     def check(self) -> None:
         """Every setting and bench plan builds (widths, k against the tensor, layers): UserErrors before any work."""
         t = self.train
+        require(self.codec_repeats >= 1, f"bench.codec_repeats must be >= 1, got {self.codec_repeats}")
         if t.model_path is None or Path(t.model_path).exists():
             hidden = t.model_config().hidden
             for label in dict.fromkeys(self.compressors + self.early + self.high_ratio + self.ablation):  # all used
@@ -298,18 +299,15 @@ def accuracy_table(runs: pd.DataFrame, specs: dict[str, CompressorSpec], shape: 
 
 def run_bench(bc: BenchConfig, world: int, codec_repeats: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Iteration time and bytes per (layout, compressor, link) on `world` processes, the loopback network
-    micro-benchmark, and the codec micro-benchmark (one thread, as in the bench processes)."""
+    micro-benchmark, and the codec micro-benchmark (one thread, in the first bench process after its runs: its
+    allocator set to reuse freed memory there, never in this process, whose later work keeps glibc as started)."""
     load = load_average()
-    per_rank = run_processes(bench_worker, world, args=(bc,), timeout_s=1800)
+    per_rank = run_processes(bench_worker, world, args=(bc, codec_repeats), timeout_s=1800)
     net = pd.DataFrame(per_rank[0]["net"])
     bench = pd.DataFrame(combine(per_rank))
     bench["layout_key"] = bench["layout"].str[:2].str.lower()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        codec = pd.DataFrame(codec_times(bc.compressors, (bc.batch_size, bc.seq_len, bc.model.hidden), codec_repeats))
-    finally:
-        torch.set_num_threads(threads)
+    codec = pd.DataFrame(per_rank[0]["codec"])
+    codec.attrs["allocator"] = per_rank[0]["allocator"]
     if load is not None:  # the mean of the 1-minute load average before and after the bench (other processes)
         bench.attrs["load_average"] = (load + load_average()) / 2
     return bench, codec, net

@@ -85,7 +85,8 @@ def run(ctx: app.RunContext) -> None:
         codec,
         title="Encode + decode time per element vs a plain copy",
         note="One thread, the copy timed in turn with each codec in the same loop, best of "
-        f"{s.codec_repeats}. `python -m compression.bench codecs` prints the same at (128, 32, 768).",
+        f"{s.codec_repeats}, in the first bench process after its runs (allocator: {codec.attrs['allocator']}). "
+        "`python -m compression.bench codecs` prints the same at (128, 32, 768).",
     )
     cm = study.cost_model_report(bc, bench, codec, net, s.bench_world)
     f = cm.fitted
@@ -124,9 +125,12 @@ def run(ctx: app.RunContext) -> None:
         return findings.study_claims(acc, thr, cm.break_even, f, message, rules, paper["claims"])
 
     acc = study.accuracy_table(runs, s.specs, shape)
-    # the ablation varies the main-ratio auto-encoder: run when the learning-based finding fails at any ratio
-    failed = any(ok is False for ok, _ in findings.learning_verdicts(acc, rules).values())
-    if s.ablation and (s.ablation_when == "always" or (s.ablation_when == "failed" and failed)):
+
+    def failed() -> bool:  # the learning-based finding fails at some ratio (decided again, with the ablation, after)
+        return any(ok is False for ok, _ in findings.learning_verdicts(acc, rules).values())
+
+    # the ablation varies the main-ratio auto-encoder: run when that finding fails (decided only if one is configured)
+    if s.ablation and (s.ablation_when == "always" or (s.ablation_when == "failed" and failed())):
         t0 = time.time()
         runs = pd.concat([runs, study.run_accuracy(s.settings("ablation"), ctx.tracker)], ignore_index=True)
         stage("ablation", t0)

@@ -3,6 +3,7 @@ all-reduce property of the linear ones, learning for the auto-encoder, and bad o
 
 import copy
 import math
+import re
 import subprocess
 import sys
 
@@ -211,6 +212,10 @@ def test_codec_benchmark_command_prints_threads_shape_and_ratio(capsys):
     out = capsys.readouterr().out
     assert "threads" in out and "4x8x128" in out and "vs_copy" in out and "allocator: as started" in out
     assert all(name in out for name in ("int8", "int4", "int2", "topk", "randk", "ae100", "powersgd"))
+    rows = {m[1]: line.split() for line in out.splitlines() if (m := re.match(r"\s*(.+?)\s+\d+\s+4x8x128", line))}
+    # the encode + decode bounds give no verdict on a row with the auto-encoder's backward, nor on PowerSGD's
+    assert rows["ae100 +backward"][-2:] == ["NaN", "-"] and rows["powersgd"][-2:] == ["NaN", "-"]
+    assert rows["int8"][-2] == "5.00" and rows["int8"][-1] in ("yes", "no")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")

@@ -48,3 +48,9 @@ def test_another_auto_encoder_is_selected_by_label():
     assert all(st.cfg.compressor.d == 20 and st.group == "main" for st in settings) and len(settings) == 9
     with pytest.raises(UserError, match="not an auto-encoder"):
         dev_select.plan(raw, label="int4")
+
+
+def test_the_command_line_takes_the_result_file_overrides_and_label_in_any_order():
+    assert dev_select.cli([]) == ("dev_select.json", [], "ae50")
+    assert dev_select.cli(["o.json", "--label", "ae20", "accuracy.steps=2"]) == ("o.json", ["accuracy.steps=2"], "ae20")
+    assert dev_select.cli(["accuracy.steps=2", "--label=ae20"]) == ("dev_select.json", ["accuracy.steps=2"], "ae20")

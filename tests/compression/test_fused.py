@@ -27,11 +27,13 @@ def _same(a: list, b: list) -> bool:
 
 # token counts 256 and 32 (multiples of fused.BLOCK: range, scale and packing in one compiled graph), 37 and 15
 # (the range eagerly, then the compiled packing loop)
-SHAPES = [(4, 64, 32), (37, 32), (2, 16, 32), (3, 5, 32)]
+# hidden 128: blocks of 16 columns a plane (two blocks a row at 2 bits); the one-block rows are checked by hand
+SHAPES = [(4, 64, 128), (37, 128), (2, 16, 128), (3, 5, 128)]
 
 
 def test_planar_packing_by_hand():
-    """bits 4 on a row of 4 columns: byte 0 holds columns 0 (low bits) and 2, byte 1 columns 1 and 3."""
+    """One block a row when the width is not a multiple of 16 values a byte: bits 4 on a row of 4 columns, byte 0
+    holds columns 0 (low bits) and 2, byte 1 columns 1 and 3."""
     rows = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     one, half = torch.ones(4), torch.full((4,), 0.5)
     packed = fused.encode_rows(rows, one, half, 4)
@@ -40,6 +42,21 @@ def test_planar_packing_by_hand():
     packed2 = fused.encode_rows(torch.arange(8.0).view(1, 8) % 4, torch.ones(8), torch.full((8,), 0.5), 2)
     # columns 0, 2, 4, 6 (levels 0, 2, 0, 2) in byte 0; 1, 3, 5, 7 (levels 1, 3, 1, 3) in byte 1
     assert packed2.tolist() == [[0 | 2 << 2 | 0 << 4 | 2 << 6, 1 | 3 << 2 | 1 << 4 | 3 << 6]]
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_blocked_planar_packing_by_hand(bits):
+    """A width of 16 values a byte or a multiple: blocks of 16 * per columns, byte i of block b holding columns
+    16 * per * b + i + 16 j for j = 0 .. per - 1 (the first in the low bits)."""
+    per, c = 8 // bits, 32 * (8 // bits)  # two blocks
+    levels = torch.randint(0, 2**bits, (c,), generator=torch.Generator().manual_seed(bits))
+    rows = levels.float().view(1, c)
+    packed = fused.encode_rows(rows, torch.ones(c), torch.full((c,), 0.5), bits)
+    block = 16 * per
+    want = [sum(int(levels[block * b + i + 16 * j]) << j * bits for j in range(per)) for b in (0, 1) for i in range(16)]
+    assert packed.tolist() == [want]
+    for decode in (fused.decode_rows, fused.decode_rows_eager):
+        assert decode(packed, torch.ones(c), torch.zeros(c), bits).tolist() == rows.tolist()
 
 
 @pytest.mark.skipif(fused._compiler() not in (None, "COMPRESSION_COMPILE=0"), reason="no C++ compiler here")
