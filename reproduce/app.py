@@ -19,7 +19,9 @@ leaves the previous results in place. Where things go (RESULTS is `results_dir`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 import shutil
 import sys
@@ -276,6 +278,26 @@ def output_dir(work: str, scale: str, cfg: Any) -> tuple[Path, str | None]:
     return _original_cwd() / Path(cfg.results_dir) / work / scale, None
 
 
+def check_writable(path: Path, key: str) -> None:
+    """A UserError unless `path` is a folder this process can create and write in: the missing folders are made
+    and removed again (asking the file system is the only test that holds for root and read-only mounts)."""
+    path = Path(os.path.abspath(path))
+    made = []
+    try:
+        for p in [*reversed(path.parents), path]:
+            if not p.exists():
+                p.mkdir()
+                made.append(p)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UserError(f"{key}: cannot write {path} ({exc.strerror or exc})") from None
+    finally:
+        for p in reversed(made):
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
 def execute(work: str, cfg: Any, run: Callable[[RunContext], None]) -> Path | None:
     """Run one work on a composed config (what the Hydra task does; callable directly too)."""
     from omegaconf import OmegaConf
@@ -286,6 +308,9 @@ def execute(work: str, cfg: Any, run: Callable[[RunContext], None]) -> Path | No
     seed_everything(int(cfg.seed))
     env = detect_env()
     out_dir, job = output_dir(work, scale, cfg)
+    if not cfg.dry_run and env.rank == 0:
+        check_writable(out_dir, "results_dir")
+        check_writable(_original_cwd() / cfg.tracking.dir, "tracking.dir")
     if cfg.dry_run:
         print(f"# dry run of reproduce.{work} at scale={scale}: nothing is trained or written")
         print(OmegaConf.to_yaml(cfg, resolve=True))
@@ -325,14 +350,20 @@ def main(
     conf_dir = Path(conf_dir or CONF_ROOT / work).resolve()
     register_schema(work, schema)
     argv = sys.argv[1:]
-    args, _ = get_args_parser().parse_known_args(argv)
+    args, _ = get_args_parser().parse_known_intermixed_args(argv)
     informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
     cfg = check_command_line(work, list(args.overrides), conf_dir, multirun=bool(args.multirun))
+    if not informational and not cfg.dry_run:  # Hydra makes its run folder under results_dir before any job
+        try:
+            check_writable(Path(cfg.results_dir), "results_dir")
+            check_writable(Path(cfg.tracking.dir), "tracking.dir")
+        except UserError as exc:
+            fail(one_line(exc))
     extra = hydra_defaults(work)
     tmp_run_dir = None
     if cfg.launcher == "slurm" and not informational:
         argv = slurm_argv(cfg, argv, list(args.overrides))
-        args, _ = get_args_parser().parse_known_args(argv)
+        args, _ = get_args_parser().parse_known_intermixed_args(argv)
     elif cfg.dry_run and not args.multirun and not informational:
         # a dry run writes nothing: Hydra's run folder is a temporary one, removed afterwards
         tmp_run_dir = tempfile.mkdtemp(prefix=f"{work}-dry-run-")

@@ -26,6 +26,7 @@ ECHO = str(ROOT / "tests" / "fixtures" / "echo_work.py")
         ([ECHO, "tracking.mode=sometimes"], "tracking.mode: Invalid value 'sometimes'"),
         ([ECHO, "launcher=cloud"], "launcher: Invalid value 'cloud'"),
         ([ECHO, "seed=0,1"], "Ambiguous value for argument 'seed=0,1'"),
+        ([ECHO, "scale=smoke", "--multirun", "value=1,abc"], "Value 'abc' of type 'str' could not be converted"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
@@ -35,6 +36,18 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and message in lines[0]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("key", ["results_dir", "tracking.dir"])
+def test_an_unwritable_folder_is_one_line_and_exit_2_and_creates_nothing(key, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("kept")
+    results = tmp_path / "results"
+    proc = run_cli([ECHO, "scale=smoke", f"results_dir={results}", f"{key}={blocker}/sub"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {key}: cannot write {blocker}/sub (Not a directory)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"] and blocker.read_text() == "kept"
 
 
 def test_list_works():
