@@ -5,7 +5,7 @@ best strategies of each mode, AMP's picks and two heuristics' priced by the rele
 paper's speedups, predicted vs measured on every released trial (the improved model's fixed cost fitted
 leave-one-setup-out), then a handful of strategies run for real on this machine (amp.validate), search times
 (with a 16,384-GPU cluster) and the claims report (amp.claims). `plan.setup=<name or yaml>` plans your own
-model and cluster instead.
+model and cluster instead, written to RESULTS/amp/<scale>-plan/ (the reproduction's results stay as they are).
 """
 
 from __future__ import annotations
@@ -124,6 +124,12 @@ def local_validation(ctx, cfg) -> None:
         ctx.tracker.log({"local/predicted_s": r["predicted_s"], "local/measured_s": r["measured_s"]}, step=i)
 
 
+def plan_dir(out_dir: Path) -> Path:
+    """Where `plan.setup=...` writes: beside the scale's own results (RESULTS/amp/<scale>-plan), which it
+    leaves as they are."""
+    return out_dir.with_name(f"{out_dir.name}-plan")
+
+
 def plan(ctx, cfg) -> None:
     """Plan a user's own setup (a name or YAML file), or price one strategy on it."""
     from omegaconf import OmegaConf
@@ -133,6 +139,7 @@ def plan(ctx, cfg) -> None:
     prof = profiles.for_setup(setup, p.get("profile"))
     strategy = OmegaConf.to_container(p.strategy, resolve=True) if p.get("strategy") else None
     rows = study.plan_table(setup, prof, p.mode, strategy, cfg.top)
+    ctx.out.out_dir = plan_dir(ctx.out.out_dir)  # set before anything is staged
     ctx.out.table("plan", rows, title=f"Plan for {setup.name} ({p.mode} mode, {prof.source})")
     print(rows.to_string(index=False))
 

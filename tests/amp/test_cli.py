@@ -169,7 +169,7 @@ def test_every_paper_column_holds_a_published_number(smoke):
 
 
 @pytest.mark.timeout(120)
-def test_plan_with_a_profile_file(tmp_path):
+def test_plan_with_a_profile_file_leaves_the_reproduction_in_place(tmp_path, smoke):
     import shutil
 
     prof = tmp_path / "p.json"
@@ -184,7 +184,12 @@ cluster:
     - {{gpu: cpu-a, gpus: 2, intra_gbps: 40, inter_gbps: 10}}
     - {{gpu: cpu-b, gpus: 2, intra_gbps: 40, inter_gbps: 10}}
 """)
-    proc = run_cli("scale=smoke", f"plan.setup={setup}", f"plan.profile={prof}", f"results_dir={tmp_path}/r")
+    before = {f.relative_to(smoke): f.read_bytes() for f in smoke.rglob("*") if f.is_file()}
+    results = smoke.parents[1]  # the smoke run's results_dir
+    proc = run_cli("scale=smoke", f"plan.setup={setup}", f"plan.profile={prof}", f"results_dir={results}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    plan = pd.read_csv(tmp_path / "r" / "amp" / "smoke" / "plan.csv")
+    # the reproduction's tables and claims are still there, byte for byte
+    after = {f.relative_to(smoke): f.read_bytes() for f in smoke.rglob("*") if f.is_file()}
+    assert sorted(after) == sorted(before) and after == before
+    plan = pd.read_csv(results / "amp" / "smoke-plan" / "plan.csv")
     assert len(plan) >= 1 and plan.fits.all()
