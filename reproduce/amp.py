@@ -162,8 +162,12 @@ def dry_run(cfg, setups) -> None:
 
 def run(ctx: app.RunContext) -> None:
     cfg = ctx.cfg
-    for m in cfg.modes:
+    for m in [*cfg.modes, cfg.plan.mode]:
         require(m in ("released", "improved"), f"unknown mode {m!r}; choose released or improved")
+    for key in ("top", "top_k"):  # checked before anything runs: top_k=-1 would read "best of the top -1"
+        require(int(cfg[key]) >= 1, f"{key} must be >= 1, got {cfg[key]}")
+    require(len(cfg.setups) >= 1, "setups is empty; name at least one of the paper's setups")
+    require(len(set(cfg.setups)) == len(cfg.setups), f"setups lists a setup twice: {list(cfg.setups)}")
     if cfg.plan.setup:
         setup = load_setup(cfg.plan.setup)  # checks the file before anything runs
         if ctx.dry_run:

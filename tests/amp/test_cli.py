@@ -90,6 +90,24 @@ def test_strategy_that_does_not_divide_the_gpus(tmp_path):
     )
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["top_k=-1"], "top_k must be >= 1, got -1"),
+        (["top=0"], "top must be >= 1, got 0"),
+        (["plan.setup={bad}"], "is not valid YAML (line 3"),
+    ],
+)
+def test_bad_values_are_one_line_and_lose_nothing(args, needle, smoke, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {type: gpt2\n  - : [\n")
+    before = {f.relative_to(smoke): f.read_bytes() for f in smoke.rglob("*") if f.is_file()}
+    args = [a.format(bad=bad) for a in args]
+    assert_one_line_exit_2(run_cli("scale=smoke", *args, f"results_dir={smoke.parents[1]}"), needle)
+    assert {f.relative_to(smoke): f.read_bytes() for f in smoke.rglob("*") if f.is_file()} == before
+
+
 def test_bad_inputs_are_user_errors(tmp_path):
     from amp import profiles
     from amp.specs import Strategy, check_strategy, load_setup
