@@ -96,6 +96,8 @@ def amp_claims(
             + f"; {fit_mode} ({fit}): "
             + _fmt(imp)
             + _missing(setups, imp)
+            + ". Design chosen in-sample on all three setups' Spearman; "
+            + ("only the fixed cost is fitted out-of-sample." if fit_mode == "improved_fit" else "nothing fitted.")
             if both
             else f"released or {fit_mode} mode not run",
             decide(all(imp[s] >= rel[s] for s in both) if both else None),
