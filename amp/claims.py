@@ -128,7 +128,7 @@ def amp_claims(
         Claim(
             "amp_matches_homogeneous",
             "AMP matches the heuristic on a homogeneous cluster",
-            f"Table 1: {homog.get('baseline_s')} s vs {homog.get('amp_s')} s",
+            f"Table 1: {homog['baseline_s']:.2f} s vs {homog['amp_s']:.2f} s" if homog else "Table 1",
             f"measured: heuristic {base.loc['homogeneous', 'best_mbs_s']:.2f} s, AMP "
             f"{sp.loc['homogeneous', 'best_of_top_k_s']:.2f} s"
             if "homogeneous" in got
