@@ -450,7 +450,13 @@ def load_setup(name_or_path: str | Path) -> Setup:
     if not path.suffix:
         path = SETUPS_DIR / f"{name_or_path}.yaml"
     require(path.is_file(), f"no setup {str(name_or_path)!r} (looked for {path})")
-    return setup_from_dict(yaml.safe_load(path.read_text()), name=path.stem)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise UserError(f"setup file {path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    return setup_from_dict(spec, name=path.stem)
 
 
 PAPER_SETUPS = ("homogeneous", "het_cluster", "het_model")

@@ -1,15 +1,47 @@
 """`python -m reproduce.amp`: bad input is one line and exit 2; smoke writes the paper's tables."""
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# AMP's published numbers as the reference notes give them (shared/reference/PAPERS.md): Table 1's baseline and
+# AMP s/iter and its speedups (homogeneous: "matches", no factor), Fig. 4's Spearman, and the search time of
+# the released code in the authors' README (seconds, one CPU).
+PUBLISHED = {
+    "homogeneous": {
+        "baseline_s": 1.32,
+        "amp_s": 1.20,
+        "speedup_claim": "matches",
+        "speedup": None,
+        "spearman_figure": 0.931,
+        "released_search_s": 500,
+    },
+    "het_cluster": {
+        "baseline_s": 1.97,
+        "amp_s": 1.28,
+        "speedup_claim": "1.54x",
+        "speedup": 1.54,
+        "spearman_figure": 0.687,
+        "released_search_s": 500,
+    },
+    "het_model": {
+        "baseline_s": 1.89,
+        "amp_s": 1.07,
+        "speedup_claim": "1.77x",
+        "speedup": 1.77,
+        "spearman_figure": 0.842,
+        "released_search_s": 200,
+    },
+}
 
 
 def run_cli(*args, timeout=120):
@@ -58,6 +90,24 @@ def test_strategy_that_does_not_divide_the_gpus(tmp_path):
     )
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["top_k=-1"], "top_k must be >= 1, got -1"),
+        (["top=0"], "top must be >= 1, got 0"),
+        (["plan.setup={bad}"], "is not valid YAML (line 3"),
+    ],
+)
+def test_bad_values_are_one_line_and_lose_nothing(args, needle, smoke, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {type: gpt2\n  - : [\n")
+    before = {f.relative_to(smoke): f.read_bytes() for f in smoke.rglob("*") if f.is_file()}
+    args = [a.format(bad=bad) for a in args]
+    assert_one_line_exit_2(run_cli("scale=smoke", *args, f"results_dir={smoke.parents[1]}"), needle)
+    assert {f.relative_to(smoke): f.read_bytes() for f in smoke.rglob("*") if f.is_file()} == before
+
+
 def test_bad_inputs_are_user_errors(tmp_path):
     from amp import profiles
     from amp.specs import Strategy, check_strategy, load_setup
@@ -79,11 +129,17 @@ def test_bad_inputs_are_user_errors(tmp_path):
         profiles.released(load_setup(write_setup(tmp_path, layers=12)).model)
 
 
-@pytest.mark.timeout(120)
-def test_smoke_writes_released_ranking_and_correlations(tmp_path):
-    proc = run_cli("scale=smoke", f"results_dir={tmp_path}")
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    """One smoke run shared by the tests below: its results folder (RESULTS/amp/smoke)."""
+    root = tmp_path_factory.mktemp("results")
+    proc = run_cli("scale=smoke", f"results_dir={root}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "amp" / "smoke"
+    return root / "amp" / "smoke"
+
+
+def test_smoke_writes_released_ranking_and_correlations(smoke):
+    out = smoke
     ranking = pd.read_csv(out / "ranking.csv")
     assert ranking.order_equal.all() and len(ranking) == 3
     corr = pd.read_csv(out / "correlation.csv")
@@ -101,8 +157,37 @@ def test_smoke_writes_released_ranking_and_correlations(tmp_path):
     assert (out / "claims.md").is_file()
 
 
+def test_the_paper_file_holds_only_published_numbers():
+    from reproduce.amp import PAPER
+
+    assert yaml.safe_load(PAPER.read_text())["setups"] == PUBLISHED
+
+
+def _published(setup: str) -> list:
+    return [v for v in PUBLISHED.get(setup, {}).values() if v is not None]
+
+
+def test_every_paper_column_holds_a_published_number(smoke):
+    """Each value of a column labelled as the paper's is one of that setup's published numbers (or blank),
+    and every decimal number in a claim's "paper's evidence" is a published one."""
+    checked = 0
+    for csv in sorted(smoke.glob("*.csv")):
+        df = pd.read_csv(csv)
+        for col in [c for c in df.columns if "(paper" in c]:
+            for setup, v in zip(df["setup"], df[col]):
+                if isinstance(v, float) and math.isnan(v):
+                    continue
+                assert any(v == p or v == str(p) for p in _published(setup)), f"{csv.name} {col} {setup}: {v}"
+                checked += 1
+    assert checked >= 30
+    every = {float(v) for s in PUBLISHED for v in _published(s) if not isinstance(v, str)}
+    for c in json.loads((smoke / "claims.json").read_text())["claims"]:
+        for num in re.findall(r"\d+\.\d+", c["paper_evidence"]):
+            assert float(num) in every, f"{c['key']}: {num} in {c['paper_evidence']!r}"
+
+
 @pytest.mark.timeout(120)
-def test_plan_with_a_profile_file(tmp_path):
+def test_plan_with_a_profile_file_leaves_the_reproduction_in_place(tmp_path, smoke):
     import shutil
 
     prof = tmp_path / "p.json"
@@ -117,7 +202,12 @@ cluster:
     - {{gpu: cpu-a, gpus: 2, intra_gbps: 40, inter_gbps: 10}}
     - {{gpu: cpu-b, gpus: 2, intra_gbps: 40, inter_gbps: 10}}
 """)
-    proc = run_cli("scale=smoke", f"plan.setup={setup}", f"plan.profile={prof}", f"results_dir={tmp_path}/r")
+    before = {f.relative_to(smoke): f.read_bytes() for f in smoke.rglob("*") if f.is_file()}
+    results = smoke.parents[1]  # the smoke run's results_dir
+    proc = run_cli("scale=smoke", f"plan.setup={setup}", f"plan.profile={prof}", f"results_dir={results}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    plan = pd.read_csv(tmp_path / "r" / "amp" / "smoke" / "plan.csv")
+    # the reproduction's tables and claims are still there, byte for byte
+    after = {f.relative_to(smoke): f.read_bytes() for f in smoke.rglob("*") if f.is_file()}
+    assert sorted(after) == sorted(before) and after == before
+    plan = pd.read_csv(results / "amp" / "smoke-plan" / "plan.csv")
     assert len(plan) >= 1 and plan.fits.all()
