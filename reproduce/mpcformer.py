@@ -56,6 +56,8 @@ def _training_keys(cfg: Any) -> dict[str, Any]:
     """What a checkpoint's numbers depend on: the thread count too (a float sum split over more threads rounds
     differently, so a run at another thread count would resume a different run's weights)."""
     keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "train")}
+    for k in ("checkpoint_every", "teacher_cache_max_gb"):  # when to save and what to refuse change no number
+        keys["train"].pop(k, None)
     return keys | {"seed": cfg.seed, "torch_threads": cfg.torch_threads}
 
 
