@@ -79,7 +79,12 @@ def plan(cfg: Any, p: dict[str, Any]) -> None:
         f"{list(cfg.bench.function_lengths)}, models {', '.join(a.name for a in p['bench_models'])} at "
         f"{p['model_lengths']}, providers {list(cfg.bench.providers)}"
     )
-    print(f"plan: checkpoints in {checkpoint_dir(cfg.checkpoint_dir, cfg.scale.name, _training_keys(cfg))}")
+    every = f"every {b.checkpoint_every} steps and " if b.checkpoint_every else ""
+    print(
+        f"plan: teacher outputs for distillation {'cached once' if b.teacher_cache else 'computed on each batch'}; "
+        f"checkpoints {every}at the end of each run in "
+        f"{checkpoint_dir(cfg.checkpoint_dir, cfg.scale.name, _training_keys(cfg))}"
+    )
 
 
 def run(ctx: app.RunContext) -> None:

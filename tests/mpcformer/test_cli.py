@@ -43,4 +43,5 @@ def test_paper_dry_run_plans_offline_and_writes_nothing(tmp_path):
     assert "plan: teacher bert-base-uncased (layers: all) fine-tuned on imdb (length 512)" in out
     assert "at [32, 64, 128, 256, 512], providers" in out  # bench.long adds the 256 and 512 whole-model cases
     assert "quad+softmax, gelu+2relu, quad+2relu, gelu+2quad, quad+2quad" in out
+    assert "teacher outputs for distillation computed on each batch; checkpoints every 500 steps and at the end" in out
     assert not any(tmp_path.iterdir())
