@@ -185,6 +185,9 @@ def run(ctx: app.RunContext) -> None:
         note=f"Measured: {cfg.data.name} test split ({len(data['test'])} examples), length "
         f"{p['data'].max_length}, batch {b.batch_size}: teacher {b.teacher_steps} steps; each baseline "
         f"{b.baseline_steps} = stage 1 {b.stage1_steps} + stage 2 {b.stage2_steps} (the distillation's). "
+        "acc_no_distill_no_pretrain: the student's architecture from random weights trained on the labels"
+        + (", its random word embeddings frozen (train.freeze_word_embeddings)" if b.freeze_word_embeddings else "")
+        + "; acc_no_distill: the student from the teacher's weights trained on the labels. "
         "Steps and learning rates were chosen on the dev split (table dev_accuracy), never on test; "
         f"settings that differ per approximation: {b.describe_overrides(p['approximations']) or 'none'}. "
         f"Speedup: whole model under MPC at length {longest} ({cfg.bench.providers[-1]}), only for the "
@@ -236,7 +239,16 @@ def run(ctx: app.RunContext) -> None:
     )
     if len(sp):
         ctx.out.figure("speedup_vs_length", B.speedup_figure(sp))
-    claims = decide_claims(study.accuracy, t["test"], majority, sp, mpc, paper, len(data["test"]))
+    claims = decide_claims(
+        study.accuracy,
+        t["test"],
+        majority,
+        sp,
+        mpc,
+        paper,
+        len(data["test"]),
+        scratch_frozen_embeddings=b.freeze_word_embeddings,
+    )
     write_claims(ctx.out, claims, "mpcformer", ctx.scale)
     ctx.out.json(
         "summary", {"teacher_accuracy": t, "majority_accuracy": majority, "claims": {c.key: c.verdict for c in claims}}
