@@ -45,9 +45,7 @@ def parse(cfg: Any) -> dict[str, Any]:
     for f in cfg.bench.functions:
         require(f in B.FUNCTIONS, f"unknown function {f!r}; choose from {', '.join(B.FUNCTIONS)}")
     providers = ", ".join(PROVIDERS)
-    require(
-        cfg.mpc.provider in PROVIDERS, f"unknown mpc.provider {cfg.mpc.provider!r}; choose from {providers}"
-    )
+    require(cfg.mpc.provider in PROVIDERS, f"unknown mpc.provider {cfg.mpc.provider!r}; choose from {providers}")
     require(
         cfg.mpc.provider == "TTP" or not cfg.mpc_eval.models,
         f"mpc.provider={cfg.mpc.provider} lets the model owner see the input: it is for timing only "
@@ -66,7 +64,8 @@ def parse(cfg: Any) -> dict[str, Any]:
     )
     require(cfg.train.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {cfg.train.checkpoint_every}")
     require(
-        cfg.train.teacher_cache_max_gb > 0, f"train.teacher_cache_max_gb must be > 0, got {cfg.train.teacher_cache_max_gb}"
+        cfg.train.teacher_cache_max_gb > 0,
+        f"train.teacher_cache_max_gb must be > 0, got {cfg.train.teacher_cache_max_gb}",
     )
     if cfg.model.name not in ("minilm", "tiny"):
         check_model_name(str(cfg.model.name))
