@@ -44,6 +44,13 @@ class DataConfig:
     test_examples: int | None = None
 
 
+def check_model_name(name: str) -> None:
+    """A name that looks like a local path ('/', './', '../', '~') must exist: otherwise the hub would be asked
+    for it and the error would blame the network."""
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise UserError(f"model.name={name}: no such folder")
+
+
 def load_teacher(name: str, num_labels: int, layers: int | None = None, seed: int = 0):
     """(tokenizer, sequence classifier) for a model name (see the module docstring), cut to `layers`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
@@ -62,6 +69,7 @@ def load_teacher(name: str, num_labels: int, layers: int | None = None, seed: in
             cfg = BertConfig(vocab_size=tok.vocab_size, num_labels=num_labels, **TINY)
             model = AutoModelForSequenceClassification.from_config(cfg)
     else:
+        check_model_name(name)
         try:
             tok = AutoTokenizer.from_pretrained(name)
             folder = Path(name)

@@ -5,8 +5,10 @@ the teacher's with MSE; stage 2 matches the logits with a soft cross-entropy. Th
 teacher's weights (`convert.to_student`). Baselines: the student trained on labels from random weights
 ("no distillation, no pretraining") and from the teacher's weights ("no distillation").
 
-Every loop checkpoints atomically (model, optimizer, scheduler, RNG states, step) and resumes exactly: batches
-are drawn from torch's global generator, whose state the checkpoint carries.
+Every loop checkpoints atomically (model, optimizer, scheduler, RNG states, step) at its end and, with
+`TrainConfig.checkpoint_every`, every that many steps; a run killed between checkpoints resumes from the last one
+exactly (batches are drawn from torch's global generator, whose state the checkpoint carries), redoing the steps
+after it.
 """
 
 from __future__ import annotations
@@ -150,6 +152,13 @@ class TeacherOutputs:
     hidden: torch.Tensor  # (layers + 1, examples, length, hidden)
     scores: torch.Tensor  # (layers, examples, heads, length, length)
     logits: torch.Tensor  # (examples, labels), float32
+
+    @staticmethod
+    def nbytes(config, examples: int, length: int, itemsize: int = 2) -> int:
+        """Bytes a cache of `examples` rows at `length` takes for a model with this transformers `config`."""
+        layers, heads, hidden = config.num_hidden_layers, config.num_attention_heads, config.hidden_size
+        per_row = (layers + 1) * length * hidden + layers * heads * length * length
+        return examples * (per_row * itemsize + 4 * config.num_labels)
 
     @classmethod
     @torch.no_grad()

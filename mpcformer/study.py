@@ -4,7 +4,9 @@ baselines and the distilled student, all at the same number of training steps; t
 - "no distillation, no pretraining": the student's architecture from random weights, trained on labels;
 - "no distillation": the student from the teacher's weights, trained on labels;
 - distilled: stage 1 (attention scores and hidden states) then stage 2 (logits) from the teacher's outputs,
-  computed once (`distill.TeacherOutputs`) for every student.
+  computed once (`distill.TeacherOutputs`) for every student when they fit `Budget.teacher_cache_max_gb`
+  (`teacher_cache`), else by running the teacher on each batch (as the released code does; at paper scale the
+  cache of IMDb at length 512 would take ~1.9 TB).
 
 Every run is scored on the dev split (where steps and learning rates are chosen) and on the test split
 (reported, never used for a choice).
@@ -55,6 +57,9 @@ class Budget:
     temperature: float = 1.0
     label_weight: float = 0.0  # stage 2: weight of the labels' cross-entropy beside the teacher's logits
     freeze_word_embeddings: bool = True
+    checkpoint_every: int = 0  # steps between mid-run checkpoints (0: only at each run's end)
+    teacher_cache: bool = True  # the teacher's outputs computed once for every student (else per batch)
+    teacher_cache_max_gb: float = 8.0  # a larger cache is refused before any training
     # what differs for one approximation's three runs, chosen on dev (as many candidates for the baselines'
     # learning rate as for the distillation's settings): [{"approximation": "quad+2quad", "stage1_lr": 2e-4}, ...]
     per_approximation: list[dict[str, Any]] = field(default_factory=list)
@@ -125,6 +130,19 @@ class Budget:
             temperature=self.temperature,
             label_weight=self.label_weight if run == "stage2" else 0.0,  # only stage 2 reads it
             freeze_word_embeddings=self.freeze_word_embeddings,
+            checkpoint_every=self.checkpoint_every,
+        )
+
+    def check_teacher_cache(self, model_config, examples: int, length: int) -> None:
+        """Refuse (UserError) a teacher cache over `teacher_cache_max_gb`, before any training."""
+        if not self.teacher_cache:
+            return
+        gb = TeacherOutputs.nbytes(model_config, examples, length) / 1e9
+        require(
+            gb <= self.teacher_cache_max_gb,
+            f"the teacher cache of {examples} training examples at length {length} would take {gb:,.1f} GB, over "
+            f"train.teacher_cache_max_gb={self.teacher_cache_max_gb:g}: set train.teacher_cache=false (the teacher "
+            "then runs on each batch) or raise the limit",
         )
 
 
@@ -164,6 +182,7 @@ def run_study(
     seed: int = 0,
 ) -> StudyResult:
     """Fine-tune `teacher` on data["train"], then train the baselines and distil each student."""
+    budget.check_teacher_cache(teacher.config, len(data["train"]), data["train"].input_ids.shape[1])
     ckpt = (lambda name: checkpoint_dir / f"{name}.pt") if checkpoint_dir else (lambda name: None)
     if checkpoint_dir:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -173,8 +192,12 @@ def run_study(
     t_acc = score(teacher, data)
     log.info("teacher: dev %.2f, test %.2f", t_acc["dev"], t_acc["test"])
     exact = to_student(teacher, EXACT)
-    log.info("teacher outputs on %d training examples, computed once for every student", len(data["train"]))
-    cached = TeacherOutputs.compute(exact, data["train"])
+    if budget.teacher_cache:
+        log.info("teacher outputs on %d training examples, computed once for every student", len(data["train"]))
+        source: nn.Module | TeacherOutputs = TeacherOutputs.compute(exact, data["train"])
+    else:
+        log.info("teacher outputs computed on each batch (no cache)")
+        source = exact
     rows: dict[str, list[dict]] = {"dev": [], "test": []}
     students = {}
     for a in approximations:
@@ -203,7 +226,7 @@ def run_study(
         torch.manual_seed(seed)
         student = distill(
             to_student(teacher, a),
-            cached,
+            source,
             data["train"],
             b.config("stage1"),
             b.config("stage2"),

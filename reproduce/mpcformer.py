@@ -23,7 +23,15 @@ from common.results import beside_paper  # noqa: E402
 from mpcformer import bench as B  # noqa: E402
 from mpcformer.claims import decide_claims  # noqa: E402
 from mpcformer.convert import EXACT, Approximation  # noqa: E402
-from mpcformer.data import DataConfig, encode_splits, load_splits, load_teacher, majority_accuracy  # noqa: E402
+from mpcformer.crypten_compat import PROVIDERS  # noqa: E402
+from mpcformer.data import (  # noqa: E402
+    DataConfig,
+    check_model_name,
+    encode_splits,
+    load_splits,
+    load_teacher,
+    majority_accuracy,
+)
 from mpcformer.diagnostics import diagnostics  # noqa: E402
 from mpcformer.study import Budget, calibrate, checkpoint_dir, mpc_accuracy, run_study  # noqa: E402
 from reproduce import app  # noqa: E402
@@ -32,20 +40,50 @@ PAPER_FILE = Path(__file__).parent / "data" / "mpcformer_paper.yaml"
 
 
 def parse(cfg: Any) -> dict[str, Any]:
-    """Every name in the config parsed once: approximations, data and training budget."""
+    """Every name and number in the config checked once, before anything is loaded or trained: approximations,
+    data, training budget, what runs under MPC and what the bench times."""
     for f in cfg.bench.functions:
         require(f in B.FUNCTIONS, f"unknown function {f!r}; choose from {', '.join(B.FUNCTIONS)}")
+    providers = ", ".join(PROVIDERS)
+    require(cfg.mpc.provider in PROVIDERS, f"unknown mpc.provider {cfg.mpc.provider!r}; choose from {providers}")
     require(
         cfg.mpc.provider == "TTP" or not cfg.mpc_eval.models,
         f"mpc.provider={cfg.mpc.provider} lets the model owner see the input: it is for timing only "
         "(bench.providers); accuracy under MPC needs TTP",
     )
+    require(len(cfg.bench.providers) > 0, f"bench.providers is empty; give one or more of {providers}")
+    for prov in cfg.bench.providers:
+        require(prov in PROVIDERS, f"unknown provider {prov!r} in bench.providers; choose from {providers}")
+    ev = cfg.mpc_eval
+    require(ev.batch_size is not None and ev.batch_size >= 1, f"mpc_eval.batch_size must be >= 1, got {ev.batch_size}")
+    require(ev.examples is None or ev.examples >= 1, f"mpc_eval.examples must be >= 1 or null, got {ev.examples}")
+    require(ev.risk_examples >= 0, f"mpc_eval.risk_examples must be >= 0, got {ev.risk_examples}")
+    require(
+        ev.length_bucket is None or ev.length_bucket >= 1,
+        f"mpc_eval.length_bucket must be >= 1 or null, got {ev.length_bucket}",
+    )
+    require(cfg.train.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {cfg.train.checkpoint_every}")
+    require(
+        cfg.train.teacher_cache_max_gb > 0,
+        f"train.teacher_cache_max_gb must be > 0, got {cfg.train.teacher_cache_max_gb}",
+    )
+    if cfg.model.name not in ("minilm", "tiny"):
+        check_model_name(str(cfg.model.name))
     approxs = [Approximation.parse(a) for a in cfg.approximations]
     require(len(approxs) > 0, "give at least one approximation")
+    mpc_models = [Approximation.parse(a) for a in cfg.mpc_eval.models]
+    bench_models = [Approximation.parse(a) for a in cfg.bench.models]
+    for key, chosen in (("mpc_eval.models", mpc_models), ("bench.models", bench_models)):
+        missing = [a.name for a in chosen if a != EXACT and a not in approxs]
+        require(
+            not missing,
+            f"{key}: {', '.join(missing)} not trained in this run: add them to approximations "
+            f"({EXACT.name}, the teacher, is always there)",
+        )
     return {
         "approximations": approxs,
-        "mpc_models": [Approximation.parse(a) for a in cfg.mpc_eval.models],
-        "bench_models": [Approximation.parse(a) for a in cfg.bench.models],
+        "mpc_models": mpc_models,
+        "bench_models": bench_models,
         "data": DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)),
         "budget": Budget(**OmegaConf.to_container(cfg.train, resolve=True)),
         "model_lengths": list(cfg.bench.model_lengths) + (list(cfg.bench.long_lengths) if cfg.bench.long else []),
@@ -56,6 +94,8 @@ def _training_keys(cfg: Any) -> dict[str, Any]:
     """What a checkpoint's numbers depend on: the thread count too (a float sum split over more threads rounds
     differently, so a run at another thread count would resume a different run's weights)."""
     keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "train")}
+    for k in ("checkpoint_every", "teacher_cache_max_gb"):  # when to save and what to refuse change no number
+        keys["train"].pop(k, None)
     return keys | {"seed": cfg.seed, "torch_threads": cfg.torch_threads}
 
 
@@ -77,7 +117,12 @@ def plan(cfg: Any, p: dict[str, Any]) -> None:
         f"{list(cfg.bench.function_lengths)}, models {', '.join(a.name for a in p['bench_models'])} at "
         f"{p['model_lengths']}, providers {list(cfg.bench.providers)}"
     )
-    print(f"plan: checkpoints in {checkpoint_dir(cfg.checkpoint_dir, cfg.scale.name, _training_keys(cfg))}")
+    every = f"every {b.checkpoint_every} steps and " if b.checkpoint_every else ""
+    print(
+        f"plan: teacher outputs for distillation {'cached once' if b.teacher_cache else 'computed on each batch'}; "
+        f"checkpoints {every}at the end of each run in "
+        f"{checkpoint_dir(cfg.checkpoint_dir, cfg.scale.name, _training_keys(cfg))}"
+    )
 
 
 def run(ctx: app.RunContext) -> None:
@@ -105,8 +150,6 @@ def run(ctx: app.RunContext) -> None:
     )
     models = {EXACT: study.exact} | study.students
     calibrate(list(models.values()), data["train"])
-    missing = [a.name for a in p["mpc_models"] + p["bench_models"] if a not in models]
-    require(not missing, f"{', '.join(missing)} not trained in this run: add them to approximations")
     test = data["test"].head(cfg.mpc_eval.examples or len(data["test"]))
     mpc = mpc_accuracy(
         {f"{a.label}{'' if a == EXACT else ' (distilled)'}": models[a] for a in p["mpc_models"]},
@@ -141,6 +184,9 @@ def run(ctx: app.RunContext) -> None:
         note=f"Measured: {cfg.data.name} test split ({len(data['test'])} examples), length "
         f"{p['data'].max_length}, batch {b.batch_size}: teacher {b.teacher_steps} steps; each baseline "
         f"{b.baseline_steps} = stage 1 {b.stage1_steps} + stage 2 {b.stage2_steps} (the distillation's). "
+        "acc_no_distill_no_pretrain: the student's architecture from random weights trained on the labels"
+        + (", its random word embeddings frozen (train.freeze_word_embeddings)" if b.freeze_word_embeddings else "")
+        + "; acc_no_distill: the student from the teacher's weights trained on the labels. "
         "Steps and learning rates were chosen on the dev split (table dev_accuracy), never on test; "
         f"settings that differ per approximation: {b.describe_overrides(p['approximations']) or 'none'}. "
         f"Speedup: whole model under MPC at length {longest} ({cfg.bench.providers[-1]}), only for the "
@@ -192,7 +238,16 @@ def run(ctx: app.RunContext) -> None:
     )
     if len(sp):
         ctx.out.figure("speedup_vs_length", B.speedup_figure(sp))
-    claims = decide_claims(study.accuracy, t["test"], majority, sp, mpc, paper, len(data["test"]))
+    claims = decide_claims(
+        study.accuracy,
+        t["test"],
+        majority,
+        sp,
+        mpc,
+        paper,
+        len(data["test"]),
+        scratch_frozen_embeddings=b.freeze_word_embeddings,
+    )
     write_claims(ctx.out, claims, "mpcformer", ctx.scale)
     ctx.out.json(
         "summary", {"teacher_accuracy": t, "majority_accuracy": majority, "claims": {c.key: c.verdict for c in claims}}

@@ -49,6 +49,9 @@ class TrainConfig:
     temperature: float = 1.0
     label_weight: float = 0.0
     freeze_word_embeddings: bool = True
+    checkpoint_every: int = 0
+    teacher_cache: bool = True
+    teacher_cache_max_gb: float = 8.0
     per_approximation: list[dict[str, Any]] = field(default_factory=list)
 
 

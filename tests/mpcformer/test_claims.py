@@ -119,3 +119,14 @@ def test_a_lead_within_paired_noise_is_said_so():
     assert c.verdict == HOLDS and "one paired standard error (GeLU+2ReLU)" in c.measured_evidence
     clear = acc.assign(distilled_minus_finetuned=[5.0, 1.5])
     assert "one paired standard error" not in decide_claims(**(args | {"acc": clear}))[0].measured_evidence
+
+
+def test_the_scratch_claim_says_what_its_baseline_is_and_when_it_learned_nothing():
+    args = dict(teacher_acc=76.0, majority_acc=57.6, sp=_sp(), mpc=_mpc(), paper=PAPER)
+    by_key = lambda **kw: {c.key: c for c in decide_claims(**(args | kw))}["distillation_beats_scratch"]  # noqa: E731
+    c = by_key(acc=_acc(scratch=(57.65, 60.0)), scratch_frozen_embeddings=True)
+    assert c.verdict == HOLDS
+    assert "from random weights" in c.measured_evidence and "word embeddings frozen" in c.measured_evidence
+    assert "within a point of the majority class (57.6) for Quad+2Quad:" in c.measured_evidence
+    learned = by_key(acc=_acc(scratch=(65.0, 66.0)))
+    assert "majority class" not in learned.measured_evidence and "frozen" not in learned.measured_evidence

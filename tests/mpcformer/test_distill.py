@@ -90,8 +90,13 @@ def test_each_stage_lowers_its_loss(tiny, stage):
 def test_resume_is_exact(tmp_path):
     """A run killed after its step-3 checkpoint and resumed in a fresh model ends bit-identical to one that
     never stopped (batches and dropout come from the RNG state the checkpoint carries)."""
+    from mpcformer.study import Budget
+
     data = _data()
-    cfg = TrainConfig(steps=6, batch_size=4, lr=1e-3, checkpoint_every=3, progress=False)
+    # as the study builds it from the config (train.checkpoint_every: mid-run checkpoints)
+    cfg = Budget(batch_size=4, stage1_steps=3, stage2_steps=3, baseline_lr=1e-3, checkpoint_every=3).config("baseline")
+    assert cfg.steps == 6 and cfg.checkpoint_every == 3
+    cfg.progress = False
     straight = fine_tune(tiny_bert(seed=3), data, cfg)
     ckpt = tmp_path / "run.pt"
     calls = []

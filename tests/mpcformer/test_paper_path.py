@@ -5,9 +5,11 @@
 import json
 
 import pytest
+import torch
 
 from mpcformer.convert import Approximation
 from mpcformer.data import DataConfig, encode_splits, load_splits, load_teacher
+from mpcformer.distill import TeacherOutputs
 from mpcformer.study import Budget, run_study
 from tests.common.test_text_data import write_glue_mrpc, write_imdb
 from tests.conftest import run_cli
@@ -84,3 +86,53 @@ def test_sentence_pairs_get_token_type_ids(tmp_path):
     enc = encode_splits(tok, splits, 24, teacher)["train"]
     first = enc.token_type_ids[0][enc.attention_mask[0].bool()]
     assert first[0] == 0 and first[-1] == 1 and set(first.tolist()) == {0, 1}
+
+
+class _Losses:
+    """A tracker that keeps every logged value."""
+
+    def __init__(self):
+        self.logged: dict[str, float] = {}
+
+    def log(self, values: dict, step=None) -> None:
+        self.logged |= values
+
+
+def test_teacher_on_each_batch_gives_the_cached_losses():
+    """Paper scale runs the teacher on each batch (train.teacher_cache=false); on a tiny model, with the same batch
+    order, its distillation losses match those from the cache (held in half precision) to its rounding."""
+    from mpcformer.distill import Encoded
+    from tests.mpcformer.conftest import tiny_bert
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 100, (24, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[::3, 8:] = 0
+    train = Encoded(ids * mask, mask, torch.randint(0, 2, (24,), generator=g))
+    data = {"train": train, "dev": train.head(8), "test": train.head(8)}
+
+    def losses(cache: bool) -> dict[str, float]:
+        budget = Budget(batch_size=4, teacher_steps=3, stage1_steps=10, stage2_steps=10, teacher_cache=cache)
+        tracker = _Losses()
+        torch.manual_seed(0)
+        run_study(tiny_bert(seed=1), data, [Approximation.parse("quad+2quad")], budget, tracker=tracker)
+        return {k: v for k, v in tracker.logged.items() if "distill" in k and k.endswith("/loss")}
+
+    cached, live = losses(True), losses(False)
+    assert set(cached) == {"quad+2quad/distill/stage1/loss", "quad+2quad/distill/stage2/loss"}
+    for k in cached:
+        assert live[k] == pytest.approx(cached[k], rel=1e-3), k
+
+
+def test_a_teacher_cache_over_the_limit_is_refused_before_training():
+    from transformers import BertConfig
+
+    from common.errors import UserError
+
+    imdb = TeacherOutputs.nbytes(BertConfig(num_labels=2), 22_500, 512)  # BERT-base: 12 layers, 12 heads, 768
+    assert 1.8e12 < imdb < 2.0e12  # ~1.9 TB, 1.7 TB of it attention scores
+    budget = Budget(teacher_cache=True, teacher_cache_max_gb=8.0)
+    with pytest.raises(UserError, match="teacher cache of 22500 training examples at length 512 would take"):
+        budget.check_teacher_cache(BertConfig(num_labels=2), 22_500, 512)
+    Budget(teacher_cache=False).check_teacher_cache(BertConfig(num_labels=2), 22_500, 512)  # no cache: no limit
+    Budget(teacher_cache_max_gb=8.0).check_teacher_cache(BertConfig(num_labels=2), 1_000, 48)
