@@ -117,6 +117,23 @@ def run_ablation(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> No
     )
 
 
+def training_tracking(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> Any:
+    """Where the training curves go: `ctx.tracker` (the job's own W&B run) whenever training runs in this process
+    (one process, or this process is a rank of a torchrun/SLURM job), since a process holds one W&B run and
+    opening a second finishes the first (`reinit="finish_previous"`); for spawned ranks, the keyword arguments
+    of the W&B run their rank 0 opens in the same group."""
+    if S.trains_here(study):
+        return ctx.tracker
+    return dict(
+        project=cfg["tracking"]["project"],
+        group=f"dcvae/{ctx.scale}",
+        name=f"dcvae-{ctx.scale}-train",
+        mode=cfg["tracking"]["mode"],
+        dir=str(Path(cfg["results_dir"]).resolve() / "wandb"),
+        tags=["dcvae", ctx.scale],
+    )
+
+
 def run(ctx: app.RunContext) -> None:
     cfg = OmegaConf.to_container(ctx.cfg, resolve=True)
     study = S.build(cfg)
@@ -128,18 +145,7 @@ def run(ctx: app.RunContext) -> None:
     print(S.plan(study))
     if ctx.dry_run:
         return
-    tracking = (
-        ctx.tracker
-        if study.processes == 1
-        else dict(
-            project=cfg["tracking"]["project"],
-            group=f"dcvae/{ctx.scale}",
-            name=f"dcvae-{ctx.scale}-train",
-            mode=cfg["tracking"]["mode"],
-            dir=str(Path(cfg["results_dir"]).resolve() / "wandb"),
-            tags=["dcvae", ctx.scale],
-        )
-    )
+    tracking = training_tracking(ctx, cfg, study)
     results = S.launch(study, tracking)
     if results is None:  # another rank of a torchrun/SLURM job
         return

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 
 from common.distributed import default_backend, detect_env, init_process_group, run_processes
 from common.errors import UserError
@@ -116,6 +117,12 @@ def plan(study: Study) -> str:
     return "\n".join(lines)
 
 
+def trains_here(study: Study, processes: int | None = None) -> bool:
+    """Whether `launch` trains in this process: one process, or this process is a rank of a torchrun/SLURM job
+    (otherwise it spawns the ranks)."""
+    return detect_env().source in ("torchrun", "slurm") or (processes or study.processes) == 1
+
+
 def launch(
     study: Study, tracking: Any = None, runs: dict[str, TrainConfig] | None = None, processes: int | None = None
 ) -> dict[str, dict]:
@@ -128,7 +135,8 @@ def launch(
     n = processes or study.processes
     env = detect_env()
     if env.source in ("torchrun", "slurm"):
-        init_process_group()
+        if not (dist.is_available() and dist.is_initialized()):
+            init_process_group()
         out = train_worker(env.rank, env.world_size, study.model, runs, study.data, tracking)
         return out if env.rank == 0 else None
     if n == 1:

@@ -33,15 +33,39 @@ def _compose(overrides):
         GlobalHydra.instance().clear()
 
 
-@pytest.mark.timeout(120)
-def test_smoke_run_writes_tables_and_figures(tmp_path, one_torch_thread):
-    import pandas as pd
+def _as_torchrun_rank(monkeypatch, rank=0, world=1):
+    """This process as rank `rank` of a torchrun job (its environment variables)."""
+    from common.distributed import free_port
 
+    env = dict(RANK=rank, WORLD_SIZE=world, LOCAL_RANK=rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port())
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(v))
+
+
+@pytest.mark.timeout(120)
+def test_smoke_run_writes_tables_and_figures(tmp_path, one_torch_thread, monkeypatch):
+    """The smoke run as the one rank of a torchrun job (training in this process, the config's `processes: 2`
+    ignored), W&B offline: the training curves and the tables go to the job's one W&B run (a second run opened
+    for the curves used to finish it, and the first table then failed: 'Run ... is finished')."""
+    import pandas as pd
+    import torch.distributed as dist
+
+    from common.tracking import read_offline_run
     from reproduce import app, dcvae
 
-    # one in-process rank keeps this test fast; test_train and test_negatives spawn real ranks
-    cfg = _compose(["scale=smoke", "processes=1", f"results_dir={tmp_path}", "tracking.mode=disabled"])
-    out = app.execute("dcvae", cfg, dcvae.run)
+    _as_torchrun_rank(monkeypatch)
+    assert S.trains_here(S.build(_as_dict(_compose(["scale=smoke"]))))
+    cfg = _compose(["scale=smoke", f"results_dir={tmp_path}", "tracking.mode=offline"])
+    try:
+        out = app.execute("dcvae", cfg, dcvae.run)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    (run_dir,) = (tmp_path / "wandb" / "wandb").glob("offline-run-*")  # one W&B run
+    logged = read_offline_run(run_dir)
+    assert logged["group"] == "dcvae/smoke" and logged["config"]["train"]["steps"] == 6
+    assert [r["step"] for r in logged["history"] if "dcvae/d_loss" in r] == list(range(6))
+    assert {"ablation", "table2", "faithfulness"} <= set(logged["tables"])
     assert (out / "figures" / "dcvae_samples_recon.png").stat().st_size > 0
     t2 = pd.read_csv(out / "table2.csv")
     assert list(t2["method"]) == ["DC-VAE sampling", "DC-VAE reconstruction"]
