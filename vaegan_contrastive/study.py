@@ -7,7 +7,10 @@ paper's, faithfulness, feature-network sanity checks, training curves, sample/re
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +126,55 @@ def trains_here(study: Study, processes: int | None = None) -> bool:
     return detect_env().source in ("torchrun", "slurm") or (processes or study.processes) == 1
 
 
+# what a run's checkpoint folder is not keyed on: the number of iterations (a longer run continues a shorter one
+# exactly) and what only logs, checkpoints or feeds the data
+NOT_FINGERPRINTED = (
+    "steps",
+    "checkpoint_dir",
+    "checkpoint_every",
+    "resume",
+    "keep_checkpoints",
+    "progress",
+    "num_workers",
+    "log_every",
+    "console_every",
+    "warmup_steps",
+)
+
+
+def variant_of(tc: TrainConfig) -> str:
+    return next(v for v, flags in VARIANTS.items() if all(getattr(tc, k) == f for k, f in flags.items()))
+
+
+def fingerprint(study: Study, tc: TrainConfig, world_size: int) -> str:
+    """A short hash of everything that shapes a run's training: its train keys (but `NOT_FINGERPRINTED`), the
+    model, the data and the number of processes."""
+    train = {k: v for k, v in dataclasses.asdict(tc).items() if k not in NOT_FINGERPRINTED}
+    spec = {"train": train, "model": dataclasses.asdict(study.model), "data": dataclasses.asdict(study.data)}
+    blob = json.dumps({**spec, "world_size": world_size}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_checkpoint_dir(study: Study, tc: TrainConfig, world_size: int | None = None) -> Path | None:
+    """A run's own checkpoint folder, `<train.checkpoint_dir>/<variant>-<fingerprint>` (None: no checkpoints):
+    runs never resume from each other's checkpoints, and a changed configuration starts afresh."""
+    if not tc.checkpoint_dir:
+        return None
+    ws = world_size or study.world_size
+    return Path(tc.checkpoint_dir) / f"{variant_of(tc)}-{fingerprint(study, tc, ws)}"
+
+
+def remove_checkpoints(results: dict[str, dict]) -> None:
+    """Remove finished runs' checkpoint folders (called once their results are written: a rerun then trains
+    and measures again, with the code of its day); the parent folder too when that leaves it empty."""
+    for r in results.values():
+        if r.get("checkpoint_dir"):
+            d = Path(r["checkpoint_dir"])
+            shutil.rmtree(d, ignore_errors=True)
+            if d.parent.is_dir() and not any(d.parent.iterdir()):
+                d.parent.rmdir()
+
+
 def launch(
     study: Study, tracking: Any = None, runs: dict[str, TrainConfig] | None = None, processes: int | None = None
 ) -> dict[str, dict]:
@@ -134,6 +186,11 @@ def launch(
     runs = runs or study.runs
     n = processes or study.processes
     env = detect_env()
+    world = env.world_size if env.source in ("torchrun", "slurm") else n
+    runs = {
+        k: dataclasses.replace(tc, checkpoint_dir=str(d)) if (d := run_checkpoint_dir(study, tc, world)) else tc
+        for k, tc in runs.items()
+    }
     if env.source in ("torchrun", "slurm"):
         if not (dist.is_available() and dist.is_initialized()):
             init_process_group()
