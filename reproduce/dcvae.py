@@ -44,11 +44,21 @@ def ablation_dir(out_dir: Path) -> Path:
     return out_dir.with_name(f"{out_dir.name}-dev-ablation")
 
 
+CHECKPOINT_KEYS = ("checkpoint_dir", "checkpoint_every", "resume", "keep_checkpoints")  # shape no model
+
+
 def ablation_base(cfg: dict[str, Any]) -> dict[str, Any]:
     """What a dev ablation must share with a run for the run's claims to cite it: everything that shapes the
     trained models and their evaluation, except the split evaluated on."""
     data = {k: v for k, v in cfg["data"].items() if k != "eval_split"}
-    return {k: cfg[k] for k in ("seed", "processes", "model", "train", "eval")} | {"data": data}
+    train = {k: v for k, v in cfg["train"].items() if k not in CHECKPOINT_KEYS}
+    return {k: cfg[k] for k in ("seed", "processes", "model", "eval")} | {"train": train, "data": data}
+
+
+def comparable(base: dict[str, Any]) -> dict[str, Any]:
+    """A saved `ablation_base` as today's code writes it: a dev ablation saved before the checkpoint keys left
+    the base still compares."""
+    return base | {"train": {k: v for k, v in base.get("train", {}).items() if k not in CHECKPOINT_KEYS}}
 
 
 def saved_ablation(target: Path, cfg: dict[str, Any]) -> tuple[dict | None, str]:
@@ -57,7 +67,7 @@ def saved_ablation(target: Path, cfg: dict[str, Any]) -> tuple[dict | None, str]
     if not path.is_file():
         return None, f"no dev ablation at {path} (`ablation.run=true` writes one)"
     saved = json.loads(path.read_text())
-    if saved.get("base") != as_saved(ablation_base(cfg)):
+    if comparable(saved.get("base") or {}) != as_saved(ablation_base(cfg)):
         return None, f"the dev ablation at {path} was written for another configuration: not cited"
     return saved, f"{path.parent.name}/dev_ablation.csv"
 
@@ -79,6 +89,7 @@ def run_ablation(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> No
     base = as_saved(ablation_base(cfg))
     saved, _ = saved_ablation(target, cfg)
     prev, prev_ok = saved or {}, saved is not None
+    results: dict[str, dict] = {}
     spec = {s.label: {"train": s.train, "variants": s.variants} for s in settings}
     cached = {s.label for s in settings if prev_ok and as_saved(spec[s.label]) == prev.get("specs", {}).get(s.label)}
     runs = {k: v for k, v in S.ablation_runs(study, cfg, settings).items() if k.split("|")[0] not in cached}
@@ -115,6 +126,8 @@ def run_ablation(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> No
         "dev_ablation.json",
         {"base": base, "label": label, "specs": spec, "settings": summary},
     )
+    if not cfg["train"]["keep_checkpoints"]:
+        S.remove_checkpoints(results)
 
 
 def training_tracking(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> Any:
@@ -136,6 +149,8 @@ def training_tracking(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) 
 
 def run(ctx: app.RunContext) -> None:
     cfg = OmegaConf.to_container(ctx.cfg, resolve=True)
+    if ckpt := cfg["train"]["checkpoint_dir"]:  # relative to where the command was run, like results_dir
+        cfg["train"]["checkpoint_dir"] = str(app._original_cwd() / ckpt)
     study = S.build(cfg)
     D.check_root(study.data)
     if study.eval.extractor == "inception":
@@ -213,6 +228,8 @@ def run(ctx: app.RunContext) -> None:
     claims = decide_claims(metrics, label, study.eval.faithful_class_min, ablation, source)
     write_claims(out, claims, "dcvae", ctx.scale)
     out.note("Claims: " + "; ".join(f"{c.key}: {c.verdict}" for c in claims) + ".")
+    if not cfg["train"]["keep_checkpoints"]:
+        S.remove_checkpoints(results)  # the results are written: a rerun trains and measures again
 
 
 if __name__ == "__main__":

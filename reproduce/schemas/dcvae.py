@@ -58,9 +58,10 @@ class TrainConfig:
     log_every: int = 25
     console_every: int = 250
     warmup_steps: int = 5
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 0
-    resume: bool = False
+    checkpoint_dir: str | None = "${results_dir}/checkpoints/dcvae/${scale.name}"
+    checkpoint_every: int = 500
+    resume: bool = True
+    keep_checkpoints: bool = False
     num_workers: int = 0
     channels_last: bool = False
 

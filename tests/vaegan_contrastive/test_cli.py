@@ -200,15 +200,42 @@ def test_paper_path_runs_end_to_end_on_written_inputs(tmp_path, one_torch_thread
     assert json.loads((out / "claims.json").read_text())["scale"] == "paper"
 
 
+def test_checkpoints_are_on_by_default():
+    cfg = _compose(["scale=mini", "results_dir=/r"])
+    assert (cfg.train.checkpoint_dir, cfg.train.checkpoint_every, cfg.train.resume) == ("/r/checkpoints/dcvae/mini", 500, True)
+    assert not cfg.train.keep_checkpoints
+
+
 @pytest.mark.timeout(120)
-def test_dev_ablation_mode_writes_beside_the_results_and_the_claims_read_it(tmp_path, capsys):
+def test_dev_ablation_mode_writes_beside_the_results_and_the_claims_read_it(tmp_path, capsys, caplog, monkeypatch):
+    """Also: a job killed while training resumes from its checkpoint when run again (by default), and removes
+    the checkpoints once its results are written."""
+    import logging
+
     import pandas as pd
 
     from reproduce import app, dcvae
+    from vaegan_contrastive.train import Trainer
 
     base = ["scale=smoke", "processes=1", f"results_dir={tmp_path}", "tracking.mode=disabled"]
     setting = "ablation.settings=[{label: strong KL, train: {kl_weight: 0.001}, variants: [dcvae]}]"
-    out = app.execute("dcvae", _compose([*base, "ablation.run=true", setting]), dcvae.run)
+    step = Trainer.step
+
+    def killed_at_4(self, it, x):
+        if it == 4:
+            raise KeyboardInterrupt  # the job killed after its checkpoint at iteration 3 (smoke: every 3)
+        return step(self, it, x)
+
+    monkeypatch.setattr(Trainer, "step", killed_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        app.execute("dcvae", _compose([*base, "ablation.run=true", setting]), dcvae.run)
+    monkeypatch.undo()
+    ckpts = tmp_path / "checkpoints" / "dcvae" / "smoke"
+    assert [p.name for p in ckpts.glob("*/*.pt")] == ["ckpt_00000003.pt"] and not (tmp_path / "dcvae").exists()
+    with caplog.at_level(logging.INFO, logger="vaegan_contrastive.train"):
+        out = app.execute("dcvae", _compose([*base, "ablation.run=true", setting]), dcvae.run)
+    assert f"resumed from {ckpts}/dcvae-" in caplog.text and "at iteration 3 of 6" in caplog.text
+    assert not ckpts.exists()  # removed once the results are written
     assert out == tmp_path / "dcvae" / "smoke-dev-ablation" and not (tmp_path / "dcvae" / "smoke").exists()
     table = pd.read_csv(out / "dev_ablation.csv")
     assert table[["setting", "overrides", "variant"]].values.tolist() == [
@@ -226,3 +253,8 @@ def test_dev_ablation_mode_writes_beside_the_results_and_the_claims_read_it(tmp_
     assert source == "smoke-dev-ablation/dev_ablation.csv"
     other, why = dcvae.read_ablation(tmp_path / "dcvae" / "smoke", _as_dict(_compose([*base, "train.steps=7"])))
     assert other is None and "another configuration" in why
+    # checkpointing shapes no model: a dev ablation saved before it was on by default is still cited
+    saved = json.loads((out / "dev_ablation.json").read_text())
+    saved["base"]["train"] |= {"checkpoint_dir": None, "checkpoint_every": 0, "resume": False}
+    (out / "dev_ablation.json").write_text(json.dumps(saved))
+    assert dcvae.read_ablation(tmp_path / "dcvae" / "smoke", _as_dict(_compose(base)))[0] is not None
