@@ -134,21 +134,22 @@ def training_tracking(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) 
     """Where the training curves go: `ctx.tracker` (the job's own W&B run) whenever training runs in this process
     (one process, or this process is a rank of a torchrun/SLURM job), since a process holds one W&B run and
     opening a second finishes the first (`reinit="finish_previous"`); for spawned ranks, the keyword arguments
-    of the W&B run their rank 0 opens in the same group."""
+    of the W&B run their rank 0 opens in the same group, in `tracking.dir`, with the run's resolved config."""
     if S.trains_here(study):
         return ctx.tracker
     return dict(
         project=cfg["tracking"]["project"],
         group=f"dcvae/{ctx.scale}",
         name=f"dcvae-{ctx.scale}-train",
-        mode=cfg["tracking"]["mode"],
-        dir=str(Path(cfg["results_dir"]).resolve() / "wandb"),
+        config=cfg,
+        mode=str(cfg["tracking"]["mode"]),
+        dir=str(app._original_cwd() / cfg["tracking"]["dir"]),  # where the job's own run goes (app.execute)
         tags=["dcvae", ctx.scale],
     )
 
 
 def run(ctx: app.RunContext) -> None:
-    cfg = OmegaConf.to_container(ctx.cfg, resolve=True)
+    cfg = OmegaConf.to_container(ctx.cfg, resolve=True, enum_to_str=True)
     if ckpt := cfg["train"]["checkpoint_dir"]:  # relative to where the command was run, like results_dir
         cfg["train"]["checkpoint_dir"] = str(app._original_cwd() / ckpt)
     study = S.build(cfg)

@@ -83,6 +83,21 @@ def test_smoke_run_writes_tables_and_figures(tmp_path, one_torch_thread, monkeyp
     assert (out / "figures" / "training_curves.png").stat().st_size > 0
 
 
+def test_spawned_ranks_log_their_curves_in_tracking_dir_with_the_config(tmp_path):
+    """With spawned ranks (smoke: 2 processes) their rank 0 opens the W&B run of the curves: in `tracking.dir`
+    (not always RESULTS/wandb) and carrying the run's resolved config, like the job's own run."""
+    from types import SimpleNamespace
+
+    from reproduce import dcvae
+
+    cfg = _as_dict(_compose(["scale=smoke", f"results_dir={tmp_path}", f"tracking.dir={tmp_path / 'wb'}"]))
+    study = S.build(cfg)
+    assert not S.trains_here(study)
+    kw = dcvae.training_tracking(SimpleNamespace(scale="smoke", tracker=None), cfg, study)
+    assert kw["dir"] == str(tmp_path / "wb") and kw["group"] == "dcvae/smoke" and kw["mode"] == "offline"
+    assert kw["config"]["train"]["steps"] == 6 and kw["config"]["tracking"]["dir"] == str(tmp_path / "wb")
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
