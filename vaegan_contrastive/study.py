@@ -26,7 +26,7 @@ from common.errors import UserError
 from . import data as D
 from . import evaluate as E
 from .models import DCVAE, ModelConfig
-from .train import VARIANTS, TrainConfig, load_model, train_worker
+from .train import VARIANTS, TrainConfig, at_least, load_model, train_worker
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,21 @@ def build(c: Mapping[str, Any]) -> Study:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise UserError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    if int(c["processes"]) < 1:
-        raise UserError(f"processes must be >= 1, got {c['processes']}")
+    at_least("", {"processes": 1, "timeout_s": 0}, {"processes": c["processes"], "timeout_s": c.get("timeout_s", 0)})
+    # mnist5k's test split is stratified: test_size // 10 images of each class (of 500)
+    at_least("data", {"test_size": 10 if data_cfg.name == "mnist5k" else 0, "subset": 1, "dev_size": 1}, data_cfg)
+    if data_cfg.name == "mnist5k" and data_cfg.test_size >= 5000:
+        raise UserError(f"data.test_size must be < 5000 for mnist5k (5,000 images), got {data_cfg.test_size}")
     ev = EvalConfig(**c["eval"])
     if ev.extractor not in EXTRACTORS:
         raise UserError(f"unknown eval.extractor {ev.extractor!r}; choose lenet or inception")
+    at_least("eval", {"lenet_epochs": 1, "n_samples": 1, "n_reference": 1, "n_recon": 1, "grid": 2}, ev)
+    if not 0 <= ev.faithful_class_min <= 1:
+        raise UserError(f"eval.faithful_class_min must be in [0, 1], got {ev.faithful_class_min}")
     thr = c.get("throughput", {})
+    at_least("throughput", {"steps": 0}, {"steps": thr.get("steps", 0)})
+    if any(int(n) < 1 for n in thr.get("processes", (1, 2))):
+        raise UserError(f"throughput.processes must be >= 1 each, got {thr.get('processes')}")
     study = Study(
         data_cfg,
         model_cfg,

@@ -101,14 +101,36 @@ class TrainConfig:
         return cls(**{**kwargs, **VARIANTS[variant]})
 
     def check(self, world_size: int) -> None:
+        """Every key in its range, then the sizes against each other and the world size (one-line `UserError`s,
+        before any process is spawned)."""
+        at_least(
+            "train",
+            {"steps": 1, "batch_size": 1, "gen_batch_size": 1, "n_critic": 1, "queue_size": 1, "log_every": 1},
+            self,
+        )
+        at_least("train", {"console_every": 0, "warmup_steps": 0, "checkpoint_every": 0, "num_workers": 0}, self)
+        at_least("train", {"pixel_weight": 0, "kl_weight": 0, "cont_weight": 0}, self)
+        for key in ("lr", "disc_lr", "temperature"):
+            if (v := getattr(self, key)) is not None and not v > 0:
+                raise UserError(f"train.{key} must be > 0, got {v}")
+        for key in ("ema_decay", "key_momentum", "betas"):
+            v = getattr(self, key)
+            if not all(0 <= b <= 1 for b in (v if key == "betas" else [v])):
+                raise UserError(f"train.{key} must be in [0, 1], got {v}")
         if self.batch_size % world_size or self.gen_batch_size % world_size:
             raise UserError(
                 f"batch sizes {self.batch_size}/{self.gen_batch_size} are not divisible by {world_size} processes"
             )
         if self.contrastive and self.queue_size % self.batch_size:
             raise UserError(f"queue size {self.queue_size} is not divisible by the global batch {self.batch_size}")
-        if self.steps < 1 or self.n_critic < 1:
-            raise UserError("train.steps and train.n_critic must be >= 1")
+
+
+def at_least(node: str, bounds: dict[str, float], values: Any) -> None:
+    """`UserError` unless each `values.<key>` (attribute or mapping key) is >= its bound."""
+    for key, low in bounds.items():
+        v = values[key] if isinstance(values, dict) else getattr(values, key)
+        if v is not None and not v >= low:
+            raise UserError(f"{node + '.' if node else ''}{key} must be >= {low:g}, got {v}")
 
 
 def _world_group():

@@ -105,6 +105,14 @@ def test_spawned_ranks_log_their_curves_in_tracking_dir_with_the_config(tmp_path
         (["data.resolution=30"], "unsupported resolution 30"),
         (["variants=[gan]"], "unknown variants"),
         (["train.batch_size=15"], "not divisible by 2 processes"),
+        # checked before anything is spawned (a ZeroDivisionError, a RuntimeError in the spawned rank before)
+        (["train.batch_size=0"], r"train.batch_size must be >= 1, got 0"),
+        (["train.queue_size=-64"], r"train.queue_size must be >= 1, got -64"),
+        (["train.log_every=0"], r"train.log_every must be >= 1, got 0"),
+        (["train.ema_decay=1.5"], r"train.ema_decay must be in \[0, 1\]"),
+        (["data.test_size=5"], r"data.test_size must be >= 10"),
+        (["eval.n_samples=0"], r"eval.n_samples must be >= 1"),
+        (["processes=0"], r"^processes must be >= 1"),
     ],
 )
 def test_bad_config_is_a_user_error(overrides, message):
