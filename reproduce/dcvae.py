@@ -57,8 +57,10 @@ def ablation_base(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def comparable(base: dict[str, Any]) -> dict[str, Any]:
     """A saved `ablation_base` as today's code writes it: a dev ablation saved before the checkpoint keys left
-    the base still compares."""
-    return base | {"train": {k: v for k, v in base.get("train", {}).items() if k not in CHECKPOINT_KEYS}}
+    the base still compares, and one saved before `data.split_seed` was split by `seed`."""
+    train = {k: v for k, v in base.get("train", {}).items() if k not in CHECKPOINT_KEYS}
+    data = {"split_seed": base.get("seed", 0)} | base.get("data", {})
+    return base | {"train": train, "data": data}
 
 
 def saved_ablation(target: Path, cfg: dict[str, Any]) -> tuple[dict | None, str]:

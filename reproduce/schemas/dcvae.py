@@ -20,6 +20,7 @@ class DataConfig:
     root: str | None = None
     resolution: int = 16
     test_size: int = 1000
+    split_seed: int = 0
     subset: int | None = None
     eval_split: str = "test"
     dev_size: int = 500

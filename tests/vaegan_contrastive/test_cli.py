@@ -279,5 +279,8 @@ def test_dev_ablation_mode_writes_beside_the_results_and_the_claims_read_it(tmp_
     # checkpointing shapes no model: a dev ablation saved before it was on by default is still cited
     saved = json.loads((out / "dev_ablation.json").read_text())
     saved["base"]["train"] |= {"checkpoint_dir": None, "checkpoint_every": 0, "resume": False}
+    del saved["base"]["data"]["split_seed"]  # and before data.split_seed: split by `seed` (0 here)
     (out / "dev_ablation.json").write_text(json.dumps(saved))
     assert dcvae.read_ablation(tmp_path / "dcvae" / "smoke", _as_dict(_compose(base)))[0] is not None
+    assert dcvae.read_ablation(tmp_path / "dcvae" / "smoke", _as_dict(_compose([*base, "data.split_seed=1"])))[0] is None
+    assert S.build(_as_dict(_compose([*base, "seed=1"]))).data.split_seed == 0
