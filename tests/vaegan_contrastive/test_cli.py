@@ -224,9 +224,9 @@ def test_paper_path_runs_end_to_end_on_written_inputs(tmp_path, one_torch_thread
 
 
 def test_checkpoints_are_on_by_default():
-    cfg = _compose(["scale=mini", "results_dir=/r"])
-    assert (cfg.train.checkpoint_dir, cfg.train.checkpoint_every, cfg.train.resume) == ("/r/checkpoints/dcvae/mini", 500, True)
-    assert not cfg.train.keep_checkpoints
+    train = _compose(["scale=mini", "results_dir=/r"]).train
+    assert (train.checkpoint_dir, train.checkpoint_every, train.resume) == ("/r/checkpoints/dcvae/mini", 500, True)
+    assert not train.keep_checkpoints
 
 
 @pytest.mark.timeout(120)
@@ -281,6 +281,7 @@ def test_dev_ablation_mode_writes_beside_the_results_and_the_claims_read_it(tmp_
     saved["base"]["train"] |= {"checkpoint_dir": None, "checkpoint_every": 0, "resume": False}
     del saved["base"]["data"]["split_seed"]  # and before data.split_seed: split by `seed` (0 here)
     (out / "dev_ablation.json").write_text(json.dumps(saved))
-    assert dcvae.read_ablation(tmp_path / "dcvae" / "smoke", _as_dict(_compose(base)))[0] is not None
-    assert dcvae.read_ablation(tmp_path / "dcvae" / "smoke", _as_dict(_compose([*base, "data.split_seed=1"])))[0] is None
+    smoke = tmp_path / "dcvae" / "smoke"
+    assert dcvae.read_ablation(smoke, _as_dict(_compose(base)))[0] is not None
+    assert dcvae.read_ablation(smoke, _as_dict(_compose([*base, "data.split_seed=1"])))[0] is None
     assert S.build(_as_dict(_compose([*base, "seed=1"]))).data.split_seed == 0
