@@ -180,8 +180,10 @@ def remove_checkpoints(results: dict[str, dict]) -> None:
         if r.get("checkpoint_dir"):
             d = Path(r["checkpoint_dir"])
             shutil.rmtree(d, ignore_errors=True)
-            if d.parent.is_dir() and not any(d.parent.iterdir()):
-                d.parent.rmdir()
+            try:
+                d.parent.rmdir()  # only when empty
+            except OSError:
+                pass
 
 
 def launch(
