@@ -260,7 +260,7 @@ def _hydra_job() -> Any | None:
         return None
 
 
-def _original_cwd() -> Path:
+def original_cwd() -> Path:
     """Where the command was started (a SLURM job may run elsewhere); relative result paths start there."""
     hc = _hydra_job()
     return Path(hc.runtime.cwd) if hc is not None else Path.cwd()
@@ -275,7 +275,7 @@ def output_dir(work: str, scale: str, cfg: Any) -> tuple[Path, str | None]:
     per_job = multirun if cfg.per_job_results is None else bool(cfg.per_job_results)
     if per_job and hc is not None:
         return Path(hc.runtime.output_dir) / scale, str(hc.job.num)
-    return _original_cwd() / Path(cfg.results_dir) / work / scale, None
+    return original_cwd() / Path(cfg.results_dir) / work / scale, None
 
 
 def check_writable(path: Path, key: str) -> None:
@@ -310,7 +310,7 @@ def execute(work: str, cfg: Any, run: Callable[[RunContext], None]) -> Path | No
     out_dir, job = output_dir(work, scale, cfg)
     if not cfg.dry_run and env.rank == 0:
         check_writable(out_dir, "results_dir")
-        check_writable(_original_cwd() / cfg.tracking.dir, "tracking.dir")
+        check_writable(original_cwd() / cfg.tracking.dir, "tracking.dir")
     if cfg.dry_run:
         print(f"# dry run of reproduce.{work} at scale={scale}: nothing is trained or written")
         print(OmegaConf.to_yaml(cfg, resolve=True))
@@ -323,7 +323,7 @@ def execute(work: str, cfg: Any, run: Callable[[RunContext], None]) -> Path | No
             name=name,
             config=resolved,
             mode=str(cfg.tracking.mode),
-            dir=_original_cwd() / cfg.tracking.dir,
+            dir=original_cwd() / cfg.tracking.dir,
             tags=[work, scale],
             rank=env.rank,
         )

@@ -145,7 +145,7 @@ def training_tracking(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) 
         name=f"dcvae-{ctx.scale}-train",
         config=cfg,
         mode=str(cfg["tracking"]["mode"]),
-        dir=str(app._original_cwd() / cfg["tracking"]["dir"]),  # where the job's own run goes (app.execute)
+        dir=str(app.original_cwd() / cfg["tracking"]["dir"]),  # where the job's own run goes (app.execute)
         tags=["dcvae", ctx.scale],
     )
 
@@ -153,7 +153,7 @@ def training_tracking(ctx: app.RunContext, cfg: dict[str, Any], study: S.Study) 
 def run(ctx: app.RunContext) -> None:
     cfg = OmegaConf.to_container(ctx.cfg, resolve=True, enum_to_str=True)
     if ckpt := cfg["train"]["checkpoint_dir"]:  # relative to where the command was run, like results_dir
-        cfg["train"]["checkpoint_dir"] = str(app._original_cwd() / ckpt)
+        cfg["train"]["checkpoint_dir"] = str(app.original_cwd() / ckpt)
     study = S.build(cfg)
     D.check_root(study.data)
     if study.eval.extractor == "inception":
