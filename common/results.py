@@ -196,17 +196,18 @@ class ResultWriter:
     @property
     def stage(self) -> Path:
         """The staging directory, created on first use (a run that writes nothing leaves nothing)."""
-        if self._stage is None and self.discard:
-            self._stage = Path(tempfile.mkdtemp(prefix=f"{self.out_dir.name}.discarded-"))
+        if self._stage is None:
+            self._stage = self._make_stage()
+        return self._stage
+
+    def _make_stage(self) -> Path:
+        if self.discard:
+            return Path(tempfile.mkdtemp(prefix=f"{self.out_dir.name}.discarded-"))
         for _ in range(3):  # a concurrent job's `abort` may remove the empty work folder between the two calls
-            if self._stage is not None:
-                break
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
-                self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=self.out_dir.parent))
-        if self._stage is None:
-            raise FileNotFoundError(f"could not create a staging folder in {self.out_dir.parent}")
-        return self._stage
+                return Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=self.out_dir.parent))
+        raise FileNotFoundError(f"could not create a staging folder in {self.out_dir.parent}")
 
     # tables -------------------------------------------------------------------------------------------
     def table(self, name: str, df: pd.DataFrame, title: str | None = None, note: str | None = None) -> Path:

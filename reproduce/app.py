@@ -308,9 +308,6 @@ def execute(work: str, cfg: Any, run: Callable[[RunContext], None]) -> Path | No
     seed_everything(int(cfg.seed))
     env = detect_env()
     out_dir, job = output_dir(work, scale, cfg)
-    if not cfg.dry_run and env.rank == 0:
-        check_writable(out_dir, "results_dir")
-        check_writable(original_cwd() / cfg.tracking.dir, "tracking.dir")
     if cfg.dry_run:
         print(f"# dry run of reproduce.{work} at scale={scale}: nothing is trained or written")
         print(OmegaConf.to_yaml(cfg, resolve=True))

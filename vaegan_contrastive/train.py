@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from common.checkpoint import (
     load_checkpoint,
+    loadable_steps,
     restore_training_state,
     rng_state,
     save_checkpoint,
@@ -308,9 +309,9 @@ class Trainer:
 
 
 def resume_point(directory: Path, steps: int) -> Path | None:
-    """The checkpoint to resume a run of `steps` iterations from: the newest at or before `steps` (a run
-    continues a shorter one exactly; a longer one's later checkpoint is not this run's), or None."""
-    found = {int(p.stem.split("_")[1]): p for p in directory.glob("ckpt_*.pt") if p.stem.split("_")[1].isdigit()}
+    """The checkpoint to resume a run of `steps` iterations from: the newest loadable one at or before `steps` (a
+    run continues a shorter one exactly; a longer one's later checkpoint is not this run's), or None."""
+    found = loadable_steps(directory, "ckpt_*.pt")
     usable = [s for s in found if s <= steps]
     return found[max(usable)] if usable else None
 
