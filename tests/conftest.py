@@ -26,6 +26,22 @@ def run_cli(args, cwd=None, timeout=300, env=None):
     )
 
 
+def compose_work(work: str, overrides: list[str]):
+    """A work's config composed as the app composes it (its schema as `repro_base`), without running anything."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from reproduce import app
+
+    app.register_schema(work)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(app.CONF_ROOT / work), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slurm: needs a real SLURM (started by scripts/slurm_local.sh)")
 

@@ -1,13 +1,10 @@
 """`python -m reproduce.mpcformer`: bad input is one line and exit 2; a paper-scale dry run plans offline."""
 
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
-
-CONF = Path(__file__).parents[2] / "reproduce" / "conf" / "mpcformer"
+from tests.conftest import compose_work, run_cli
 
 
 @pytest.mark.timeout(120)
@@ -42,18 +39,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
 
 
 def _cfg(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from reproduce import app
-
-    app.register_schema("mpcformer")  # repro_base and the schema, as the app composes them
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name="config", overrides=["scale=smoke", "results_dir=/tmp", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_work("mpcformer", ["scale=smoke", "results_dir=/tmp", *overrides])
 
 
 @pytest.mark.parametrize(

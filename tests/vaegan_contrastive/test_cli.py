@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import compose_work, run_cli
 from vaegan_contrastive import study as S
 
 
@@ -19,18 +19,7 @@ def _as_dict(cfg):
 
 
 def _compose(overrides):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from reproduce import app
-
-    app._register_base("dcvae")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(app.CONF_ROOT / "dcvae"), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_work("dcvae", overrides)
 
 
 def _as_torchrun_rank(monkeypatch, rank=0, world=1):
